@@ -1,0 +1,17 @@
+//! Contracts shared by the Yagura agent and collector.
+//!
+//! Two things cross the wire between an endpoint and the collector, and both are defined
+//! here so that neither side can drift from the other:
+//!
+//! * [`Event`]: one ECS-style nested JSON document (Elastic Common Schema names).
+//! * [`SignedBatch`]: the envelope an agent ships — agent id, per-agent sequence number,
+//!   creation time, zstd-compressed NDJSON payload, the payload's SHA-256 and an Ed25519
+//!   signature over a canonical encoding of all of them. The collector archives these
+//!   bytes exactly as received, so any event can later be re-verified against the agent
+//!   key that signed it.
+
+pub mod batch;
+pub mod event;
+
+pub use batch::{AgentKey, BatchError, BatchHeader, SignedBatch, parse_header, verifying_key_from_base64};
+pub use event::{Event, EventError};
