@@ -1,0 +1,85 @@
+//! The archive: an append-only log of signed batches exactly as the agents sent them.
+//!
+//! It is the collector's source of truth, its write-ahead log and its chain of custody.
+//! Ingest appends a batch and acknowledges the agent only after the bytes are on disk
+//! (fsync); everything downstream (index, detections) is derived from the archive and can
+//! be rebuilt from it. Consumers remember their own position as an archive offset.
+//!
+//! The seam to the rest of the collector is the [`Archive`] trait (append, read from an
+//! offset, watch the committed end), so a replicated log such as NATS JetStream can take
+//! the place of [`SegmentArchive`] without touching ingest or the indexer.
+
+mod segment;
+
+pub use segment::{ArchiveReader, SegmentArchive};
+
+use std::future::Future;
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Errors of the archive. An I/O failure while writing is fatal for the writer: after a
+/// failed fsync the file's state is unknown, so the writer stops and the collector must
+/// restart and recover from what is really on disk.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("archive I/O on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("archive corrupt in {path} at byte {position}: {reason}")]
+    Corrupt {
+        path: String,
+        position: u64,
+        reason: String,
+    },
+    #[error("archive writer has stopped")]
+    WriterStopped,
+}
+
+pub type Result<T, E = ArchiveError> = std::result::Result<T, E>;
+
+/// What happened to an appended batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Written and fsynced at this archive offset.
+    Accepted { offset: u64 },
+    /// The agent's sequence number was already archived: acknowledged again, not stored.
+    Duplicate { last_sequence: u64 },
+}
+
+/// One archived batch as read back.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Offset of this record; the provenance of every event derived from it.
+    pub offset: u64,
+    /// Offset just past this record: where a consumer resumes.
+    pub next_offset: u64,
+    /// When the collector received the batch (Unix milliseconds).
+    pub received_at_ms: i64,
+    /// The signed batch bytes exactly as received.
+    pub batch: Vec<u8>,
+}
+
+/// An append-only log of verified, signed batches.
+pub trait Archive: Send + Sync + 'static {
+    /// Appends the batch `sequence` of `agent` unless that sequence is already archived.
+    /// Returns only once the record is durable.
+    fn append(
+        &self,
+        agent: Uuid,
+        sequence: u64,
+        batch: Vec<u8>,
+    ) -> impl Future<Output = Result<Appended>> + Send;
+
+    /// The highest sequence archived for `agent`, if any.
+    fn last_sequence(&self, agent: Uuid) -> Option<u64>;
+
+    /// The committed end of the log; changes whenever new records become durable.
+    fn committed(&self) -> watch::Receiver<u64>;
+
+    /// A reader over the durable records from `offset` on.
+    fn reader(&self, offset: u64) -> Result<ArchiveReader>;
+}

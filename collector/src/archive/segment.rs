@@ -1,0 +1,590 @@
+//! Segment files: the single-node archive implementation.
+//!
+//! Layout: `archive/{base_offset:020}.seg`, each a run of records
+//! `[u32 length][u32 crc32][u8 version][i64 received_at_ms][batch bytes]` (big-endian),
+//! where `length` and the CRC cover everything after the CRC. An archive offset is a
+//! global byte position: a segment's base offset plus the position inside it, so offsets
+//! only grow and a consumer's offset stays valid across segment rotation.
+//!
+//! One writer task owns the files. Concurrent appends queue on a channel and are written
+//! together with one fsync (group commit), so many agents share the cost of durability.
+//! The same task owns the per-agent last-sequence map, which makes the replay check and
+//! the append one atomic step; the map is rebuilt from the records at start, so the ack
+//! state can never disagree with what is on disk.
+//!
+//! At start every segment is checked record by record. A torn record at the end of the
+//! newest segment (a crash mid-write) is cut off and reported; nothing before it is lost,
+//! and it was never acknowledged. Damage anywhere else stops the start with an error.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+use yagura_shared::parse_header;
+
+use super::{Appended, Archive, ArchiveError, Record, Result};
+
+const RECORD_PREFIX: usize = 8; // length + crc
+const RECORD_META: usize = 9; // version + received_at_ms
+const RECORD_VERSION: u8 = 1;
+/// Upper bound for one record, far above any batch ingest accepts; a larger length field
+/// can only be damage.
+const MAX_RECORD_BYTES: u32 = 1 << 30;
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+struct AppendRequest {
+    agent: Uuid,
+    sequence: u64,
+    batch: Vec<u8>,
+    reply: oneshot::Sender<Result<Appended>>,
+}
+
+/// What start-up recovery found, for the operator.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub records: u64,
+    /// Bytes cut from the end of the newest segment (a torn final record).
+    pub truncated_bytes: u64,
+    pub end_offset: u64,
+}
+
+/// The segment-file archive. Cheap to clone through `Arc`.
+pub struct SegmentArchive {
+    dir: PathBuf,
+    requests: mpsc::Sender<AppendRequest>,
+    committed: watch::Receiver<u64>,
+    sequences: Arc<RwLock<HashMap<Uuid, u64>>>,
+    report: RecoveryReport,
+}
+
+impl SegmentArchive {
+    /// Opens (or creates) the archive in `dir`, recovers it, and starts the writer task.
+    /// Must be called inside a tokio runtime.
+    pub fn open(dir: &Path, segment_max_bytes: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let (segments, report, sequences) = recover(dir)?;
+        if report.truncated_bytes > 0 {
+            tracing::warn!(
+                truncated_bytes = report.truncated_bytes,
+                end_offset = report.end_offset,
+                "archive had a torn final record; cut it off (it was never acknowledged)"
+            );
+        }
+        let (base, path) = match segments.last() {
+            Some((base, path)) => (*base, path.clone()),
+            None => (0, segment_path(dir, 0)),
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        sync_dir(dir)?;
+        let (committed_tx, committed) = watch::channel(report.end_offset);
+        let (requests, rx) = mpsc::channel(1024);
+        let sequences = Arc::new(RwLock::new(sequences));
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            file,
+            path,
+            segment_base: base,
+            end_offset: report.end_offset,
+            segment_max_bytes,
+            sequences: Arc::clone(&sequences),
+            committed: committed_tx,
+        };
+        std::thread::Builder::new()
+            .name("archive-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io_err(dir))?;
+        Ok(SegmentArchive {
+            dir: dir.to_path_buf(),
+            requests,
+            committed,
+            sequences,
+            report,
+        })
+    }
+
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+}
+
+impl Archive for SegmentArchive {
+    async fn append(&self, agent: Uuid, sequence: u64, batch: Vec<u8>) -> Result<Appended> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(AppendRequest {
+                agent,
+                sequence,
+                batch,
+                reply,
+            })
+            .await
+            .map_err(|_| ArchiveError::WriterStopped)?;
+        answer.await.map_err(|_| ArchiveError::WriterStopped)?
+    }
+
+    fn last_sequence(&self, agent: Uuid) -> Option<u64> {
+        self.sequences.read().ok()?.get(&agent).copied()
+    }
+
+    fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    fn reader(&self, offset: u64) -> Result<ArchiveReader> {
+        ArchiveReader::open(&self.dir, offset, self.committed.clone())
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    file: File,
+    path: PathBuf,
+    segment_base: u64,
+    end_offset: u64,
+    segment_max_bytes: u64,
+    sequences: Arc<RwLock<HashMap<Uuid, u64>>>,
+    committed: watch::Sender<u64>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<AppendRequest>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                group.push(more);
+                if group.len() >= 256 {
+                    break;
+                }
+            }
+            if let Err(error) = self.write_group(group) {
+                tracing::error!(%error, "archive writer stopped; restart the collector to recover");
+                return;
+            }
+        }
+    }
+
+    /// Writes every accepted request of the group, fsyncs once, then answers them all.
+    fn write_group(&mut self, group: Vec<AppendRequest>) -> Result<()> {
+        let mut replies = Vec::with_capacity(group.len());
+        let mut pending: HashMap<Uuid, u64> = HashMap::new();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut wrote = false;
+        for request in group {
+            let known = pending
+                .get(&request.agent)
+                .copied()
+                .or_else(|| self.sequences.read().ok()?.get(&request.agent).copied());
+            if let Some(last) = known
+                && request.sequence <= last
+            {
+                replies.push((request.reply, Appended::Duplicate { last_sequence: last }));
+                continue;
+            }
+            if self.end_offset - self.segment_base >= self.segment_max_bytes {
+                self.rotate()?;
+            }
+            let offset = self.end_offset;
+            let record = encode_record(now_ms, &request.batch);
+            self.file.write_all(&record).map_err(io_err(&self.path))?;
+            self.end_offset += record.len() as u64;
+            pending.insert(request.agent, request.sequence);
+            replies.push((request.reply, Appended::Accepted { offset }));
+            wrote = true;
+        }
+        if wrote {
+            self.file.sync_data().map_err(io_err(&self.path))?;
+            if let Ok(mut map) = self.sequences.write() {
+                map.extend(pending);
+            }
+            self.committed.send_replace(self.end_offset);
+        }
+        for (reply, outcome) in replies {
+            let _ = reply.send(Ok(outcome));
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<()> {
+        self.file.sync_all().map_err(io_err(&self.path))?;
+        let path = segment_path(&self.dir, self.end_offset);
+        self.file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        sync_dir(&self.dir)?;
+        self.path = path;
+        self.segment_base = self.end_offset;
+        Ok(())
+    }
+}
+
+fn encode_record(received_at_ms: i64, batch: &[u8]) -> Vec<u8> {
+    let body_len = RECORD_META + batch.len();
+    let mut record = Vec::with_capacity(RECORD_PREFIX + body_len);
+    record.extend_from_slice(&(body_len as u32).to_be_bytes());
+    record.extend_from_slice(&[0; 4]);
+    record.push(RECORD_VERSION);
+    record.extend_from_slice(&received_at_ms.to_be_bytes());
+    record.extend_from_slice(batch);
+    let crc = crc32fast::hash(&record[RECORD_PREFIX..]);
+    record[4..8].copy_from_slice(&crc.to_be_bytes());
+    record
+}
+
+fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.seg"))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Segment files in offset order.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(".seg") else { continue };
+        if let Ok(base) = stem.parse::<u64>() {
+            segments.push((base, entry.path()));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// Outcome of reading one record from a segment.
+enum ReadOutcome {
+    Record { received_at_ms: i64, batch: Vec<u8>, len: u64 },
+    End,
+    /// Incomplete or damaged bytes at `position`.
+    Damaged(String),
+}
+
+fn read_record(reader: &mut impl Read) -> std::io::Result<ReadOutcome> {
+    let mut prefix = [0u8; RECORD_PREFIX];
+    let mut filled = 0;
+    while filled < RECORD_PREFIX {
+        let n = reader.read(&mut prefix[filled..])?;
+        if n == 0 {
+            return Ok(if filled == 0 {
+                ReadOutcome::End
+            } else {
+                ReadOutcome::Damaged("record prefix cut short".into())
+            });
+        }
+        filled += n;
+    }
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+    let crc = u32::from_be_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
+    if (len as usize) < RECORD_META || len > MAX_RECORD_BYTES {
+        return Ok(ReadOutcome::Damaged(format!("impossible record length {len}")));
+    }
+    let mut body = Vec::with_capacity(len as usize);
+    let got = reader.take(u64::from(len)).read_to_end(&mut body)?;
+    if got < len as usize {
+        return Ok(ReadOutcome::Damaged(format!(
+            "record of {len} bytes cut short at {got}"
+        )));
+    }
+    if crc32fast::hash(&body) != crc {
+        return Ok(ReadOutcome::Damaged("CRC mismatch".into()));
+    }
+    if body[0] != RECORD_VERSION {
+        return Ok(ReadOutcome::Damaged(format!("unknown record version {}", body[0])));
+    }
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&body[1..9]);
+    let batch = body.split_off(RECORD_META);
+    Ok(ReadOutcome::Record {
+        received_at_ms: i64::from_be_bytes(ts),
+        batch,
+        len: (RECORD_PREFIX as u64) + u64::from(len),
+    })
+}
+
+type Recovered = (Vec<(u64, PathBuf)>, RecoveryReport, HashMap<Uuid, u64>);
+
+/// Checks every record, rebuilds the per-agent sequences, cuts a torn tail.
+fn recover(dir: &Path) -> Result<Recovered> {
+    let segments = list_segments(dir)?;
+    let mut report = RecoveryReport {
+        segments: segments.len(),
+        ..RecoveryReport::default()
+    };
+    let mut sequences: HashMap<Uuid, u64> = HashMap::new();
+    for (index, (base, path)) in segments.iter().enumerate() {
+        let is_last = index + 1 == segments.len();
+        let file = File::open(path).map_err(io_err(path))?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut position = 0u64;
+        loop {
+            match read_record(&mut reader).map_err(io_err(path))? {
+                ReadOutcome::End => break,
+                ReadOutcome::Record { batch, len, .. } => {
+                    if let Ok(header) = parse_header(&batch) {
+                        let entry = sequences.entry(header.agent_id).or_insert(0);
+                        *entry = (*entry).max(header.sequence);
+                    }
+                    position += len;
+                    report.records += 1;
+                }
+                ReadOutcome::Damaged(reason) => {
+                    if !is_last {
+                        return Err(ArchiveError::Corrupt {
+                            path: path.display().to_string(),
+                            position,
+                            reason,
+                        });
+                    }
+                    let size = std::fs::metadata(path).map_err(io_err(path))?.len();
+                    let file = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+                    file.set_len(position).map_err(io_err(path))?;
+                    file.sync_all().map_err(io_err(path))?;
+                    report.truncated_bytes = size - position;
+                    tracing::warn!(path = %path.display(), position, %reason, "torn archive tail cut");
+                    break;
+                }
+            }
+        }
+        report.end_offset = base + position;
+    }
+    Ok((segments, report, sequences))
+}
+
+/// Reads durable records in order from an offset. Never reads past the committed end, so
+/// a consumer sees only what ingest has acknowledged.
+pub struct ArchiveReader {
+    dir: PathBuf,
+    offset: u64,
+    committed: watch::Receiver<u64>,
+    current: Option<(u64, BufReader<File>, PathBuf)>,
+}
+
+impl ArchiveReader {
+    fn open(dir: &Path, offset: u64, committed: watch::Receiver<u64>) -> Result<Self> {
+        Ok(ArchiveReader {
+            dir: dir.to_path_buf(),
+            offset,
+            committed,
+            current: None,
+        })
+    }
+
+    /// The offset of the next record to be read.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The committed end of the archive now.
+    pub fn committed_end(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    /// A receiver that changes when more records become durable.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    /// The next durable record, or `None` when the reader has caught up.
+    pub fn next_record(&mut self) -> Result<Option<Record>> {
+        let end = self.committed_end();
+        if self.offset >= end {
+            return Ok(None);
+        }
+        loop {
+            if self.current.is_none() {
+                self.current = Some(self.open_segment_at(self.offset)?);
+            }
+            let Some((base, reader, path)) = self.current.as_mut() else {
+                return Ok(None);
+            };
+            match read_record(reader).map_err(io_err(path))? {
+                ReadOutcome::Record {
+                    received_at_ms,
+                    batch,
+                    len,
+                } => {
+                    let record = Record {
+                        offset: self.offset,
+                        next_offset: self.offset + len,
+                        received_at_ms,
+                        batch,
+                    };
+                    self.offset = record.next_offset;
+                    return Ok(Some(record));
+                }
+                ReadOutcome::End => {
+                    // End of this segment: the next record is in the following segment.
+                    let _ = base;
+                    self.current = None;
+                    let next = list_segments(&self.dir)?
+                        .into_iter()
+                        .find(|(b, _)| *b >= self.offset);
+                    if next.is_none() {
+                        return Ok(None);
+                    }
+                }
+                ReadOutcome::Damaged(reason) => {
+                    return Err(ArchiveError::Corrupt {
+                        path: path.display().to_string(),
+                        position: self.offset - *base,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
+    fn open_segment_at(&self, offset: u64) -> Result<(u64, BufReader<File>, PathBuf)> {
+        let segments = list_segments(&self.dir)?;
+        let (base, path) = segments
+            .into_iter()
+            .rev()
+            .find(|(base, _)| *base <= offset)
+            .ok_or_else(|| ArchiveError::Corrupt {
+                path: self.dir.display().to_string(),
+                position: offset,
+                reason: "no segment holds this offset".into(),
+            })?;
+        let mut file = File::open(&path).map_err(io_err(&path))?;
+        file.seek(SeekFrom::Start(offset - base)).map_err(io_err(&path))?;
+        Ok((base, BufReader::with_capacity(1 << 20, file), path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use yagura_shared::{AgentKey, Event, SignedBatch};
+
+    fn batch(key: &AgentKey, agent: Uuid, sequence: u64) -> Vec<u8> {
+        let mut e = Event::new(Utc::now());
+        e.set_str("message", format!("seq {sequence}"));
+        SignedBatch::seal(key, agent, sequence, Utc::now(), &[e])
+            .expect("seal")
+            .into_bytes()
+    }
+
+    fn read_all(archive: &SegmentArchive, from: u64) -> Vec<Record> {
+        let mut reader = archive.reader(from).expect("reader");
+        let mut out = Vec::new();
+        while let Some(r) = reader.next_record().expect("read") {
+            out.push(r);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn append_read_back_and_reject_replays() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        let archive = SegmentArchive::open(dir.path(), 1 << 20).expect("open");
+        let first = archive.append(agent, 1, batch(&key, agent, 1)).await.expect("a1");
+        assert_eq!(first, Appended::Accepted { offset: 0 });
+        let second = archive.append(agent, 2, batch(&key, agent, 2)).await.expect("a2");
+        assert!(matches!(second, Appended::Accepted { offset } if offset > 0));
+        let replay = archive.append(agent, 1, batch(&key, agent, 1)).await.expect("a3");
+        assert_eq!(replay, Appended::Duplicate { last_sequence: 2 });
+        let records = read_all(&archive, 0);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1].offset, records[0].next_offset);
+        assert_eq!(parse_header(&records[1].batch).expect("hdr").sequence, 2);
+        // Resuming from the second record's offset reads only that one.
+        assert_eq!(read_all(&archive, records[1].offset).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn sequences_and_end_survive_reopen_and_segments_rotate() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        {
+            let archive = SegmentArchive::open(dir.path(), 600).expect("open");
+            for seq in 1..=10 {
+                archive.append(agent, seq, batch(&key, agent, seq)).await.expect("append");
+            }
+        }
+        assert!(list_segments(dir.path()).expect("ls").len() > 1, "rotated");
+        let archive = SegmentArchive::open(dir.path(), 600).expect("reopen");
+        assert_eq!(archive.last_sequence(agent), Some(10));
+        assert_eq!(archive.recovery_report().records, 10);
+        let replay = archive.append(agent, 10, batch(&key, agent, 10)).await.expect("dup");
+        assert_eq!(replay, Appended::Duplicate { last_sequence: 10 });
+        let records = read_all(&archive, 0);
+        let seqs: Vec<u64> = records
+            .iter()
+            .map(|r| parse_header(&r.batch).expect("hdr").sequence)
+            .collect();
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_cut_and_nothing_before_it_is_lost() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        {
+            let archive = SegmentArchive::open(dir.path(), 1 << 20).expect("open");
+            for seq in 1..=3 {
+                archive.append(agent, seq, batch(&key, agent, seq)).await.expect("append");
+            }
+        }
+        let path = segment_path(dir.path(), 0);
+        let full = std::fs::metadata(&path).expect("meta").len();
+        // Append half a record, as a crash in the middle of a write leaves it.
+        let partial = encode_record(0, &batch(&key, agent, 4));
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open seg");
+        f.write_all(&partial[..partial.len() / 2]).expect("write");
+        drop(f);
+        let archive = SegmentArchive::open(dir.path(), 1 << 20).expect("recover");
+        assert_eq!(archive.recovery_report().truncated_bytes, (partial.len() / 2) as u64);
+        assert_eq!(archive.recovery_report().end_offset, full);
+        assert_eq!(read_all(&archive, 0).len(), 3);
+        assert_eq!(archive.last_sequence(agent), Some(3));
+        // Sequence 4 was never acknowledged, so the agent's resend is accepted.
+        let again = archive.append(agent, 4, batch(&key, agent, 4)).await.expect("append");
+        assert_eq!(again, Appended::Accepted { offset: full });
+    }
+
+    #[tokio::test]
+    async fn damage_in_an_older_segment_stops_the_start() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        {
+            let archive = SegmentArchive::open(dir.path(), 600).expect("open");
+            for seq in 1..=6 {
+                archive.append(agent, seq, batch(&key, agent, seq)).await.expect("append");
+            }
+        }
+        let path = segment_path(dir.path(), 0);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[20] ^= 0xff;
+        std::fs::write(&path, bytes).expect("write");
+        let err = SegmentArchive::open(dir.path(), 600).err().expect("must fail");
+        assert!(matches!(err, ArchiveError::Corrupt { .. }), "{err}");
+    }
+}

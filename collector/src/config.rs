@@ -1,0 +1,236 @@
+//! `collector.toml`: raw TOML → validated [`CollectorConfig`].
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default), units are in
+//! the key names, and every error names the file and the line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Archive, index, state database and TLS identity live here.
+    pub data_dir: PathBuf,
+    /// Address of the HTTPS listener (agents, API).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub index: IndexConfig,
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// A PEM certificate chain to use instead of the generated self-signed one.
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+    /// Names put in the generated certificate (first start only).
+    #[serde(default = "default_subject_alt_names")]
+    pub subject_alt_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_max_decompressed_bytes")]
+    pub max_decompressed_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    #[serde(default = "default_writer_memory_bytes")]
+    pub writer_memory_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    #[serde(default = "default_segment_max_bytes")]
+    pub segment_max_bytes: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+fn default_subject_alt_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+}
+fn default_max_body_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_max_decompressed_bytes() -> usize {
+    128 * 1024 * 1024
+}
+fn default_commit_interval_ms() -> u64 {
+    500
+}
+fn default_writer_memory_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_segment_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_body_bytes: default_max_body_bytes(),
+            max_decompressed_bytes: default_max_decompressed_bytes(),
+        }
+    }
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            commit_interval_ms: default_commit_interval_ms(),
+            writer_memory_bytes: default_writer_memory_bytes(),
+        }
+    }
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            segment_max_bytes: default_segment_max_bytes(),
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// Embedded defaults around a data directory (what `yagura up` runs with).
+    pub fn with_data_dir(data_dir: PathBuf) -> Self {
+        CollectorConfig {
+            data_dir,
+            listen: default_listen(),
+            tls: TlsConfig {
+                subject_alt_names: default_subject_alt_names(),
+                ..TlsConfig::default()
+            },
+            ingest: IngestConfig::default(),
+            index: IndexConfig::default(),
+            archive: ArchiveConfig::default(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: CollectorConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_column(text, span.start))
+                .unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: path.display().to_string(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        };
+        if config.tls.cert_path.is_some() != config.tls.key_path.is_some() {
+            return Err(invalid("tls.cert_path and tls.key_path go together".into()));
+        }
+        if config.ingest.max_body_bytes < 1024 {
+            return Err(invalid("ingest.max_body_bytes must be at least 1024".into()));
+        }
+        if config.index.commit_interval_ms == 0 {
+            return Err(invalid("index.commit_interval_ms must be above 0".into()));
+        }
+        if config.data_dir.is_relative()
+            && let Some(parent) = path.parent()
+        {
+            config.data_dir = parent.join(&config.data_dir);
+        }
+        Ok(config)
+    }
+
+    pub fn archive_dir(&self) -> PathBuf {
+        self.data_dir.join("archive")
+    }
+    pub fn index_dir(&self) -> PathBuf {
+        self.data_dir.join("index")
+    }
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("state.db")
+    }
+}
+
+/// 1-based line and column of a byte position.
+fn line_column(text: &str, position: usize) -> (usize, usize) {
+    let before = &text[..position.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_relative_data_dir() {
+        let c = CollectorConfig::parse("data_dir = \"data\"\n", Path::new("/etc/yagura/collector.toml"))
+            .expect("parse");
+        assert_eq!(c.data_dir, PathBuf::from("/etc/yagura/data"));
+        assert_eq!(c.listen, default_listen());
+        assert_eq!(c.index.commit_interval_ms, 500);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let err = CollectorConfig::parse(
+            "data_dir = \"/d\"\n[ingest]\nmax_body_byte = 5\n",
+            Path::new("c.toml"),
+        )
+        .expect_err("typo");
+        let text = err.to_string();
+        assert!(text.starts_with("c.toml:3:"), "{text}");
+        assert!(text.contains("max_body_byte"), "{text}");
+    }
+}

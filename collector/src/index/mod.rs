@@ -1,0 +1,576 @@
+//! The event index: tantivy, fed from the archive in order.
+//!
+//! This is the only module that touches tantivy types. The [`Indexer`] reads archived
+//! batches from its last committed archive offset, turns each event into a document and
+//! commits in batches (every `commit_interval`); the archive offset it has indexed up to is
+//! written into the tantivy commit payload in the same atomic commit, so after any crash the
+//! indexer resumes exactly where the durable index ends — no event lost, none twice.
+//! [`EventIndex`] answers searches from one long-lived reader.
+//!
+//! Schema: typed keyword fields for the fields the data path relies on, `message` and
+//! `event.original` as full text, a JSON field per ECS top-level field set so any nested
+//! ECS field is searchable by its dotted name, and `_source` (the stored event) plus the
+//! provenance of each event (archive offset and batch sequence).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery};
+use tantivy::schema::{
+    DateOptions, DateTimePrecision, FAST, Field, INDEXED, JsonObjectOptions, OwnedValue, STORED,
+    STRING, Schema, TEXT, TextFieldIndexing, TextOptions, Value as _,
+};
+use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
+use tokio_util::sync::CancellationToken;
+use yagura_shared::{Event, SignedBatch};
+
+use crate::archive::{Archive, ArchiveError, Record};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("index directory {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("query: {0}")]
+    Query(String),
+    #[error("index commit payload is unreadable: {0}")]
+    Payload(String),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+pub type Result<T, E = IndexError> = std::result::Result<T, E>;
+
+/// Typed keyword fields, searchable by exact value and usable as fast fields.
+const KEYWORD_FIELDS: &[&str] = &[
+    "event.id",
+    "event.dataset",
+    "event.action",
+    "event.outcome",
+    "event.kind",
+    "host.name",
+    "agent.id",
+    "user.name",
+    "log.file.path",
+    "tags",
+];
+/// Full-text fields, the default fields of a query without a field name.
+const TEXT_FIELDS: &[&str] = &["message", "event.original"];
+/// ECS top-level field sets indexed as JSON, so `source.ip:…` or `process.name:…` work.
+const JSON_ROOTS: &[&str] = &[
+    "agent", "client", "destination", "dns", "error", "event", "file", "host", "http", "labels",
+    "log", "network", "process", "server", "service", "source", "url", "user", "user_agent",
+];
+const TIMESTAMP: &str = "@timestamp";
+const SOURCE: &str = "_source";
+const ARCHIVE_OFFSET: &str = "_archive_offset";
+const BATCH_SEQUENCE: &str = "_batch_sequence";
+
+/// The payload written with every commit.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct CommitPayload {
+    archive_offset: u64,
+}
+
+fn build_schema() -> Schema {
+    let mut builder = Schema::builder();
+    builder.add_date_field(
+        TIMESTAMP,
+        DateOptions::from(INDEXED)
+            .set_fast()
+            .set_precision(DateTimePrecision::Microseconds),
+    );
+    for name in KEYWORD_FIELDS {
+        builder.add_text_field(name, STRING | FAST);
+    }
+    for name in TEXT_FIELDS {
+        builder.add_text_field(name, TEXT);
+    }
+    let json = JsonObjectOptions::default()
+        .set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer("raw")
+                .set_index_option(tantivy::schema::IndexRecordOption::Basic),
+        )
+        .set_expand_dots_enabled();
+    for name in JSON_ROOTS {
+        builder.add_json_field(name, json.clone());
+    }
+    builder.add_text_field(SOURCE, TextOptions::default().set_stored());
+    builder.add_u64_field(ARCHIVE_OFFSET, INDEXED | FAST | STORED);
+    builder.add_u64_field(BATCH_SEQUENCE, STORED);
+    builder.build()
+}
+
+fn field(schema: &Schema, name: &str) -> Result<Field> {
+    schema
+        .get_field(name)
+        .map_err(|e| IndexError::Query(format!("schema field {name}: {e}")))
+}
+
+fn json_to_owned(value: &Value) -> OwnedValue {
+    match value {
+        Value::Null => OwnedValue::Null,
+        Value::Bool(b) => OwnedValue::Bool(*b),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                OwnedValue::U64(u)
+            } else if let Some(i) = n.as_i64() {
+                OwnedValue::I64(i)
+            } else {
+                OwnedValue::F64(n.as_f64().unwrap_or(0.0))
+            }
+        }
+        Value::String(s) => OwnedValue::Str(s.clone()),
+        Value::Array(items) => OwnedValue::Array(items.iter().map(json_to_owned).collect()),
+        Value::Object(map) => OwnedValue::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), json_to_owned(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn open_index(dir: &Path) -> Result<Index> {
+    std::fs::create_dir_all(dir).map_err(|source| IndexError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let directory = tantivy::directory::MmapDirectory::open(dir)
+        .map_err(|e| IndexError::Query(format!("open {}: {e}", dir.display())))?;
+    Ok(Index::open_or_create(directory, build_schema())?)
+}
+
+/// The archive offset the durable index covers.
+fn committed_offset(index: &Index) -> Result<u64> {
+    let metas = index.load_metas()?;
+    match metas.payload {
+        None => Ok(0),
+        Some(raw) => serde_json::from_str::<CommitPayload>(&raw)
+            .map(|p| p.archive_offset)
+            .map_err(|e| IndexError::Payload(e.to_string())),
+    }
+}
+
+/// Counters an operator (and later the metrics endpoint) reads.
+#[derive(Debug, Default)]
+pub struct IndexerStats {
+    pub events_indexed: std::sync::atomic::AtomicU64,
+    pub bad_batches: std::sync::atomic::AtomicU64,
+    pub indexed_offset: std::sync::atomic::AtomicU64,
+}
+
+/// Writes archived events into the index, resuming from the commit payload.
+pub struct Indexer {
+    writer: IndexWriter<TantivyDocument>,
+    schema: Schema,
+    commit_interval: Duration,
+    max_decompressed: usize,
+    stats: std::sync::Arc<IndexerStats>,
+}
+
+impl Indexer {
+    /// Opens the index in `dir` for writing.
+    pub fn open(dir: &Path, writer_memory_bytes: usize, commit_interval: Duration, max_decompressed: usize) -> Result<(Self, EventIndex)> {
+        let index = open_index(dir)?;
+        let writer = index.writer_with_num_threads(1, writer_memory_bytes)?;
+        let stats = std::sync::Arc::new(IndexerStats::default());
+        let search = EventIndex::new(index.clone())?;
+        Ok((
+            Indexer {
+                writer,
+                schema: index.schema(),
+                commit_interval,
+                max_decompressed,
+                stats,
+            },
+            search,
+        ))
+    }
+
+    pub fn stats(&self) -> std::sync::Arc<IndexerStats> {
+        std::sync::Arc::clone(&self.stats)
+    }
+
+    /// Runs until `cancel`: follows the archive, commits every `commit_interval`, and on
+    /// cancellation indexes what is durable and commits once more.
+    pub fn run<A: Archive>(mut self, archive: &A, runtime: tokio::runtime::Handle, cancel: CancellationToken) -> Result<()> {
+        let start = committed_offset(self.writer.index())?;
+        tracing::info!(archive_offset = start, "indexer resuming");
+        let mut reader = archive.reader(start)?;
+        let mut watch = reader.watch();
+        let mut uncommitted = false;
+        let mut last_commit = Instant::now();
+        loop {
+            let stopping = cancel.is_cancelled();
+            let mut added = 0usize;
+            while let Some(record) = reader.next_record()? {
+                self.add_record(&record);
+                uncommitted = true;
+                added += 1;
+                if added >= 256 {
+                    break;
+                }
+            }
+            let caught_up = reader.offset() >= reader.committed_end();
+            if uncommitted && (stopping || last_commit.elapsed() >= self.commit_interval) {
+                self.commit(reader.offset())?;
+                uncommitted = false;
+                last_commit = Instant::now();
+            }
+            if stopping && caught_up && !uncommitted {
+                return Ok(());
+            }
+            if caught_up {
+                let wait = if uncommitted {
+                    self.commit_interval.saturating_sub(last_commit.elapsed())
+                } else {
+                    Duration::from_secs(3600)
+                };
+                runtime.block_on(async {
+                    tokio::select! {
+                        _ = watch.changed() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                });
+            }
+        }
+    }
+
+    fn commit(&mut self, offset: u64) -> Result<()> {
+        let payload = serde_json::to_string(&CommitPayload { archive_offset: offset })
+            .map_err(|e| IndexError::Payload(e.to_string()))?;
+        let mut prepared = self.writer.prepare_commit()?;
+        prepared.set_payload(&payload);
+        prepared.commit()?;
+        self.stats
+            .indexed_offset
+            .store(offset, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(archive_offset = offset, "index committed");
+        Ok(())
+    }
+
+    /// Adds every event of an archived batch. A batch that cannot be decoded is counted
+    /// and skipped (ingest verified it, so this means a bug or damage, never a reason to
+    /// stop indexing everything after it).
+    fn add_record(&mut self, record: &Record) {
+        let decoded = SignedBatch::from_bytes(record.batch.clone())
+            .and_then(|b| b.events(self.max_decompressed).map(|e| (b, e)));
+        let (batch, events) = match decoded {
+            Ok(ok) => ok,
+            Err(error) => {
+                self.stats
+                    .bad_batches
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(offset = record.offset, %error, "archived batch skipped by the indexer");
+                return;
+            }
+        };
+        let ingested = chrono::DateTime::from_timestamp_millis(record.received_at_ms)
+            .map(yagura_shared::event::format_timestamp);
+        for mut event in events {
+            if let Some(ts) = &ingested {
+                event.set_str("event.ingested", ts.clone());
+            }
+            match document(&self.schema, &event, record.offset, batch.header().sequence) {
+                Ok(doc) => {
+                    if let Err(error) = self.writer.add_document(doc) {
+                        tracing::error!(%error, "document not added");
+                    } else {
+                        self.stats
+                            .events_indexed
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                Err(error) => tracing::error!(%error, "event not indexable"),
+            }
+        }
+    }
+
+}
+
+/// The tantivy document for one event and its provenance.
+fn document(schema: &Schema, event: &Event, offset: u64, sequence: u64) -> Result<TantivyDocument> {
+        let mut doc = TantivyDocument::default();
+        if let Some(ts) = event.timestamp() {
+            let micros = ts.timestamp_micros();
+            doc.add_date(field(schema, TIMESTAMP)?, tantivy::DateTime::from_timestamp_micros(micros));
+        }
+        for name in KEYWORD_FIELDS {
+            match event.get(name) {
+                Some(Value::String(s)) => doc.add_text(field(schema, name)?, s),
+                Some(Value::Array(items)) => {
+                    for item in items.iter().filter_map(Value::as_str) {
+                        doc.add_text(field(schema, name)?, item);
+                    }
+                }
+                Some(other) if !other.is_null() => doc.add_text(field(schema, name)?, other.to_string()),
+                _ => {}
+            }
+        }
+        for name in TEXT_FIELDS {
+            if let Some(text) = event.get_str(name) {
+                doc.add_text(field(schema, name)?, text);
+            }
+        }
+        for name in JSON_ROOTS {
+            if let Some(Value::Object(map)) = event.as_map().get(*name) {
+                let object: BTreeMap<String, OwnedValue> = map
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json_to_owned(v)))
+                    .collect();
+                doc.add_object(field(schema, name)?, object);
+            }
+        }
+        doc.add_text(field(schema, SOURCE)?, event.to_json_line());
+        doc.add_u64(field(schema, ARCHIVE_OFFSET)?, offset);
+        doc.add_u64(field(schema, BATCH_SEQUENCE)?, sequence);
+        Ok(doc)
+}
+
+/// Where an indexed event came from: the archived, signed batch that carried it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Provenance {
+    pub archive_offset: u64,
+    pub batch_sequence: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Hit {
+    pub event: Value,
+    pub provenance: Provenance,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchResult {
+    /// Number of events matching the query and time range.
+    pub total: usize,
+    /// The newest `limit` of them (or oldest, on request).
+    pub hits: Vec<Hit>,
+}
+
+/// A search request, already validated.
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub query: String,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: usize,
+    pub oldest_first: bool,
+}
+
+/// Read side of the index: one long-lived reader, a cheap searcher per request.
+#[derive(Clone)]
+pub struct EventIndex {
+    index: Index,
+    reader: IndexReader,
+}
+
+impl std::fmt::Debug for EventIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventIndex")
+    }
+}
+
+impl EventIndex {
+    fn new(index: Index) -> Result<Self> {
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::OnCommitWithDelay)
+            .try_into()?;
+        Ok(EventIndex { index, reader })
+    }
+
+    /// Opens an index read-only (for tools that do not run the indexer).
+    pub fn open_read_only(dir: &Path) -> Result<Self> {
+        Self::new(open_index(dir)?)
+    }
+
+    /// Runs a query (tantivy query syntax; `*` or empty matches everything).
+    pub fn search(&self, request: &SearchRequest) -> Result<SearchResult> {
+        let schema = self.index.schema();
+        let text_fields = TEXT_FIELDS
+            .iter()
+            .map(|n| field(&schema, n))
+            .collect::<Result<Vec<_>>>()?;
+        let trimmed = request.query.trim();
+        let mut query: Box<dyn Query> = if trimmed.is_empty() || trimmed == "*" {
+            Box::new(AllQuery)
+        } else {
+            let mut parser = QueryParser::for_index(&self.index, text_fields);
+            parser.set_conjunction_by_default();
+            parser
+                .parse_query(trimmed)
+                .map_err(|e| IndexError::Query(e.to_string()))?
+        };
+        if let Some(since) = request.since {
+            let ts = field(&schema, TIMESTAMP)?;
+            let lower = Term::from_field_date_for_search(
+                ts,
+                tantivy::DateTime::from_timestamp_micros(since.timestamp_micros()),
+            );
+            let range = RangeQuery::new(Bound::Included(lower), Bound::Unbounded);
+            query = Box::new(BooleanQuery::new(vec![
+                (Occur::Must, query),
+                (Occur::Must, Box::new(range)),
+            ]));
+        }
+        let searcher = self.reader.searcher();
+        let order = if request.oldest_first { Order::Asc } else { Order::Desc };
+        let top = TopDocs::with_limit(request.limit.max(1))
+            .order_by_fast_field::<tantivy::DateTime>(TIMESTAMP, order);
+        let (total, docs) = searcher.search(&query, &(Count, top))?;
+        let source = field(&schema, SOURCE)?;
+        let offset_field = field(&schema, ARCHIVE_OFFSET)?;
+        let sequence_field = field(&schema, BATCH_SEQUENCE)?;
+        let mut hits = Vec::with_capacity(docs.len());
+        for (_, address) in docs.into_iter().take(request.limit) {
+            hits.push(self.hit(&searcher, address, source, offset_field, sequence_field)?);
+        }
+        Ok(SearchResult { total, hits })
+    }
+
+    fn hit(
+        &self,
+        searcher: &tantivy::Searcher,
+        address: DocAddress,
+        source: Field,
+        offset: Field,
+        sequence: Field,
+    ) -> Result<Hit> {
+        let doc: TantivyDocument = searcher.doc(address)?;
+        let event = doc
+            .get_first(source)
+            .and_then(|v| v.as_str())
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or(Value::Null);
+        Ok(Hit {
+            event,
+            provenance: Provenance {
+                archive_offset: doc.get_first(offset).and_then(|v| v.as_u64()).unwrap_or(0),
+                batch_sequence: doc.get_first(sequence).and_then(|v| v.as_u64()).unwrap_or(0),
+            },
+        })
+    }
+
+    /// Reloads the reader now (tests and tools; the server relies on the reload policy).
+    pub fn refresh(&self) -> Result<()> {
+        Ok(self.reader.reload()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::SegmentArchive;
+    use yagura_shared::AgentKey;
+
+    fn events(n: usize, start: usize) -> Vec<Event> {
+        (start..start + n)
+            .map(|i| {
+                let mut e = Event::new(Utc::now());
+                e.set_str("message", format!("sshd failed password line {i}"));
+                e.set_str("host.name", "web-1");
+                e.set_str("source.ip", "10.1.2.3");
+                e.set_str("event.dataset", "demo");
+                e
+            })
+            .collect()
+    }
+
+    fn search(index: &EventIndex, q: &str) -> SearchResult {
+        index.refresh().expect("refresh");
+        index
+            .search(&SearchRequest { query: q.into(), since: None, limit: 1000, oldest_first: false })
+            .expect("search")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn indexes_the_archive_and_resumes_from_the_commit_payload() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = uuid::Uuid::now_v7();
+        let archive = std::sync::Arc::new(SegmentArchive::open(&dir.path().join("archive"), 1 << 20).expect("archive"));
+        for seq in 1..=3u64 {
+            let batch = SignedBatch::seal(&key, agent, seq, Utc::now(), &events(10, seq as usize * 10)).expect("seal");
+            archive.append(agent, seq, batch.into_bytes()).await.expect("append");
+        }
+        let run_indexer = |archive: std::sync::Arc<SegmentArchive>| {
+            let index_dir = dir.path().join("index");
+            let runtime = tokio::runtime::Handle::current();
+            async move {
+                let cancel = CancellationToken::new();
+                let (indexer, search) = Indexer::open(&index_dir, 20_000_000, Duration::from_millis(50), 1 << 24).expect("open");
+                let stop = cancel.clone();
+                let task = tokio::task::spawn_blocking(move || indexer.run(archive.as_ref(), runtime, stop));
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                cancel.cancel();
+                task.await.expect("join").expect("indexer");
+                search
+            }
+        };
+        let search1 = run_indexer(std::sync::Arc::clone(&archive)).await;
+        assert_eq!(search(&search1, "*").total, 30);
+        assert_eq!(search(&search1, "host.name:web-1").total, 30);
+        assert_eq!(search(&search1, "\"line 15\"").total, 1);
+        assert_eq!(search(&search1, "source.ip:10.1.2.3").total, 30);
+        let hit = &search(&search1, "\"line 25\"").hits[0];
+        assert_eq!(hit.provenance.batch_sequence, 2);
+        assert!(hit.event["event"]["ingested"].is_string());
+        drop(search1);
+        // More batches, then a second indexer run: it starts at the payload offset, so
+        // nothing is indexed twice.
+        let batch = SignedBatch::seal(&key, agent, 4, Utc::now(), &events(5, 100)).expect("seal");
+        archive.append(agent, 4, batch.into_bytes()).await.expect("append");
+        let search2 = run_indexer(archive).await;
+        assert_eq!(search(&search2, "*").total, 35);
+    }
+
+    #[test]
+    fn newest_first_and_since_filter() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let index = open_index(dir.path()).expect("index");
+        let schema = index.schema();
+        let mut writer: IndexWriter<TantivyDocument> =
+            index.writer_with_num_threads(1, 15_000_000).expect("writer");
+        let now = Utc::now();
+        for minutes_ago in [120i64, 30, 5] {
+            let mut e = Event::new(now - chrono::Duration::minutes(minutes_ago));
+            e.set_str("message", format!("{minutes_ago} minutes ago"));
+            writer
+                .add_document(document(&schema, &e, 0, 1).expect("doc"))
+                .expect("add");
+        }
+        writer.commit().expect("commit");
+        let search = EventIndex::new(index).expect("reader");
+        search.refresh().expect("refresh");
+        let all = search
+            .search(&SearchRequest { query: "*".into(), since: None, limit: 10, oldest_first: false })
+            .expect("search");
+        let order: Vec<&str> = all.hits.iter().filter_map(|h| h.event["message"].as_str()).collect();
+        assert_eq!(order, ["5 minutes ago", "30 minutes ago", "120 minutes ago"]);
+        let recent = search
+            .search(&SearchRequest {
+                query: "*".into(),
+                since: Some(now - chrono::Duration::hours(1)),
+                limit: 10,
+                oldest_first: true,
+            })
+            .expect("search");
+        assert_eq!(recent.total, 2);
+        assert_eq!(recent.hits[0].event["message"], "30 minutes ago");
+        let bad = search.search(&SearchRequest { query: "message:(".into(), since: None, limit: 1, oldest_first: false });
+        assert!(matches!(bad, Err(IndexError::Query(_))));
+    }
+}
