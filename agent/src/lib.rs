@@ -1,0 +1,766 @@
+//! The Yagura endpoint agent: tails log files, commits every line together with the file
+//! checkpoints to a durable spool of sealed, signed batches, and ships those batches to the
+//! collector over pinned HTTPS, deleting each only after the collector has acknowledged it.
+//!
+//! The stages, one module each:
+//!
+//! * [`tail`]: resolves the configured paths and globs, reads complete lines from each file's
+//!   checkpoint, and turns every line into an [`Event`](yagura_shared::Event). No runtime,
+//!   no network: testable alone.
+//! * [`spool`]: seals pending events into a [`SignedBatch`](yagura_shared::SignedBatch)
+//!   and writes it, with the checkpoints that cover exactly those lines, durably to disk.
+//!   A crash at any instant neither loses nor repeats a line.
+//! * [`ship`]: sends the oldest spooled batch, byte-identical on every retry, and acks or
+//!   rejects it according to the collector's answer.
+//! * [`enroll`]: one-time registration of the agent's Ed25519 key with the collector,
+//!   pinning the collector's certificate.
+//! * [`config`]: the TOML configuration.
+//!
+//! [`run`] wires them together. It owns no global state, never exits the process and
+//! installs no signal handlers, so the collector's `yagura up` can run an agent in-process:
+//! cancel the token to stop it cleanly.
+
+pub mod config;
+mod durable;
+pub mod enroll;
+pub mod ship;
+pub mod spool;
+pub mod tail;
+#[cfg(test)]
+mod test_server;
+pub mod tls;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use yagura_shared::{AgentKey, Event};
+
+pub use config::{AgentConfig, ConfigError, ShipConfig, SourceConfig, SpoolConfig, StartAt};
+pub use enroll::{Enrollment, enroll};
+
+/// The agent's version, as sent at enrollment and stamped on every event (`agent.version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How often the tailer reads every file even when no file-system notification arrived.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the configured globs are resolved again, so new files are picked up.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the shipper may keep draining the spool after shutdown was requested.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before sealing again after a failed seal (disk full, I/O error).
+const SEAL_RETRY: Duration = Duration::from_secs(1);
+
+/// Everything that can go wrong in the agent library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "{} holds no enrollment ({} is missing): run `yagura-agent enroll` first",
+        state_dir.display(),
+        enroll::ENROLLMENT_FILE
+    )]
+    NotEnrolled { state_dir: PathBuf },
+    #[error(
+        "already enrolled as agent {agent_id} (see {}); pass --force to enroll again",
+        path.display()
+    )]
+    AlreadyEnrolled { path: PathBuf, agent_id: String },
+    #[error("{}: {reason}", path.display())]
+    BadStateFile { path: PathBuf, reason: String },
+    // Messages are complete in themselves (the cause is part of the text, not a
+    // `source()`), so `{}` and `{:#}` print the same, without repetition.
+    #[error("{context}: {cause}")]
+    Io {
+        context: String,
+        cause: std::io::Error,
+    },
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+    #[error("invalid certificate fingerprint {input:?}: {reason}")]
+    InvalidFingerprint { input: String, reason: &'static str },
+    #[error("invalid collector URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error(
+        "the collector's certificate does not match the pinned fingerprint: expected {expected}, \
+         the collector presented {actual}"
+    )]
+    FingerprintMismatch { expected: String, actual: String },
+    #[error("request to {url} failed: {}", ship::ErrorChain(cause))]
+    Request { url: String, cause: reqwest::Error },
+    #[error("the collector refused enrollment ({status}): {message}")]
+    EnrollmentRefused { status: u16, message: String },
+    #[error("the collector's enrollment answer is not understood: {0}")]
+    BadEnrollmentAnswer(String),
+    #[error("could not build the TLS/HTTP client: {0}")]
+    Client(String),
+    #[error("could not generate the agent key: {0}")]
+    KeyGeneration(String),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, cause: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            cause,
+        }
+    }
+}
+
+/// Installs rustls' ring provider as the process default; harmless when one already is.
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Runs the agent until `shutdown` is cancelled: tail, spool, ship.
+///
+/// On cancellation the pending lines are sealed into a last batch, the shipper gets up to
+/// five seconds to empty the spool, and `run` returns `Ok`. Whatever is still spooled is
+/// shipped on the next start.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
+    install_crypto_provider();
+    config.validate()?;
+    let state_dir = config.state_dir.clone();
+    let enrollment = enroll::Enrollment::load(&state_dir)?;
+    let key = Arc::new(enroll::load_key(&state_dir)?);
+    let host_name = config.resolved_host_name();
+
+    let max_bytes = config.spool.max_bytes;
+    let mut spool = blocking({
+        let state_dir = state_dir.clone();
+        move || spool::Spool::open(&state_dir)
+    })
+    .await??;
+    spool.set_max_bytes(max_bytes);
+    tracing::info!(
+        agent_id = %enrollment.agent_id,
+        collector = %enrollment.collector_url,
+        spooled_batches = spool.len(),
+        next_sequence = spool.next_sequence(),
+        "agent starting"
+    );
+    let checkpoints = spool.checkpoints().to_vec();
+    let spool = Arc::new(Mutex::new(spool));
+
+    let batch_sealed = Arc::new(Notify::new());
+    let space_freed = Arc::new(Notify::new());
+    let data_ready = Arc::new(Notify::new());
+    let rescan_requested = Arc::new(AtomicBool::new(false));
+
+    let shipper = ship::Shipper::new(
+        &enrollment,
+        &config.ship,
+        Arc::clone(&spool),
+        Arc::clone(&batch_sealed),
+        Arc::clone(&space_freed),
+    )?;
+
+    let sources = config.sources.clone();
+    let patterns: Vec<String> = sources.iter().flat_map(|s| s.paths.clone()).collect();
+    let mut producer = blocking({
+        let spool = Arc::clone(&spool);
+        let key = Arc::clone(&key);
+        let batch_sealed = Arc::clone(&batch_sealed);
+        let data_ready = Arc::clone(&data_ready);
+        let rescan_requested = Arc::clone(&rescan_requested);
+        let agent_id = enrollment.agent_id;
+        let ship_config = config.ship.clone();
+        move || {
+            let tailer = tail::Tailer::new(&sources, checkpoints);
+            let watcher = match tail::DirWatcher::new(&patterns, move |structural| {
+                if structural {
+                    rescan_requested.store(true, Ordering::Relaxed);
+                }
+                data_ready.notify_one();
+            }) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "file notifications unavailable, polling only");
+                    None
+                }
+            };
+            Producer {
+                tailer,
+                watcher,
+                context: tail::EventContext {
+                    host_name,
+                    agent_id,
+                },
+                pending: Vec::new(),
+                first_pending_at: None,
+                max_events: ship_config.batch_max_events,
+                max_wait: Duration::from_millis(ship_config.batch_max_wait_ms),
+                last_rescan: Instant::now(),
+                seal_retry_at: None,
+                spool,
+                key,
+                batch_sealed,
+            }
+        }
+    })
+    .await?;
+
+    // Nothing fallible is left between spawning the shipper and stopping it below.
+    let drain = CancellationToken::new();
+    let stop = CancellationToken::new();
+    let mut shipper_task = tokio::spawn(shipper.run(drain.clone(), stop.clone()));
+
+    let mut more_ready = false;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let ended: Result<Producer> = loop {
+        if more_ready {
+            if shutdown.is_cancelled() {
+                break Ok(producer);
+            }
+            tokio::task::yield_now().await;
+        } else {
+            let seal_at = deadline;
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(producer),
+                _ = data_ready.notified() => {}
+                _ = space_freed.notified() => {}
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = sleep_until_opt(seal_at), if seal_at.is_some() => {}
+            }
+        }
+        let force_rescan = rescan_requested.swap(false, Ordering::Relaxed);
+        let stepped = blocking(move || {
+            let outcome = producer.step(force_rescan);
+            (producer, outcome)
+        })
+        .await;
+        match stepped {
+            Ok((back, outcome)) => {
+                producer = back;
+                more_ready = outcome.more_ready;
+                deadline = outcome.seal_deadline.map(tokio::time::Instant::from_std);
+            }
+            Err(e) => {
+                // The producer is lost with its pending lines; they were never committed
+                // and are read again on the next start.
+                break Err(e);
+            }
+        }
+    };
+
+    let mut producer = match ended {
+        Ok(producer) => producer,
+        Err(e) => {
+            stop.cancel();
+            log_join(shipper_task.await);
+            return Err(e);
+        }
+    };
+    // Shutdown: seal what is pending, then let the shipper drain for a while.
+    match blocking(move || producer.seal_pending()).await {
+        Ok(true) => {}
+        Ok(false) | Err(_) => {
+            tracing::warn!("pending lines could not be sealed; they will be read again on restart")
+        }
+    }
+    drain.cancel();
+    match tokio::time::timeout(DRAIN_TIMEOUT, &mut shipper_task).await {
+        Ok(joined) => log_join(joined),
+        Err(_) => {
+            stop.cancel();
+            log_join(shipper_task.await);
+        }
+    }
+    let left = spool.lock().unwrap_or_else(|p| p.into_inner()).len();
+    tracing::info!(unshipped_batches = left, "agent stopped");
+    Ok(())
+}
+
+fn log_join(joined: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined {
+        tracing::error!(error = %e, "shipper task failed");
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Runs blocking file-system work off the async worker threads.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))
+}
+
+/// What one [`Producer::step`] did, for the loop deciding when to step again.
+#[derive(Debug)]
+struct StepOutcome {
+    /// The tailer filled the whole request: more lines are probably waiting.
+    more_ready: bool,
+    /// When the pending partial batch must be sealed.
+    seal_deadline: Option<Instant>,
+}
+
+/// The synchronous half of the agent: tailer plus the pending (not yet sealed) batch.
+///
+/// Invariant: every line the tailer has handed out is either in `pending` or in a sealed
+/// batch. The tailer is asked for at most `max_events - pending.len()` lines, and a seal
+/// always takes all of `pending`, so the tailer's checkpoints at seal time cover exactly
+/// the lines of that batch and all earlier ones — never a line still only in memory.
+struct Producer {
+    tailer: tail::Tailer,
+    watcher: Option<tail::DirWatcher>,
+    context: tail::EventContext,
+    pending: Vec<Event>,
+    first_pending_at: Option<Instant>,
+    max_events: usize,
+    max_wait: Duration,
+    last_rescan: Instant,
+    seal_retry_at: Option<Instant>,
+    spool: Arc<Mutex<spool::Spool>>,
+    key: Arc<AgentKey>,
+    batch_sealed: Arc<Notify>,
+}
+
+impl Producer {
+    fn step(&mut self, force_rescan: bool) -> StepOutcome {
+        let now = Instant::now();
+        if force_rescan || now.duration_since(self.last_rescan) >= RESCAN_INTERVAL {
+            self.tailer.rescan();
+            if let Some(watcher) = &mut self.watcher {
+                watcher.refresh();
+            }
+            self.last_rescan = now;
+        }
+        let spool_full = self.lock_spool().is_full();
+        let room = self.max_events.saturating_sub(self.pending.len());
+        let mut more_ready = false;
+        if !spool_full && room > 0 {
+            let lines = self.tailer.poll(room);
+            more_ready = lines.len() == room;
+            if !lines.is_empty() && self.first_pending_at.is_none() {
+                self.first_pending_at = Some(Instant::now());
+            }
+            self.pending
+                .extend(lines.into_iter().map(|line| line.into_event(&self.context)));
+        }
+        let due = self
+            .first_pending_at
+            .is_some_and(|t| t.elapsed() >= self.max_wait);
+        let retry_ok = self.seal_retry_at.is_none_or(|t| Instant::now() >= t);
+        if !self.pending.is_empty() && retry_ok && (self.pending.len() >= self.max_events || due) {
+            self.seal_pending();
+        }
+        if spool_full {
+            // Offsets hold until the shipper frees space; the loop wakes on `space_freed`.
+            more_ready = false;
+        }
+        let seal_deadline = self.first_pending_at.map(|t| {
+            let at = t + self.max_wait;
+            self.seal_retry_at.map_or(at, |r| at.max(r))
+        });
+        StepOutcome {
+            more_ready,
+            seal_deadline,
+        }
+    }
+
+    /// Seals all pending events with the tailer's current checkpoints. Returns whether the
+    /// pending batch is now empty.
+    fn seal_pending(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let checkpoints = self.tailer.checkpoints();
+        let result = {
+            let mut spool = self.spool.lock().unwrap_or_else(|p| p.into_inner());
+            spool.seal(
+                &self.pending,
+                &checkpoints,
+                &self.key,
+                self.context.agent_id,
+            )
+        };
+        match result {
+            Ok(batch) => {
+                tracing::debug!(
+                    sequence = batch.sequence,
+                    events = batch.event_count,
+                    bytes = batch.bytes.len(),
+                    "batch sealed"
+                );
+                self.pending.clear();
+                self.first_pending_at = None;
+                self.seal_retry_at = None;
+                self.batch_sealed.notify_one();
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = self.pending.len(), "could not seal a batch; will retry");
+                self.seal_retry_at = Some(Instant::now() + SEAL_RETRY);
+                false
+            }
+        }
+    }
+
+    fn lock_spool(&self) -> std::sync::MutexGuard<'_, spool::Spool> {
+        self.spool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::path::Path;
+    use uuid::Uuid;
+
+    fn producer(state_dir: &Path, log: &Path, max_events: usize) -> Producer {
+        let source = SourceConfig {
+            paths: vec![log.to_string_lossy().into_owned()],
+            ..SourceConfig::default()
+        };
+        let spool = spool::Spool::open(state_dir).expect("spool");
+        let checkpoints = spool.checkpoints().to_vec();
+        Producer {
+            tailer: tail::Tailer::new(&[source], checkpoints),
+            watcher: None,
+            context: tail::EventContext {
+                host_name: "test-host".into(),
+                agent_id: Uuid::now_v7(),
+            },
+            pending: Vec::new(),
+            first_pending_at: None,
+            max_events,
+            max_wait: Duration::from_secs(3600),
+            last_rescan: Instant::now(),
+            seal_retry_at: None,
+            spool: Arc::new(Mutex::new(spool)),
+            key: Arc::new(AgentKey::generate().expect("key")),
+            batch_sealed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The messages of all spooled batches, in sequence order.
+    fn spooled_messages(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(dir.join("spool"))
+            .expect("dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "batch"))
+            .collect();
+        files.sort();
+        for file in files {
+            let (_, batch) = spool::read_batch_file(&file).expect("batch");
+            for e in batch.events(1 << 24).expect("events") {
+                out.push(e.message().expect("message").to_string());
+            }
+        }
+        out
+    }
+
+    /// Crashes (dropping the producer with lines pending in memory) at many points, with
+    /// lines appended between steps: across all restarts every line is spooled exactly once.
+    #[test]
+    fn checkpoints_sealed_with_a_batch_cover_exactly_its_lines() {
+        for crash_every in 1..=4 {
+            let dir = tempfile::tempdir().expect("tmp");
+            let state = dir.path().join("state");
+            let log = dir.path().join("app.log");
+            let mut f = std::fs::File::create(&log).expect("create");
+            let mut written = 0;
+            let mut p = producer(&state, &log, 7);
+            for round in 0..20 {
+                for _ in 0..(round * 3 + crash_every) % 11 {
+                    writeln!(f, "line {written}").expect("write");
+                    written += 1;
+                }
+                p.step(false);
+                if round % crash_every == 0 {
+                    drop(p); // crash: pending lines were never committed
+                    p = producer(&state, &log, 7);
+                }
+            }
+            // Drain what is left, then seal the partial batch.
+            while p.step(false).more_ready {}
+            assert!(p.seal_pending());
+            let want: Vec<String> = (0..written).map(|i| format!("line {i}")).collect();
+            assert_eq!(
+                spooled_messages(&state),
+                want,
+                "crash every {crash_every} steps"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    //! The whole agent against a scripted HTTPS collector.
+    use super::*;
+    use crate::test_server::{Request, Response, TestServer};
+    use serde_json::json;
+    use std::io::Write;
+    use std::path::Path;
+    use std::sync::atomic::AtomicUsize;
+    use yagura_shared::{SignedBatch, parse_header};
+
+    /// A collector that enrolls anyone and answers ingest with `ingest(n, request)`, `n`
+    /// counting ingest requests from 0.
+    fn collector(
+        ingest: impl Fn(usize, &Request) -> Response + Send + Sync + 'static,
+    ) -> TestServer {
+        let agent_id = uuid::Uuid::now_v7();
+        let count = AtomicUsize::new(0);
+        TestServer::start(move |req| match req.path.as_str() {
+            "/api/v1/enroll" => Response::json(200, json!({ "agent_id": agent_id })),
+            "/api/v1/ingest" => ingest(count.fetch_add(1, Ordering::SeqCst), req),
+            _ => Response::json(404, json!({})),
+        })
+    }
+
+    fn accept(req: &Request) -> Response {
+        let sequence = parse_header(&req.body).map(|h| h.sequence).unwrap_or(0);
+        Response::json(200, json!({"status": "accepted", "sequence": sequence}))
+    }
+
+    fn config(state: &Path, log: &Path, max_events: usize, max_wait_ms: u64) -> AgentConfig {
+        let mut config = AgentConfig::new(state);
+        config.host_name = Some("test-host".into());
+        config.ship.batch_max_events = max_events;
+        config.ship.batch_max_wait_ms = max_wait_ms;
+        config.ship.max_backoff_ms = 200;
+        config.sources.push(SourceConfig {
+            paths: vec![log.to_string_lossy().into_owned()],
+            dataset: "test.run".into(),
+            start_at: StartAt::Beginning,
+        });
+        config
+    }
+
+    fn append_lines(log: &Path, range: std::ops::Range<usize>) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open");
+        for i in range {
+            writeln!(f, "line {i}").expect("write");
+        }
+    }
+
+    /// Messages of the batches the collector accepted (status 200), in order.
+    fn accepted_messages(server: &TestServer, key: &AgentKey) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut last_sequence = 0;
+        for req in server.requests() {
+            if req.path != "/api/v1/ingest" || req.answered != 200 {
+                continue;
+            }
+            let batch = SignedBatch::from_bytes(req.body.clone()).expect("batch");
+            batch.verify(&key.verifying_key()).expect("signature");
+            if batch.header().sequence <= last_sequence {
+                continue; // a retry of a batch not accepted before, or a duplicate
+            }
+            last_sequence = batch.header().sequence;
+            for event in batch.events(1 << 24).expect("events") {
+                assert_eq!(event.dataset(), Some("test.run"));
+                assert_eq!(event.host_name(), Some("test-host"));
+                out.push(event.message().expect("message").to_string());
+            }
+        }
+        out
+    }
+
+    async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn lines(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|i| format!("line {i}")).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ships_every_line_once_resending_identical_bytes() {
+        // The first upload is answered 503 (Retry-After: 0), every later one accepted.
+        let server = collector(|n, req| {
+            if n == 0 {
+                let mut r = Response::json(503, json!({"title": "busy"}));
+                r.headers.push(("Retry-After".into(), "0".into()));
+                r
+            } else {
+                accept(req)
+            }
+        });
+        let dir = tempfile::tempdir().expect("tmp");
+        let state = dir.path().join("state");
+        let log = dir.path().join("app.log");
+        append_lines(&log, 0..10);
+        enroll(
+            &state,
+            &server.url,
+            "t",
+            Some(&server.fingerprint),
+            "h",
+            false,
+        )
+        .await
+        .expect("enroll");
+        let key = enroll::load_key(&state).expect("key");
+
+        let shutdown = CancellationToken::new();
+        let agent = tokio::spawn(run(config(&state, &log, 3, 50), shutdown.clone()));
+        wait_for("10 lines", || accepted_messages(&server, &key).len() == 10).await;
+        append_lines(&log, 10..12);
+        wait_for("12 lines", || accepted_messages(&server, &key).len() == 12).await;
+        shutdown.cancel();
+        agent.await.expect("join").expect("run ok");
+
+        assert_eq!(accepted_messages(&server, &key), lines(0..12));
+        let ingests: Vec<Request> = server
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/api/v1/ingest")
+            .collect();
+        assert_eq!(
+            ingests[0].body, ingests[1].body,
+            "the retry sends identical bytes"
+        );
+        assert_eq!(
+            ingests[0].header("content-type"),
+            Some("application/octet-stream")
+        );
+        let sequences: Vec<u64> = ingests[1..]
+            .iter()
+            .map(|r| parse_header(&r.body).expect("header").sequence)
+            .collect();
+        let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
+        assert_eq!(sequences, expected, "sequences start at 1 and have no gaps");
+        assert!(sequences.len() >= 4, "batches of at most 3 events");
+
+        // A restart resumes after the acked lines: only new lines are shipped.
+        let spool = spool::Spool::open(&state).expect("spool");
+        assert!(spool.is_empty());
+        assert_eq!(spool.next_sequence(), sequences.len() as u64 + 1);
+        drop(spool);
+        append_lines(&log, 12..13);
+        let shutdown = CancellationToken::new();
+        let agent = tokio::spawn(run(config(&state, &log, 3, 50), shutdown.clone()));
+        wait_for("line 12", || accepted_messages(&server, &key).len() == 13).await;
+        shutdown.cancel();
+        agent.await.expect("join").expect("run ok");
+        assert_eq!(accepted_messages(&server, &key), lines(0..13));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_seals_pending_lines_and_drains() {
+        let server = collector(|_, req| accept(req));
+        let dir = tempfile::tempdir().expect("tmp");
+        let state = dir.path().join("state");
+        let log = dir.path().join("app.log");
+        enroll(&state, &server.url, "t", None, "h", false)
+            .await
+            .expect("enroll");
+        let key = enroll::load_key(&state).expect("key");
+        append_lines(&log, 0..5);
+        let shutdown = CancellationToken::new();
+        // A partial batch would wait a minute: only the shutdown seals it.
+        let agent = tokio::spawn(run(config(&state, &log, 1000, 60_000), shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(accepted_messages(&server, &key).is_empty());
+        shutdown.cancel();
+        agent.await.expect("join").expect("run ok");
+        assert_eq!(accepted_messages(&server, &key), lines(0..5));
+        assert!(spool::Spool::open(&state).expect("spool").is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreachable_collector_keeps_batches_and_stops_in_time() {
+        let server = collector(|_, _| Response::json(503, json!({"title": "down"})));
+        let dir = tempfile::tempdir().expect("tmp");
+        let state = dir.path().join("state");
+        let log = dir.path().join("app.log");
+        enroll(&state, &server.url, "t", None, "h", false)
+            .await
+            .expect("enroll");
+        append_lines(&log, 0..4);
+        let shutdown = CancellationToken::new();
+        let agent = tokio::spawn(run(config(&state, &log, 2, 20), shutdown.clone()));
+        wait_for("two uploads", || server.requests().len() >= 3).await;
+        shutdown.cancel();
+        let stopped = Instant::now();
+        agent.await.expect("join").expect("run ok");
+        assert!(stopped.elapsed() < DRAIN_TIMEOUT + Duration::from_secs(2));
+        let mut spool = spool::Spool::open(&state).expect("spool");
+        assert_eq!(
+            spool.len(),
+            2,
+            "both batches stay spooled for the next start"
+        );
+        assert_eq!(spool.oldest().expect("read").map(|b| b.sequence), Some(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rejected_batch_is_set_aside_and_the_next_one_shipped() {
+        let server = collector(|n, req| {
+            if n == 0 {
+                Response::json(
+                    413,
+                    json!({"title": "Payload Too Large", "detail": "too big"}),
+                )
+            } else {
+                accept(req)
+            }
+        });
+        let dir = tempfile::tempdir().expect("tmp");
+        let state = dir.path().join("state");
+        let log = dir.path().join("app.log");
+        enroll(&state, &server.url, "t", None, "h", false)
+            .await
+            .expect("enroll");
+        let key = enroll::load_key(&state).expect("key");
+        append_lines(&log, 0..4);
+        let shutdown = CancellationToken::new();
+        let agent = tokio::spawn(run(config(&state, &log, 2, 20), shutdown.clone()));
+        // The rejected batch (lines 0 and 1) is not resent; the next one goes through.
+        wait_for("second batch", || {
+            accepted_messages(&server, &key) == lines(2..4)
+        })
+        .await;
+        shutdown.cancel();
+        agent.await.expect("join").expect("run ok");
+        let rejected: Vec<_> = std::fs::read_dir(state.join("spool").join("rejected"))
+            .expect("rejected dir")
+            .collect();
+        assert_eq!(rejected.len(), 1);
+        let spool = spool::Spool::open(&state).expect("spool");
+        assert!(spool.is_empty());
+        assert_eq!(spool.last_acked_sequence(), 2);
+    }
+
+    #[tokio::test]
+    async fn run_without_enrollment_says_what_to_do() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let err = run(AgentConfig::new(dir.path()), CancellationToken::new())
+            .await
+            .expect_err("not enrolled");
+        assert!(err.to_string().contains("yagura-agent enroll"), "{err}");
+    }
+}

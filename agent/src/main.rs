@@ -1,1 +1,132 @@
-fn main() {}
+//! `yagura-agent`: command-line glue around the `yagura_agent` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use yagura_agent::AgentConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "yagura-agent", version, about = "Yagura endpoint agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Register this agent with a collector (once, before `run`).
+    Enroll {
+        /// The agent configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The collector's base URL, e.g. https://collector:8443
+        #[arg(long)]
+        collector: String,
+        /// One-time enrollment token issued by the collector.
+        #[arg(long, env = "YAGURA_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// SHA-256 fingerprint of the collector's certificate (hex, colons allowed).
+        /// Without it the certificate is trusted on first use.
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Enroll again even if this agent is already enrolled.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Tail, spool and ship until SIGINT or SIGTERM.
+    Run {
+        /// The agent configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn execute(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Enroll {
+                config,
+                collector,
+                token,
+                fingerprint,
+                force,
+            } => {
+                let config = AgentConfig::load(&config)?;
+                let enrollment = yagura_agent::enroll(
+                    &config.state_dir,
+                    &collector,
+                    &token,
+                    fingerprint.as_deref(),
+                    &config.resolved_host_name(),
+                    force,
+                )
+                .await?;
+                println!("enrolled as agent {}", enrollment.agent_id);
+                if let Some(fp) = &enrollment.fingerprint {
+                    println!("collector certificate SHA-256: {fp}");
+                }
+                Ok(())
+            }
+            Command::Run { config } => {
+                let config = AgentConfig::load(&config)?;
+                let shutdown = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                yagura_agent::run(config, shutdown).await?;
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
+        result = tokio::signal::ctrl_c() => match result {
+            Ok(()) => tracing::info!("SIGINT received, stopping"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGINT");
+                return;
+            }
+        },
+    }
+    shutdown.cancel();
+}

@@ -174,7 +174,9 @@ impl CollectorConfig {
             return Err(invalid("tls.cert_path and tls.key_path go together".into()));
         }
         if config.ingest.max_body_bytes < 1024 {
-            return Err(invalid("ingest.max_body_bytes must be at least 1024".into()));
+            return Err(invalid(
+                "ingest.max_body_bytes must be at least 1024".into(),
+            ));
         }
         if config.index.commit_interval_ms == 0 {
             return Err(invalid("index.commit_interval_ms must be above 0".into()));
@@ -205,7 +207,10 @@ impl CollectorConfig {
 fn line_column(text: &str, position: usize) -> (usize, usize) {
     let before = &text[..position.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, column)
 }
 
@@ -215,8 +220,11 @@ mod tests {
 
     #[test]
     fn defaults_and_relative_data_dir() {
-        let c = CollectorConfig::parse("data_dir = \"data\"\n", Path::new("/etc/yagura/collector.toml"))
-            .expect("parse");
+        let c = CollectorConfig::parse(
+            "data_dir = \"data\"\n",
+            Path::new("/etc/yagura/collector.toml"),
+        )
+        .expect("parse");
         assert_eq!(c.data_dir, PathBuf::from("/etc/yagura/data"));
         assert_eq!(c.listen, default_listen());
         assert_eq!(c.index.commit_interval_ms, 500);

@@ -107,8 +107,8 @@ pub async fn run(
         index,
     });
 
-    let listener = TcpListener::bind(config.listen)
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        TcpListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     listener.set_nonblocking(true)?;
     let address = listener.local_addr()?;
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(identity.server_config()?);

@@ -178,8 +178,10 @@ impl SignedBatch {
             if line.is_empty() {
                 continue;
             }
-            let event = Event::from_json_slice(line)
-                .map_err(|source| BatchError::BadEvent { line: index + 1, source })?;
+            let event = Event::from_json_slice(line).map_err(|source| BatchError::BadEvent {
+                line: index + 1,
+                source,
+            })?;
             events.push(event);
         }
         if events.len() != self.header.event_count as usize {
@@ -196,13 +198,17 @@ impl SignedBatch {
         let decoder = zstd::stream::read::Decoder::new(self.payload())
             .map_err(|e| BatchError::Malformed(format!("zstd: {e}")))?;
         let mut out = Vec::new();
-        let limit = u64::try_from(max_decompressed).unwrap_or(u64::MAX).saturating_add(1);
+        let limit = u64::try_from(max_decompressed)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
         decoder
             .take(limit)
             .read_to_end(&mut out)
             .map_err(|e| BatchError::Malformed(format!("zstd: {e}")))?;
         if out.len() > max_decompressed {
-            return Err(BatchError::TooLarge { limit: max_decompressed });
+            return Err(BatchError::TooLarge {
+                limit: max_decompressed,
+            });
         }
         Ok(out)
     }
@@ -240,7 +246,9 @@ pub fn parse_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         )));
     }
     if &bytes[..4] != MAGIC {
-        return Err(BatchError::Malformed("bad magic (not a Yagura v1 batch)".into()));
+        return Err(BatchError::Malformed(
+            "bad magic (not a Yagura v1 batch)".into(),
+        ));
     }
     let agent_bytes: [u8; 16] = bytes[4..20]
         .try_into()
@@ -370,7 +378,10 @@ mod tests {
                 if let Ok(b) = accepted {
                     // A flipped agent id would name another agent whose key differs; a
                     // batch that still verifies under this key must be the original.
-                    panic!("byte {index} bit {bit:#x} flipped yet verified: {:?}", b.header());
+                    panic!(
+                        "byte {index} bit {bit:#x} flipped yet verified: {:?}",
+                        b.header()
+                    );
                 }
             }
         }
@@ -393,7 +404,10 @@ mod tests {
         e.set_str("message", "A".repeat(1 << 20));
         let batch = SignedBatch::seal(&key, Uuid::now_v7(), 1, Utc::now(), &[e]).expect("seal");
         assert!(batch.as_bytes().len() < 10_000, "compresses well");
-        assert!(matches!(batch.events(64 * 1024), Err(BatchError::TooLarge { .. })));
+        assert!(matches!(
+            batch.events(64 * 1024),
+            Err(BatchError::TooLarge { .. })
+        ));
         assert_eq!(batch.events(2 << 20).expect("fits").len(), 1);
     }
 

@@ -108,7 +108,10 @@ impl Event {
 
     /// Adds a tag to `tags`, once.
     pub fn add_tag(&mut self, tag: &str) {
-        let tags = self.0.entry("tags").or_insert_with(|| Value::Array(Vec::new()));
+        let tags = self
+            .0
+            .entry("tags")
+            .or_insert_with(|| Value::Array(Vec::new()));
         if !tags.is_array() {
             *tags = Value::Array(Vec::new());
         }
@@ -122,12 +125,15 @@ impl Event {
     /// `@timestamp`, parsed.
     pub fn timestamp(&self) -> Option<DateTime<Utc>> {
         let raw = self.get_str("@timestamp")?;
-        DateTime::parse_from_rfc3339(raw).ok().map(|t| t.with_timezone(&Utc))
+        DateTime::parse_from_rfc3339(raw)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
     }
 
     /// `event.id`, parsed.
     pub fn id(&self) -> Option<Uuid> {
-        self.get_str("event.id").and_then(|s| Uuid::parse_str(s).ok())
+        self.get_str("event.id")
+            .and_then(|s| Uuid::parse_str(s).ok())
     }
 
     pub fn dataset(&self) -> Option<&str> {
@@ -161,7 +167,9 @@ impl Event {
     /// Checks the fields the data path relies on: `@timestamp` (RFC 3339) and `event.id`
     /// (a UUID) must be present and well formed; `agent.id`, when present, must be a UUID.
     pub fn validate(&self) -> Result<(), EventError> {
-        let ts = self.get("@timestamp").ok_or(EventError::Missing("@timestamp"))?;
+        let ts = self
+            .get("@timestamp")
+            .ok_or(EventError::Missing("@timestamp"))?;
         let ts = ts.as_str().ok_or(EventError::Invalid {
             field: "@timestamp",
             reason: "not a string".into(),
@@ -170,7 +178,9 @@ impl Event {
             field: "@timestamp",
             reason: e.to_string(),
         })?;
-        let id = self.get("event.id").ok_or(EventError::Missing("event.id"))?;
+        let id = self
+            .get("event.id")
+            .ok_or(EventError::Missing("event.id"))?;
         let id = id.as_str().ok_or(EventError::Invalid {
             field: "event.id",
             reason: "not a string".into(),
@@ -223,7 +233,10 @@ mod tests {
         e.set("log.offset", json!(42));
         assert_eq!(e.host_name(), Some("web-1"));
         assert_eq!(e.get("log.offset"), Some(&json!(42)));
-        assert_eq!(e.as_map()["log"]["file"]["path"], json!("/var/log/auth.log"));
+        assert_eq!(
+            e.as_map()["log"]["file"]["path"],
+            json!("/var/log/auth.log")
+        );
     }
 
     #[test]
@@ -239,12 +252,24 @@ mod tests {
 
     #[test]
     fn validation_names_the_bad_field() {
-        let missing = Event::from_json_slice(br#"{"event":{"id":"0190b5d2-7f3e-7c4c-9b1a-2c3d4e5f6a7b"}}"#);
+        let missing =
+            Event::from_json_slice(br#"{"event":{"id":"0190b5d2-7f3e-7c4c-9b1a-2c3d4e5f6a7b"}}"#);
         assert_eq!(missing, Err(EventError::Missing("@timestamp")));
-        let bad_id = Event::from_json_slice(br#"{"@timestamp":"2026-01-01T00:00:00Z","event":{"id":"nope"}}"#);
-        assert!(matches!(bad_id, Err(EventError::Invalid { field: "event.id", .. })));
+        let bad_id = Event::from_json_slice(
+            br#"{"@timestamp":"2026-01-01T00:00:00Z","event":{"id":"nope"}}"#,
+        );
+        assert!(matches!(
+            bad_id,
+            Err(EventError::Invalid {
+                field: "event.id",
+                ..
+            })
+        ));
         assert_eq!(Event::from_json_slice(b"[1]"), Err(EventError::NotAnObject));
-        assert!(matches!(Event::from_json_slice(b"{"), Err(EventError::Json(_))));
+        assert!(matches!(
+            Event::from_json_slice(b"{"),
+            Err(EventError::Json(_))
+        ));
     }
 
     #[test]

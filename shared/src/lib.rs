@@ -13,6 +13,8 @@
 pub mod batch;
 pub mod event;
 
-pub use batch::{AgentKey, BatchError, BatchHeader, SignedBatch, parse_header, verifying_key_from_base64};
+pub use batch::{
+    AgentKey, BatchError, BatchHeader, SignedBatch, parse_header, verifying_key_from_base64,
+};
 pub use ed25519_dalek::VerifyingKey;
 pub use event::{Event, EventError};

@@ -1,0 +1,407 @@
+//! Harness for Yagura's end-to-end tests: builds the real `yagura` and `yagura-agent`
+//! binaries once, starts them in temporary directories on loopback ports, and talks to
+//! the collector over HTTPS with the certificate pinned, as an agent or analyst would.
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+/// Paths of the two binaries, built once per test process.
+pub struct Binaries {
+    pub collector: PathBuf,
+    pub agent: PathBuf,
+}
+
+/// Builds the binaries with the same cargo and profile as the tests, then finds them.
+/// `CARGO_BIN_EXE_*` only covers the test's own package, hence this.
+pub fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut command = Command::new(cargo);
+        command.current_dir(&workspace).args([
+            "build",
+            "--bins",
+            "-p",
+            "yagura-collector",
+            "-p",
+            "yagura-agent",
+        ]);
+        if !cfg!(debug_assertions) {
+            command.arg("--release");
+        }
+        let status = command
+            .status()
+            .expect("running cargo build for the binaries");
+        assert!(status.success(), "cargo build of the binaries failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace.join("target"));
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        let dir = target.join(profile);
+        Binaries {
+            collector: dir.join("yagura"),
+            agent: dir.join("yagura-agent"),
+        }
+    })
+}
+
+/// A child process that is killed when dropped, with its stdout lines on a channel.
+pub struct Process {
+    child: Child,
+    pub lines: mpsc::Receiver<String>,
+    name: &'static str,
+}
+
+impl Process {
+    pub fn spawn(
+        name: &'static str,
+        program: &Path,
+        args: &[&str],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let mut child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Process { child, lines, name })
+    }
+
+    /// Waits for a stdout line starting with `prefix` and returns the rest of it.
+    pub fn expect_line(&self, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.trim_start().strip_prefix(prefix) {
+                        return Ok(rest.trim().to_string());
+                    }
+                }
+                Err(_) => bail!(
+                    "{} printed no line starting with {prefix:?} in {timeout:?}",
+                    self.name
+                ),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the process gets no chance to flush or clean up.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGINT or SIGTERM, then waits up to `timeout` for the exit status.
+    pub fn stop(
+        &mut self,
+        signal: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.kill_hard();
+                bail!(
+                    "{} did not stop within {timeout:?} after SIG{signal}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill_hard();
+    }
+}
+
+/// A collector running from a config file in its own directory.
+pub struct Collector {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub url: String,
+    pub fingerprint: String,
+    pub api_token: String,
+    pub process: Process,
+}
+
+impl Collector {
+    /// Writes `collector.toml` (listening on an ephemeral loopback port) and starts it.
+    pub fn start(dir: &Path, extra_config: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("collector.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n[index]\ncommit_interval_ms = 200\n{extra_config}"
+            ),
+        )?;
+        let process = Self::spawn(dir, &config)?;
+        let url = process.expect_line("yagura collector listening on", Duration::from_secs(60))?;
+        let fingerprint =
+            process.expect_line("certificate fingerprint (sha256):", Duration::from_secs(5))?;
+        let api_token = process.expect_line(
+            "first-run API token (shown once, stored hashed):",
+            Duration::from_secs(5),
+        )?;
+        // Later restarts must come back on the same address: agents know it.
+        let text = std::fs::read_to_string(&config)?;
+        let address = url.trim_start_matches("https://");
+        std::fs::write(&config, text.replace("127.0.0.1:0", address))?;
+        Ok(Collector {
+            dir: dir.to_path_buf(),
+            config,
+            url,
+            fingerprint,
+            api_token,
+            process,
+        })
+    }
+
+    fn spawn(dir: &Path, config: &Path) -> anyhow::Result<Process> {
+        let config = config.display().to_string();
+        Process::spawn(
+            "yagura serve",
+            &binaries().collector,
+            &["serve", "--config", &config],
+            &dir.join("collector.log"),
+        )
+    }
+
+    /// Starts the collector again on the same address and data (after a kill).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.kill_hard();
+        self.process = Self::spawn(&self.dir, &self.config)?;
+        let url = self
+            .process
+            .expect_line("yagura collector listening on", Duration::from_secs(60))?;
+        anyhow::ensure!(
+            url == self.url,
+            "collector came back on {url}, not {}",
+            self.url
+        );
+        Ok(())
+    }
+
+    /// A new enrollment token, made with the CLI as an operator would.
+    pub fn enrollment_token(&self, uses: u32) -> anyhow::Result<String> {
+        let output = Command::new(&binaries().collector)
+            .args(["agents", "token", "create", "--config"])
+            .arg(&self.config)
+            .args(["--uses", &uses.to_string()])
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8(output.stdout)?.trim().to_string())
+    }
+
+    /// An HTTPS client that trusts only this collector's certificate.
+    pub fn client(&self) -> anyhow::Result<reqwest::Client> {
+        let (client, _) =
+            yagura_agent::tls::pinned_client(Some(&self.fingerprint), Duration::from_secs(30))?;
+        Ok(client)
+    }
+
+    /// `GET /api/v1/search`.
+    pub async fn search(&self, query: &str, limit: usize) -> anyhow::Result<Value> {
+        let response = self
+            .client()?
+            .get(format!("{}/api/v1/search", self.url))
+            .bearer_auth(&self.api_token)
+            .query(&[("q", query), ("limit", &limit.to_string())])
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        anyhow::ensure!(status.is_success(), "search {query:?}: {status} {body}");
+        Ok(body)
+    }
+
+    /// Polls a search until its total is at least `minimum`; returns the total.
+    pub async fn wait_for_at_least(
+        &self,
+        query: &str,
+        minimum: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(body) = self.search(query, 1).await
+                && let Some(total) = body["total"].as_u64()
+                && total >= minimum
+            {
+                return Ok(total);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("{query:?} did not reach {minimum} in {timeout:?}")
+    }
+
+    /// Polls a search until its total is `expected` (or fails after `timeout`).
+    pub async fn wait_for_total(
+        &self,
+        query: &str,
+        expected: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            match self.search(query, 1).await {
+                Ok(body) => {
+                    match body["total"].as_u64() {
+                        Some(total) if total == expected => return Ok(body),
+                        Some(total) if total > expected => {
+                            bail!("{query:?} reached {total}, more than the {expected} expected")
+                        }
+                        _ => {}
+                    }
+                    last = body["total"].clone();
+                }
+                Err(e) => last = Value::String(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        bail!("{query:?} did not reach {expected} in {timeout:?}; last total {last}")
+    }
+}
+
+/// An agent with its own state directory and config.
+pub struct Agent {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub process: Option<Process>,
+}
+
+impl Agent {
+    /// Writes `agent.toml` with the given `[[sources]]` and enrolls against `collector`.
+    pub fn enroll(
+        dir: &Path,
+        collector: &Collector,
+        host_name: &str,
+        sources_toml: &str,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"{}\"\nhost_name = \"{host_name}\"\n[ship]\nbatch_max_events = 500\nbatch_max_wait_ms = 100\nmax_backoff_ms = 500\n{sources_toml}",
+                dir.join("state").display()
+            ),
+        )?;
+        let token = collector.enrollment_token(1)?;
+        let output = Command::new(&binaries().agent)
+            .args(["enroll", "--config"])
+            .arg(&config)
+            .args([
+                "--collector",
+                &collector.url,
+                "--token",
+                &token,
+                "--fingerprint",
+                &collector.fingerprint,
+            ])
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "enroll failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(Agent {
+            dir: dir.to_path_buf(),
+            config,
+            process: None,
+        })
+    }
+
+    /// The agent id written at enrollment.
+    pub fn id(&self) -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(self.dir.join("state").join("enrollment.json"))?;
+        let value: Value = serde_json::from_str(&text)?;
+        Ok(value["agent_id"].as_str().context("agent_id")?.to_string())
+    }
+
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let config = self.config.display().to_string();
+        self.process = Some(Process::spawn(
+            "yagura-agent run",
+            &binaries().agent,
+            &["run", "--config", &config],
+            &self.dir.join("agent.log"),
+        )?);
+        Ok(())
+    }
+
+    pub fn kill_hard(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill_hard();
+        }
+    }
+}
+
+/// Appends numbered lines to a file in chunks, the way a busy service writes its log.
+pub fn append_lines(
+    path: &Path,
+    range: std::ops::Range<usize>,
+    line: impl Fn(usize) -> String,
+) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let mut chunk = String::new();
+    for i in range {
+        chunk.push_str(&line(i));
+        chunk.push('\n');
+    }
+    file.write_all(chunk.as_bytes())?;
+    Ok(())
+}

@@ -49,7 +49,10 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/api/v1/search", get(search))
         .route("/api/v1/agents", get(list_agents))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_token));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_token,
+        ));
     let ingest = Router::new()
         .route("/api/v1/ingest", post(ingest))
         .layer(DefaultBodyLimit::max(max_batch));
@@ -93,7 +96,9 @@ async fn require_api_token(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(token) = presented else {
-        return Err(ApiError::unauthorized("an API token is required (Authorization: Bearer …)"));
+        return Err(ApiError::unauthorized(
+            "an API token is required (Authorization: Bearer …)",
+        ));
     };
     match state.store.check_api_token(token).await {
         Ok(Some(_name)) => Ok(next.run(request).await),
@@ -121,7 +126,9 @@ async fn ingest(
         Err(rejection) => {
             let error = match &rejection {
                 Rejection::Malformed(d) => ApiError::bad_request(d.clone()),
-                Rejection::UnknownAgent(_) | Rejection::InactiveAgent(_) | Rejection::Unverified(_) => {
+                Rejection::UnknownAgent(_)
+                | Rejection::InactiveAgent(_)
+                | Rejection::Unverified(_) => {
                     tracing::warn!(reason = %rejection, "batch refused");
                     ApiError::unauthorized(rejection.to_string())
                 }
@@ -163,7 +170,12 @@ async fn enroll(
     }
     match state
         .agents
-        .enroll(&request.token, &request.public_key, &request.hostname, &request.version)
+        .enroll(
+            &request.token,
+            &request.public_key,
+            &request.hostname,
+            &request.version,
+        )
         .await
     {
         Ok(agent) => {
@@ -174,7 +186,9 @@ async fn enroll(
         }
         Err(EnrollError::Refused(reason)) => {
             tracing::warn!(?reason, "enrollment refused");
-            Err(ApiError::unauthorized("enrollment token is invalid, expired or used up"))
+            Err(ApiError::unauthorized(
+                "enrollment token is invalid, expired or used up",
+            ))
         }
         Err(EnrollError::BadKey(detail)) => Err(ApiError::bad_request(detail)),
         Err(EnrollError::Store(e)) => Err(ApiError::internal(e)),
@@ -207,7 +221,11 @@ pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Stri
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use s, m, h or d)"
+            ));
+        }
     };
     let delta = amount
         .checked_mul(seconds)
@@ -237,7 +255,11 @@ async fn search(
     let oldest_first = match params.order.as_deref() {
         None | Some("desc") => false,
         Some("asc") => true,
-        Some(other) => return Err(ApiError::bad_request(format!("order `{other}`: use asc or desc"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "order `{other}`: use asc or desc"
+            )));
+        }
     };
     let request = SearchRequest {
         query: params.q.unwrap_or_default(),
@@ -287,8 +309,14 @@ mod tests {
     #[test]
     fn since_accepts_units_and_rfc3339() {
         let now = Utc::now();
-        assert_eq!(parse_since("90s", now), Ok(now - chrono::Duration::seconds(90)));
-        assert_eq!(parse_since("15m", now), Ok(now - chrono::Duration::minutes(15)));
+        assert_eq!(
+            parse_since("90s", now),
+            Ok(now - chrono::Duration::seconds(90))
+        );
+        assert_eq!(
+            parse_since("15m", now),
+            Ok(now - chrono::Duration::minutes(15))
+        );
         assert_eq!(parse_since("2h", now), Ok(now - chrono::Duration::hours(2)));
         assert_eq!(parse_since("7d", now), Ok(now - chrono::Duration::days(7)));
         assert!(parse_since("2026-01-01T00:00:00Z", now).is_ok());

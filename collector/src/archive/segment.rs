@@ -192,7 +192,12 @@ impl Writer {
             if let Some(last) = known
                 && request.sequence <= last
             {
-                replies.push((request.reply, Appended::Duplicate { last_sequence: last }));
+                replies.push((
+                    request.reply,
+                    Appended::Duplicate {
+                        last_sequence: last,
+                    },
+                ));
                 continue;
             }
             if self.end_offset - self.segment_base >= self.segment_max_bytes {
@@ -264,7 +269,9 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(stem) = name.strip_suffix(".seg") else { continue };
+        let Some(stem) = name.strip_suffix(".seg") else {
+            continue;
+        };
         if let Ok(base) = stem.parse::<u64>() {
             segments.push((base, entry.path()));
         }
@@ -275,7 +282,11 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 
 /// Outcome of reading one record from a segment.
 enum ReadOutcome {
-    Record { received_at_ms: i64, batch: Vec<u8>, len: u64 },
+    Record {
+        received_at_ms: i64,
+        batch: Vec<u8>,
+        len: u64,
+    },
     End,
     /// Incomplete or damaged bytes at `position`.
     Damaged(String),
@@ -298,7 +309,9 @@ fn read_record(reader: &mut impl Read) -> std::io::Result<ReadOutcome> {
     let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
     let crc = u32::from_be_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
     if (len as usize) < RECORD_META || len > MAX_RECORD_BYTES {
-        return Ok(ReadOutcome::Damaged(format!("impossible record length {len}")));
+        return Ok(ReadOutcome::Damaged(format!(
+            "impossible record length {len}"
+        )));
     }
     let mut body = Vec::with_capacity(len as usize);
     let got = reader.take(u64::from(len)).read_to_end(&mut body)?;
@@ -311,7 +324,10 @@ fn read_record(reader: &mut impl Read) -> std::io::Result<ReadOutcome> {
         return Ok(ReadOutcome::Damaged("CRC mismatch".into()));
     }
     if body[0] != RECORD_VERSION {
-        return Ok(ReadOutcome::Damaged(format!("unknown record version {}", body[0])));
+        return Ok(ReadOutcome::Damaged(format!(
+            "unknown record version {}",
+            body[0]
+        )));
     }
     let mut ts = [0u8; 8];
     ts.copy_from_slice(&body[1..9]);
@@ -358,7 +374,10 @@ fn recover(dir: &Path) -> Result<Recovered> {
                         });
                     }
                     let size = std::fs::metadata(path).map_err(io_err(path))?.len();
-                    let file = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(io_err(path))?;
                     file.set_len(position).map_err(io_err(path))?;
                     file.sync_all().map_err(io_err(path))?;
                     report.truncated_bytes = size - position;
@@ -468,7 +487,8 @@ impl ArchiveReader {
                 reason: "no segment holds this offset".into(),
             })?;
         let mut file = File::open(&path).map_err(io_err(&path))?;
-        file.seek(SeekFrom::Start(offset - base)).map_err(io_err(&path))?;
+        file.seek(SeekFrom::Start(offset - base))
+            .map_err(io_err(&path))?;
         Ok((base, BufReader::with_capacity(1 << 20, file), path))
     }
 }
@@ -502,11 +522,20 @@ mod tests {
         let key = AgentKey::generate().expect("key");
         let agent = Uuid::now_v7();
         let archive = SegmentArchive::open(dir.path(), 1 << 20).expect("open");
-        let first = archive.append(agent, 1, batch(&key, agent, 1)).await.expect("a1");
+        let first = archive
+            .append(agent, 1, batch(&key, agent, 1))
+            .await
+            .expect("a1");
         assert_eq!(first, Appended::Accepted { offset: 0 });
-        let second = archive.append(agent, 2, batch(&key, agent, 2)).await.expect("a2");
+        let second = archive
+            .append(agent, 2, batch(&key, agent, 2))
+            .await
+            .expect("a2");
         assert!(matches!(second, Appended::Accepted { offset } if offset > 0));
-        let replay = archive.append(agent, 1, batch(&key, agent, 1)).await.expect("a3");
+        let replay = archive
+            .append(agent, 1, batch(&key, agent, 1))
+            .await
+            .expect("a3");
         assert_eq!(replay, Appended::Duplicate { last_sequence: 2 });
         let records = read_all(&archive, 0);
         assert_eq!(records.len(), 2);
@@ -524,14 +553,20 @@ mod tests {
         {
             let archive = SegmentArchive::open(dir.path(), 600).expect("open");
             for seq in 1..=10 {
-                archive.append(agent, seq, batch(&key, agent, seq)).await.expect("append");
+                archive
+                    .append(agent, seq, batch(&key, agent, seq))
+                    .await
+                    .expect("append");
             }
         }
         assert!(list_segments(dir.path()).expect("ls").len() > 1, "rotated");
         let archive = SegmentArchive::open(dir.path(), 600).expect("reopen");
         assert_eq!(archive.last_sequence(agent), Some(10));
         assert_eq!(archive.recovery_report().records, 10);
-        let replay = archive.append(agent, 10, batch(&key, agent, 10)).await.expect("dup");
+        let replay = archive
+            .append(agent, 10, batch(&key, agent, 10))
+            .await
+            .expect("dup");
         assert_eq!(replay, Appended::Duplicate { last_sequence: 10 });
         let records = read_all(&archive, 0);
         let seqs: Vec<u64> = records
@@ -549,23 +584,35 @@ mod tests {
         {
             let archive = SegmentArchive::open(dir.path(), 1 << 20).expect("open");
             for seq in 1..=3 {
-                archive.append(agent, seq, batch(&key, agent, seq)).await.expect("append");
+                archive
+                    .append(agent, seq, batch(&key, agent, seq))
+                    .await
+                    .expect("append");
             }
         }
         let path = segment_path(dir.path(), 0);
         let full = std::fs::metadata(&path).expect("meta").len();
         // Append half a record, as a crash in the middle of a write leaves it.
         let partial = encode_record(0, &batch(&key, agent, 4));
-        let mut f = OpenOptions::new().append(true).open(&path).expect("open seg");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open seg");
         f.write_all(&partial[..partial.len() / 2]).expect("write");
         drop(f);
         let archive = SegmentArchive::open(dir.path(), 1 << 20).expect("recover");
-        assert_eq!(archive.recovery_report().truncated_bytes, (partial.len() / 2) as u64);
+        assert_eq!(
+            archive.recovery_report().truncated_bytes,
+            (partial.len() / 2) as u64
+        );
         assert_eq!(archive.recovery_report().end_offset, full);
         assert_eq!(read_all(&archive, 0).len(), 3);
         assert_eq!(archive.last_sequence(agent), Some(3));
         // Sequence 4 was never acknowledged, so the agent's resend is accepted.
-        let again = archive.append(agent, 4, batch(&key, agent, 4)).await.expect("append");
+        let again = archive
+            .append(agent, 4, batch(&key, agent, 4))
+            .await
+            .expect("append");
         assert_eq!(again, Appended::Accepted { offset: full });
     }
 
@@ -577,14 +624,19 @@ mod tests {
         {
             let archive = SegmentArchive::open(dir.path(), 600).expect("open");
             for seq in 1..=6 {
-                archive.append(agent, seq, batch(&key, agent, seq)).await.expect("append");
+                archive
+                    .append(agent, seq, batch(&key, agent, seq))
+                    .await
+                    .expect("append");
             }
         }
         let path = segment_path(dir.path(), 0);
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[20] ^= 0xff;
         std::fs::write(&path, bytes).expect("write");
-        let err = SegmentArchive::open(dir.path(), 600).err().expect("must fail");
+        let err = SegmentArchive::open(dir.path(), 600)
+            .err()
+            .expect("must fail");
         assert!(matches!(err, ArchiveError::Corrupt { .. }), "{err}");
     }
 }

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use yagura_shared::VerifyingKey;
 use uuid::Uuid;
+use yagura_shared::VerifyingKey;
 use yagura_shared::verifying_key_from_base64;
 
 use crate::store::{AgentRecord, Store, StoreError, TokenRefusal};

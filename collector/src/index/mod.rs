@@ -26,7 +26,9 @@ use tantivy::schema::{
     DateOptions, DateTimePrecision, FAST, Field, INDEXED, JsonObjectOptions, OwnedValue, STORED,
     STRING, Schema, TEXT, TextFieldIndexing, TextOptions, Value as _,
 };
-use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term,
+};
 use tokio_util::sync::CancellationToken;
 use yagura_shared::{Event, SignedBatch};
 
@@ -69,8 +71,25 @@ const KEYWORD_FIELDS: &[&str] = &[
 const TEXT_FIELDS: &[&str] = &["message", "event.original"];
 /// ECS top-level field sets indexed as JSON, so `source.ip:…` or `process.name:…` work.
 const JSON_ROOTS: &[&str] = &[
-    "agent", "client", "destination", "dns", "error", "event", "file", "host", "http", "labels",
-    "log", "network", "process", "server", "service", "source", "url", "user", "user_agent",
+    "agent",
+    "client",
+    "destination",
+    "dns",
+    "error",
+    "event",
+    "file",
+    "host",
+    "http",
+    "labels",
+    "log",
+    "network",
+    "process",
+    "server",
+    "service",
+    "source",
+    "url",
+    "user",
+    "user_agent",
 ];
 const TIMESTAMP: &str = "@timestamp";
 const SOURCE: &str = "_source";
@@ -182,7 +201,12 @@ pub struct Indexer {
 
 impl Indexer {
     /// Opens the index in `dir` for writing.
-    pub fn open(dir: &Path, writer_memory_bytes: usize, commit_interval: Duration, max_decompressed: usize) -> Result<(Self, EventIndex)> {
+    pub fn open(
+        dir: &Path,
+        writer_memory_bytes: usize,
+        commit_interval: Duration,
+        max_decompressed: usize,
+    ) -> Result<(Self, EventIndex)> {
         let index = open_index(dir)?;
         let writer = index.writer_with_num_threads(1, writer_memory_bytes)?;
         let stats = std::sync::Arc::new(IndexerStats::default());
@@ -205,7 +229,12 @@ impl Indexer {
 
     /// Runs until `cancel`: follows the archive, commits every `commit_interval`, and on
     /// cancellation indexes what is durable and commits once more.
-    pub fn run<A: Archive>(mut self, archive: &A, runtime: tokio::runtime::Handle, cancel: CancellationToken) -> Result<()> {
+    pub fn run<A: Archive>(
+        mut self,
+        archive: &A,
+        runtime: tokio::runtime::Handle,
+        cancel: CancellationToken,
+    ) -> Result<()> {
         let start = committed_offset(self.writer.index())?;
         tracing::info!(archive_offset = start, "indexer resuming");
         let mut reader = archive.reader(start)?;
@@ -250,8 +279,10 @@ impl Indexer {
     }
 
     fn commit(&mut self, offset: u64) -> Result<()> {
-        let payload = serde_json::to_string(&CommitPayload { archive_offset: offset })
-            .map_err(|e| IndexError::Payload(e.to_string()))?;
+        let payload = serde_json::to_string(&CommitPayload {
+            archive_offset: offset,
+        })
+        .map_err(|e| IndexError::Payload(e.to_string()))?;
         let mut prepared = self.writer.prepare_commit()?;
         prepared.set_payload(&payload);
         prepared.commit()?;
@@ -298,46 +329,50 @@ impl Indexer {
             }
         }
     }
-
 }
 
 /// The tantivy document for one event and its provenance.
 fn document(schema: &Schema, event: &Event, offset: u64, sequence: u64) -> Result<TantivyDocument> {
-        let mut doc = TantivyDocument::default();
-        if let Some(ts) = event.timestamp() {
-            let micros = ts.timestamp_micros();
-            doc.add_date(field(schema, TIMESTAMP)?, tantivy::DateTime::from_timestamp_micros(micros));
-        }
-        for name in KEYWORD_FIELDS {
-            match event.get(name) {
-                Some(Value::String(s)) => doc.add_text(field(schema, name)?, s),
-                Some(Value::Array(items)) => {
-                    for item in items.iter().filter_map(Value::as_str) {
-                        doc.add_text(field(schema, name)?, item);
-                    }
+    let mut doc = TantivyDocument::default();
+    if let Some(ts) = event.timestamp() {
+        let micros = ts.timestamp_micros();
+        doc.add_date(
+            field(schema, TIMESTAMP)?,
+            tantivy::DateTime::from_timestamp_micros(micros),
+        );
+    }
+    for name in KEYWORD_FIELDS {
+        match event.get(name) {
+            Some(Value::String(s)) => doc.add_text(field(schema, name)?, s),
+            Some(Value::Array(items)) => {
+                for item in items.iter().filter_map(Value::as_str) {
+                    doc.add_text(field(schema, name)?, item);
                 }
-                Some(other) if !other.is_null() => doc.add_text(field(schema, name)?, other.to_string()),
-                _ => {}
             }
-        }
-        for name in TEXT_FIELDS {
-            if let Some(text) = event.get_str(name) {
-                doc.add_text(field(schema, name)?, text);
+            Some(other) if !other.is_null() => {
+                doc.add_text(field(schema, name)?, other.to_string())
             }
+            _ => {}
         }
-        for name in JSON_ROOTS {
-            if let Some(Value::Object(map)) = event.as_map().get(*name) {
-                let object: BTreeMap<String, OwnedValue> = map
-                    .iter()
-                    .map(|(k, v)| (k.clone(), json_to_owned(v)))
-                    .collect();
-                doc.add_object(field(schema, name)?, object);
-            }
+    }
+    for name in TEXT_FIELDS {
+        if let Some(text) = event.get_str(name) {
+            doc.add_text(field(schema, name)?, text);
         }
-        doc.add_text(field(schema, SOURCE)?, event.to_json_line());
-        doc.add_u64(field(schema, ARCHIVE_OFFSET)?, offset);
-        doc.add_u64(field(schema, BATCH_SEQUENCE)?, sequence);
-        Ok(doc)
+    }
+    for name in JSON_ROOTS {
+        if let Some(Value::Object(map)) = event.as_map().get(*name) {
+            let object: BTreeMap<String, OwnedValue> = map
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_owned(v)))
+                .collect();
+            doc.add_object(field(schema, name)?, object);
+        }
+    }
+    doc.add_text(field(schema, SOURCE)?, event.to_json_line());
+    doc.add_u64(field(schema, ARCHIVE_OFFSET)?, offset);
+    doc.add_u64(field(schema, BATCH_SEQUENCE)?, sequence);
+    Ok(doc)
 }
 
 /// Where an indexed event came from: the archived, signed batch that carried it.
@@ -427,7 +462,11 @@ impl EventIndex {
             ]));
         }
         let searcher = self.reader.searcher();
-        let order = if request.oldest_first { Order::Asc } else { Order::Desc };
+        let order = if request.oldest_first {
+            Order::Asc
+        } else {
+            Order::Desc
+        };
         let top = TopDocs::with_limit(request.limit.max(1))
             .order_by_fast_field::<tantivy::DateTime>(TIMESTAMP, order);
         let (total, docs) = searcher.search(&query, &(Count, top))?;
@@ -459,7 +498,10 @@ impl EventIndex {
             event,
             provenance: Provenance {
                 archive_offset: doc.get_first(offset).and_then(|v| v.as_u64()).unwrap_or(0),
-                batch_sequence: doc.get_first(sequence).and_then(|v| v.as_u64()).unwrap_or(0),
+                batch_sequence: doc
+                    .get_first(sequence)
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0),
             },
         })
     }
@@ -492,7 +534,12 @@ mod tests {
     fn search(index: &EventIndex, q: &str) -> SearchResult {
         index.refresh().expect("refresh");
         index
-            .search(&SearchRequest { query: q.into(), since: None, limit: 1000, oldest_first: false })
+            .search(&SearchRequest {
+                query: q.into(),
+                since: None,
+                limit: 1000,
+                oldest_first: false,
+            })
             .expect("search")
     }
 
@@ -501,19 +548,30 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let key = AgentKey::generate().expect("key");
         let agent = uuid::Uuid::now_v7();
-        let archive = std::sync::Arc::new(SegmentArchive::open(&dir.path().join("archive"), 1 << 20).expect("archive"));
+        let archive = std::sync::Arc::new(
+            SegmentArchive::open(&dir.path().join("archive"), 1 << 20).expect("archive"),
+        );
         for seq in 1..=3u64 {
-            let batch = SignedBatch::seal(&key, agent, seq, Utc::now(), &events(10, seq as usize * 10)).expect("seal");
-            archive.append(agent, seq, batch.into_bytes()).await.expect("append");
+            let batch =
+                SignedBatch::seal(&key, agent, seq, Utc::now(), &events(10, seq as usize * 10))
+                    .expect("seal");
+            archive
+                .append(agent, seq, batch.into_bytes())
+                .await
+                .expect("append");
         }
         let run_indexer = |archive: std::sync::Arc<SegmentArchive>| {
             let index_dir = dir.path().join("index");
             let runtime = tokio::runtime::Handle::current();
             async move {
                 let cancel = CancellationToken::new();
-                let (indexer, search) = Indexer::open(&index_dir, 20_000_000, Duration::from_millis(50), 1 << 24).expect("open");
+                let (indexer, search) =
+                    Indexer::open(&index_dir, 20_000_000, Duration::from_millis(50), 1 << 24)
+                        .expect("open");
                 let stop = cancel.clone();
-                let task = tokio::task::spawn_blocking(move || indexer.run(archive.as_ref(), runtime, stop));
+                let task = tokio::task::spawn_blocking(move || {
+                    indexer.run(archive.as_ref(), runtime, stop)
+                });
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 cancel.cancel();
                 task.await.expect("join").expect("indexer");
@@ -532,7 +590,10 @@ mod tests {
         // More batches, then a second indexer run: it starts at the payload offset, so
         // nothing is indexed twice.
         let batch = SignedBatch::seal(&key, agent, 4, Utc::now(), &events(5, 100)).expect("seal");
-        archive.append(agent, 4, batch.into_bytes()).await.expect("append");
+        archive
+            .append(agent, 4, batch.into_bytes())
+            .await
+            .expect("append");
         let search2 = run_indexer(archive).await;
         assert_eq!(search(&search2, "*").total, 35);
     }
@@ -542,8 +603,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let index = open_index(dir.path()).expect("index");
         let schema = index.schema();
-        let mut writer: IndexWriter<TantivyDocument> =
-            index.writer_with_num_threads(1, 15_000_000).expect("writer");
+        let mut writer: IndexWriter<TantivyDocument> = index
+            .writer_with_num_threads(1, 15_000_000)
+            .expect("writer");
         let now = Utc::now();
         for minutes_ago in [120i64, 30, 5] {
             let mut e = Event::new(now - chrono::Duration::minutes(minutes_ago));
@@ -556,10 +618,22 @@ mod tests {
         let search = EventIndex::new(index).expect("reader");
         search.refresh().expect("refresh");
         let all = search
-            .search(&SearchRequest { query: "*".into(), since: None, limit: 10, oldest_first: false })
+            .search(&SearchRequest {
+                query: "*".into(),
+                since: None,
+                limit: 10,
+                oldest_first: false,
+            })
             .expect("search");
-        let order: Vec<&str> = all.hits.iter().filter_map(|h| h.event["message"].as_str()).collect();
-        assert_eq!(order, ["5 minutes ago", "30 minutes ago", "120 minutes ago"]);
+        let order: Vec<&str> = all
+            .hits
+            .iter()
+            .filter_map(|h| h.event["message"].as_str())
+            .collect();
+        assert_eq!(
+            order,
+            ["5 minutes ago", "30 minutes ago", "120 minutes ago"]
+        );
         let recent = search
             .search(&SearchRequest {
                 query: "*".into(),
@@ -570,7 +644,12 @@ mod tests {
             .expect("search");
         assert_eq!(recent.total, 2);
         assert_eq!(recent.hits[0].event["message"], "30 minutes ago");
-        let bad = search.search(&SearchRequest { query: "message:(".into(), since: None, limit: 1, oldest_first: false });
+        let bad = search.search(&SearchRequest {
+            query: "message:(".into(),
+            since: None,
+            limit: 1,
+            oldest_first: false,
+        });
         assert!(matches!(bad, Err(IndexError::Query(_))));
     }
 }

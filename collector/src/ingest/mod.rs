@@ -70,7 +70,8 @@ impl<A: Archive> BatchIngest<A> {
 
     /// Runs every check on `body` and archives it; returns the ack to send.
     pub async fn ingest(&self, body: Vec<u8>) -> Result<Ack, Rejection> {
-        let batch = SignedBatch::from_bytes(body).map_err(|e| Rejection::Malformed(e.to_string()))?;
+        let batch =
+            SignedBatch::from_bytes(body).map_err(|e| Rejection::Malformed(e.to_string()))?;
         let header = batch.header().clone();
         let agent = self
             .agents

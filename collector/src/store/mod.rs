@@ -256,7 +256,9 @@ mod tests {
 
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = Store::open_sqlite(&dir.path().join("state.db")).await.expect("open");
+        let store = Store::open_sqlite(&dir.path().join("state.db"))
+            .await
+            .expect("open");
         (dir, store)
     }
 
@@ -265,8 +267,14 @@ mod tests {
         let (dir, store) = store().await;
         let token = store.create_api_token("first-run").await.expect("create");
         assert!(token.expose().starts_with("ygt_"));
-        assert_eq!(store.check_api_token(token.expose()).await.expect("check"), Some("first-run".into()));
-        assert_eq!(store.check_api_token("ygt_wrong").await.expect("check"), None);
+        assert_eq!(
+            store.check_api_token(token.expose()).await.expect("check"),
+            Some("first-run".into())
+        );
+        assert_eq!(
+            store.check_api_token("ygt_wrong").await.expect("check"),
+            None
+        );
         assert_eq!(format!("{token:?}"), "Secret(***)");
         store.close().await;
         // The plain token appears nowhere in the database files.
@@ -280,7 +288,10 @@ mod tests {
     #[tokio::test]
     async fn enrollment_tokens_are_use_counted_and_expire() {
         let (_dir, store) = store().await;
-        let token = store.create_enrollment_token(Duration::hours(1), 2).await.expect("token");
+        let token = store
+            .create_enrollment_token(Duration::hours(1), 2)
+            .await
+            .expect("token");
         for _ in 0..2 {
             let agent = store
                 .enroll_agent(token.expose(), "pk", "host", "0.1.0")
@@ -289,12 +300,24 @@ mod tests {
                 .expect("enrolled");
             assert!(store.agent(agent.id).await.expect("db").is_some());
         }
-        let third = store.enroll_agent(token.expose(), "pk", "host", "0.1.0").await.expect("db");
+        let third = store
+            .enroll_agent(token.expose(), "pk", "host", "0.1.0")
+            .await
+            .expect("db");
         assert_eq!(third.err(), Some(TokenRefusal::UsedUp));
-        let expired = store.create_enrollment_token(Duration::seconds(-1), 5).await.expect("token");
-        let refused = store.enroll_agent(expired.expose(), "pk", "h", "v").await.expect("db");
+        let expired = store
+            .create_enrollment_token(Duration::seconds(-1), 5)
+            .await
+            .expect("token");
+        let refused = store
+            .enroll_agent(expired.expose(), "pk", "h", "v")
+            .await
+            .expect("db");
         assert_eq!(refused.err(), Some(TokenRefusal::Expired));
-        let unknown = store.enroll_agent("yge_nope", "pk", "h", "v").await.expect("db");
+        let unknown = store
+            .enroll_agent("yge_nope", "pk", "h", "v")
+            .await
+            .expect("db");
         assert_eq!(unknown.err(), Some(TokenRefusal::Unknown));
         assert_eq!(store.agents().await.expect("db").len(), 2);
     }

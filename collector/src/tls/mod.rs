@@ -64,6 +64,22 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     hex::encode(Sha256::digest(cert.as_ref()))
 }
 
+/// The fingerprint of the first certificate in a PEM file (for CLI clients on the
+/// collector's own machine, which can read the certificate instead of being told it).
+pub fn fingerprint_of_pem_file(path: &Path) -> Result<String, TlsError> {
+    let pem_error = |detail: String| TlsError::Pem {
+        path: path.display().to_string(),
+        what: "certificate",
+        detail,
+    };
+    let first = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(e.to_string()))?
+        .next()
+        .ok_or_else(|| pem_error("empty".into()))?
+        .map_err(|e| pem_error(e.to_string()))?;
+    Ok(fingerprint(&first))
+}
+
 impl TlsIdentity {
     /// Loads the certificate and key from PEM files.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
@@ -107,7 +123,11 @@ impl TlsIdentity {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
             let certified = rcgen::generate_simple_self_signed(subject_alt_names.to_vec())
                 .map_err(|e| TlsError::Generate(e.to_string()))?;
-            write_file(&key_path, certified.signing_key.serialize_pem().as_bytes(), 0o600)?;
+            write_file(
+                &key_path,
+                certified.signing_key.serialize_pem().as_bytes(),
+                0o600,
+            )?;
             write_file(&cert_path, certified.cert.pem().as_bytes(), 0o644)?;
             tracing::info!(path = %cert_path.display(), "generated a self-signed collector certificate");
         }

@@ -1,0 +1,393 @@
+//! The agent's configuration: a TOML file, or a value built in code (as `yagura up` does).
+//!
+//! Guarantees: unknown keys are errors (`deny_unknown_fields`), every error names the file
+//! and, for syntax and type errors, the line and column; [`AgentConfig::validate`] checks
+//! what serde cannot (non-empty sources, valid glob patterns, non-zero limits). Fields carry
+//! their unit in the name (`_ms`, `_bytes`).
+//!
+//! ```toml
+//! state_dir = "/var/lib/yagura-agent"   # key, enrollment, spool, checkpoints
+//! host_name = "web-1"                    # optional; default: the machine's hostname
+//!
+//! [ship]
+//! batch_max_events = 1000
+//! batch_max_wait_ms = 250
+//! max_backoff_ms = 5000
+//! request_timeout_ms = 10000
+//!
+//! [spool]
+//! max_bytes = 268435456
+//!
+//! [[sources]]
+//! paths = ["/var/log/auth.log", "/tmp/x/*.log"]
+//! dataset = "system.auth"
+//! start_at = "beginning"                 # or "end"; only for a file with no checkpoint
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be loaded or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {cause}", path.display())]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{}{}: {message}", path.display(), location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+    Parse {
+        path: PathBuf,
+        /// 1-based line and column, when the TOML error points somewhere.
+        location: Option<(usize, usize)>,
+        message: String,
+    },
+    #[error("{}: `{key}` {reason}", path.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "agent config".into()))]
+    Invalid {
+        /// The file, when the configuration came from one.
+        path: Option<PathBuf>,
+        key: String,
+        reason: String,
+    },
+}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Holds the agent key, the enrollment, the spool and the acked checkpoints.
+    pub state_dir: PathBuf,
+    /// `host.name` of every event; `None` means the machine's hostname.
+    #[serde(default)]
+    pub host_name: Option<String>,
+    #[serde(default)]
+    pub ship: ShipConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+/// Batching and sending.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShipConfig {
+    /// A batch is sealed once it holds this many events. Default 1000.
+    pub batch_max_events: usize,
+    /// A partial batch is sealed this long after its first line was read. Default 250.
+    pub batch_max_wait_ms: u64,
+    /// Ceiling of the exponential retry backoff. Default 5000.
+    pub max_backoff_ms: u64,
+    /// Timeout of one HTTP request to the collector. Default 10000.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ShipConfig {
+    fn default() -> Self {
+        ShipConfig {
+            batch_max_events: 1000,
+            batch_max_wait_ms: 250,
+            max_backoff_ms: 5000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The on-disk spool of sealed batches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// When the spooled batches take this many bytes, tailing pauses (offsets hold) until
+    /// the collector acks some. Default 256 MiB.
+    pub max_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            max_bytes: crate::spool::DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// One group of files tailed the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// File paths or glob patterns (`*`, `?`, `[..]`, `**`), resolved again every second.
+    pub paths: Vec<String>,
+    /// `event.dataset` of the events. Default `"generic"`.
+    #[serde(default = "default_dataset")]
+    pub dataset: String,
+    /// Where to start in a file that has no checkpoint. Default `beginning`.
+    #[serde(default)]
+    pub start_at: StartAt,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            paths: Vec::new(),
+            dataset: default_dataset(),
+            start_at: StartAt::default(),
+        }
+    }
+}
+
+fn default_dataset() -> String {
+    "generic".into()
+}
+
+/// Where tailing starts in a file the agent has no checkpoint for.
+///
+/// Applies to the files found when the agent starts; a file that appears later is new
+/// by definition and is always read from its beginning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    #[default]
+    Beginning,
+    End,
+}
+
+impl AgentConfig {
+    /// A configuration with defaults everywhere and no sources.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        AgentConfig {
+            state_dir: state_dir.into(),
+            host_name: None,
+            ship: ShipConfig::default(),
+            spool: SpoolConfig::default(),
+            sources: Vec::new(),
+        }
+    }
+
+    /// Reads, parses and validates a TOML file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+        let config = Self::parse(&text, path)?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, reason, .. } => ConfigError::Invalid {
+                path: Some(path.to_path_buf()),
+                key,
+                reason,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            location: e.span().map(|span| line_column(text, span.start)),
+            message: e.message().trim().to_string(),
+        })
+    }
+
+    /// Checks what the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, reason: &str| ConfigError::Invalid {
+            path: None,
+            key,
+            reason: reason.to_string(),
+        };
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(invalid("state_dir".into(), "must not be empty"));
+        }
+        if let Some(host) = &self.host_name
+            && host.trim().is_empty()
+        {
+            return Err(invalid("host_name".into(), "must not be empty when set"));
+        }
+        if self.ship.batch_max_events == 0 {
+            return Err(invalid(
+                "ship.batch_max_events".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.ship.max_backoff_ms == 0 {
+            return Err(invalid("ship.max_backoff_ms".into(), "must be at least 1"));
+        }
+        if self.ship.request_timeout_ms == 0 {
+            return Err(invalid(
+                "ship.request_timeout_ms".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.spool.max_bytes == 0 {
+            return Err(invalid("spool.max_bytes".into(), "must be at least 1"));
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            if source.paths.is_empty() {
+                return Err(invalid(
+                    format!("sources[{i}].paths"),
+                    "must list at least one path",
+                ));
+            }
+            if source.dataset.trim().is_empty() {
+                return Err(invalid(
+                    format!("sources[{i}].dataset"),
+                    "must not be empty",
+                ));
+            }
+            for (j, pattern) in source.paths.iter().enumerate() {
+                let key = format!("sources[{i}].paths[{j}]");
+                if !Path::new(pattern).is_absolute() {
+                    return Err(invalid(key, "must be an absolute path"));
+                }
+                if let Err(e) = glob::Pattern::new(pattern) {
+                    return Err(ConfigError::Invalid {
+                        path: None,
+                        key,
+                        reason: format!("is not a valid glob pattern: {e}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured host name, or the machine's.
+    pub fn resolved_host_name(&self) -> String {
+        match &self.host_name {
+            Some(name) => name.trim().to_string(),
+            None => system_hostname(),
+        }
+    }
+}
+
+/// The machine's hostname from the kernel (`/proc/sys/kernel/hostname`, then
+/// `/etc/hostname`); `"localhost"` when neither can be read.
+pub fn system_hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        let config = AgentConfig::parse(text, Path::new("agent.toml"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn full_example_parses_with_units() {
+        let config = parse(
+            r#"
+state_dir = "/var/lib/yagura-agent"
+host_name = "web-1"
+[ship]
+batch_max_events = 10
+batch_max_wait_ms = 50
+max_backoff_ms = 1000
+request_timeout_ms = 2000
+[spool]
+max_bytes = 1048576
+[[sources]]
+paths = ["/var/log/auth.log", "/tmp/x/*.log"]
+dataset = "system.auth"
+start_at = "end"
+"#,
+        )
+        .expect("parses");
+        assert_eq!(config.host_name.as_deref(), Some("web-1"));
+        assert_eq!(config.ship.batch_max_events, 10);
+        assert_eq!(config.ship.request_timeout_ms, 2000);
+        assert_eq!(config.spool.max_bytes, 1 << 20);
+        assert_eq!(config.sources[0].start_at, StartAt::End);
+        assert_eq!(config.sources[0].paths.len(), 2);
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let config = parse("state_dir = \"/s\"\n[[sources]]\npaths = [\"/a.log\"]\n").expect("ok");
+        assert_eq!(config.ship, ShipConfig::default());
+        assert_eq!(config.ship.batch_max_events, 1000);
+        assert_eq!(config.ship.batch_max_wait_ms, 250);
+        assert_eq!(config.ship.max_backoff_ms, 5000);
+        assert_eq!(config.spool.max_bytes, 256 << 20);
+        assert_eq!(config.sources[0].dataset, "generic");
+        assert_eq!(config.sources[0].start_at, StartAt::Beginning);
+        assert_eq!(config, {
+            let mut c = AgentConfig::new("/s");
+            c.sources.push(SourceConfig {
+                paths: vec!["/a.log".into()],
+                ..SourceConfig::default()
+            });
+            c
+        });
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_column() {
+        let err = parse("state_dir = \"/s\"\n[ship]\nbatch_max_evnts = 3\n").expect_err("unknown");
+        let text = err.to_string();
+        assert!(text.starts_with("agent.toml:3:1"), "{text}");
+        assert!(text.contains("batch_max_evnts"), "{text}");
+    }
+
+    #[test]
+    fn type_error_and_missing_state_dir_are_reported() {
+        let err = parse("state_dir = 3\n").expect_err("type");
+        assert!(err.to_string().starts_with("agent.toml:1:13"), "{err}");
+        let err = parse("host_name = \"x\"\n").expect_err("missing");
+        assert!(err.to_string().contains("state_dir"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let err =
+            parse("state_dir = \"/s\"\n[[sources]]\npaths = [\"/a/[x.log\"]\n").expect_err("glob");
+        assert!(err.to_string().contains("sources[0].paths[0]"), "{err}");
+        let err = parse("state_dir = \"/s\"\n[[sources]]\npaths = []\n").expect_err("empty");
+        assert!(err.to_string().contains("sources[0].paths"), "{err}");
+        let err =
+            parse("state_dir = \"/s\"\n[[sources]]\npaths = [\"rel.log\"]\n").expect_err("rel");
+        assert!(err.to_string().contains("absolute"), "{err}");
+        let err = parse("state_dir = \"/s\"\n[ship]\nbatch_max_events = 0\n").expect_err("zero");
+        assert!(err.to_string().contains("ship.batch_max_events"), "{err}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("agent.toml");
+        let err = AgentConfig::load(&path).expect_err("missing file");
+        assert!(err.to_string().contains("agent.toml"), "{err}");
+        std::fs::write(&path, "state_dir = \"/s\"\n[ship]\nbatch_max_events = 0\n").expect("write");
+        let err = AgentConfig::load(&path).expect_err("invalid");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn line_column_counts_from_one() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+}

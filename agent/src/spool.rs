@@ -1,0 +1,739 @@
+//! The durable spool of sealed batches: the agent's crash-consistency core.
+//!
+//! Layout under the state directory:
+//!
+//! ```text
+//! spool/00000000000000000042.batch   one sealed batch, not yet acked by the collector
+//! spool/quarantine/                   spool files that could not be parsed
+//! spool/rejected/                     batches the collector refused for good (400, 413)
+//! acked.json                          {"last_acked_sequence": N, "checkpoints": [...]}
+//! retired/<unix ms>/                  unshipped batches of a previous enrollment (--force)
+//! ```
+//!
+//! A batch file is `"YGS1"`, a big-endian `u32` length, that many bytes of JSON header
+//! (`{"sequence", "checkpoints"}`: the checkpoint of every tailed file *after* this batch's
+//! lines) and then the signed batch exactly as it is sent.
+//!
+//! Guarantees:
+//!
+//! * Sealing (sequence number, bytes, signature) happens once, before the first send, so
+//!   every resend is byte-identical. A batch file is written to a temporary file, fsync'd,
+//!   renamed into place and the directory fsync'd: it exists whole or not at all.
+//! * Events and the checkpoints that cover them are committed by that one rename, so after
+//!   a crash at any instant the tailer resumes exactly after the last spooled line.
+//! * Acking writes `acked.json` atomically *before* the batch file is deleted; a batch file
+//!   whose sequence is not above `last_acked_sequence` is therefore an already-acked
+//!   leftover and is removed on open.
+//! * Sequence numbers start at 1, grow by one per batch and are never reused, not even
+//!   those of quarantined or rejected batches.
+//! * A file that does not parse is moved to `quarantine/` and logged; opening never fails
+//!   because of one (no crash loop). Leftover temporary files are deleted.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use yagura_shared::{AgentKey, BatchError, Event, SignedBatch};
+
+use crate::durable;
+use crate::tail::Checkpoint;
+
+/// Default bound of the spool: 256 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+
+const SPOOL_DIR: &str = "spool";
+const QUARANTINE_DIR: &str = "quarantine";
+const REJECTED_DIR: &str = "rejected";
+const RETIRED_DIR: &str = "retired";
+const ACKED_FILE: &str = "acked.json";
+const BATCH_EXTENSION: &str = "batch";
+const FILE_MAGIC: &[u8; 4] = b"YGS1";
+/// A header larger than this is corruption, not a big checkpoint list.
+const MAX_HEADER_BYTES: usize = 64 << 20;
+
+/// Why a spool operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool I/O on {}: {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
+    #[error("cannot seal batch: {0}")]
+    Seal(BatchError),
+    #[error("{}: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("batch {sequence} is not the oldest spooled batch (oldest: {oldest:?})")]
+    NotOldest { sequence: u64, oldest: Option<u64> },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |cause| SpoolError::Io {
+        path: path.to_path_buf(),
+        cause,
+    }
+}
+
+/// A sealed batch as stored and sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpooledBatch {
+    pub sequence: u64,
+    pub event_count: u32,
+    /// The signed batch bytes: the request body, identical on every send.
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileHeader {
+    sequence: u64,
+    checkpoints: Vec<Checkpoint>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct AckedState {
+    last_acked_sequence: u64,
+    checkpoints: Vec<Checkpoint>,
+}
+
+#[derive(Debug)]
+struct BatchMeta {
+    file_bytes: u64,
+    checkpoints: Vec<Checkpoint>,
+}
+
+/// The spool. Not shared between processes; one `Spool` per state directory.
+#[derive(Debug)]
+pub struct Spool {
+    state_dir: PathBuf,
+    dir: PathBuf,
+    batches: BTreeMap<u64, BatchMeta>,
+    bytes: u64,
+    max_bytes: u64,
+    next_sequence: u64,
+    last_acked_sequence: u64,
+    /// The checkpoints after the newest committed line (spooled or acked).
+    checkpoints: Vec<Checkpoint>,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool under `state_dir` and recovers its state:
+    /// deletes temporary files and already-acked leftovers, quarantines unparsable files.
+    pub fn open(state_dir: &Path) -> Result<Spool, SpoolError> {
+        let dir = state_dir.join(SPOOL_DIR);
+        durable::create_private_dir(&dir).map_err(io_err(&dir))?;
+        let acked = read_acked(state_dir)?;
+        let mut highest_seen = acked.last_acked_sequence;
+        let mut batches = BTreeMap::new();
+        let entries = std::fs::read_dir(&dir).map_err(io_err(&dir))?;
+        let mut names: Vec<PathBuf> = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err(&dir))?;
+            if !entry.file_type().map_err(io_err(&dir))?.is_dir() {
+                names.push(entry.path());
+            }
+        }
+        names.sort();
+        for path in names {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name.ends_with(durable::TMP_SUFFIX) {
+                tracing::info!(path = %path.display(), "removing temporary file left by a crash");
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+                continue;
+            }
+            let Some(sequence) = sequence_of_name(&name) else {
+                tracing::warn!(path = %path.display(), "ignoring unexpected file in the spool");
+                continue;
+            };
+            highest_seen = highest_seen.max(sequence);
+            if sequence <= acked.last_acked_sequence {
+                tracing::debug!(sequence, "removing batch already acked");
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+                continue;
+            }
+            match read_batch_file(&path) {
+                Ok((header, batch))
+                    if header.sequence == sequence && batch.header().sequence == sequence =>
+                {
+                    let file_bytes = std::fs::metadata(&path).map_err(io_err(&path))?.len();
+                    batches.insert(
+                        sequence,
+                        BatchMeta {
+                            file_bytes,
+                            checkpoints: header.checkpoints,
+                        },
+                    );
+                }
+                Ok(_) => quarantine(&dir, &path, "sequence in the file does not match its name"),
+                Err(e) => quarantine(&dir, &path, &e.to_string()),
+            }
+        }
+        let checkpoints = match batches.values().next_back() {
+            Some(newest) => newest.checkpoints.clone(),
+            None => acked.checkpoints,
+        };
+        let bytes = batches.values().map(|m| m.file_bytes).sum();
+        Ok(Spool {
+            state_dir: state_dir.to_path_buf(),
+            dir,
+            batches,
+            bytes,
+            max_bytes: DEFAULT_MAX_BYTES,
+            next_sequence: highest_seen + 1,
+            last_acked_sequence: acked.last_acked_sequence,
+            checkpoints,
+        })
+    }
+
+    pub fn set_max_bytes(&mut self, max_bytes: u64) {
+        self.max_bytes = max_bytes;
+    }
+
+    /// Whether the spooled batches reach the bound: tailing should pause.
+    pub fn is_full(&self) -> bool {
+        self.bytes >= self.max_bytes
+    }
+
+    /// Seals `events` as the next batch and writes it durably together with `checkpoints`,
+    /// which must cover exactly these events and all earlier ones.
+    pub fn seal(
+        &mut self,
+        events: &[Event],
+        checkpoints: &[Checkpoint],
+        key: &AgentKey,
+        agent_id: Uuid,
+    ) -> Result<SpooledBatch, SpoolError> {
+        let sequence = self.next_sequence;
+        let batch = SignedBatch::seal(key, agent_id, sequence, Utc::now(), events)
+            .map_err(SpoolError::Seal)?;
+        let event_count = batch.header().event_count;
+        let header = FileHeader {
+            sequence,
+            checkpoints: checkpoints.to_vec(),
+        };
+        let header_json = serde_json::to_vec(&header).map_err(|e| SpoolError::Corrupt {
+            path: self.dir.clone(),
+            reason: format!("cannot encode header: {e}"),
+        })?;
+        let header_len = u32::try_from(header_json.len()).map_err(|_| SpoolError::Corrupt {
+            path: self.dir.clone(),
+            reason: "checkpoint header larger than 4 GiB".into(),
+        })?;
+        let bytes = batch.into_bytes();
+        let mut file = Vec::with_capacity(8 + header_json.len() + bytes.len());
+        file.extend_from_slice(FILE_MAGIC);
+        file.extend_from_slice(&header_len.to_be_bytes());
+        file.extend_from_slice(&header_json);
+        file.extend_from_slice(&bytes);
+        let path = self.batch_path(sequence);
+        durable::write_atomic(&path, &file, 0o600).map_err(io_err(&path))?;
+        // Only now is the sequence spent: a failed write leaves no file behind to clash.
+        self.next_sequence += 1;
+        self.bytes += file.len() as u64;
+        self.batches.insert(
+            sequence,
+            BatchMeta {
+                file_bytes: file.len() as u64,
+                checkpoints: header.checkpoints,
+            },
+        );
+        self.checkpoints = checkpoints.to_vec();
+        Ok(SpooledBatch {
+            sequence,
+            event_count,
+            bytes,
+        })
+    }
+
+    /// The oldest spooled batch, read from disk. A file that no longer parses is
+    /// quarantined and the next one returned.
+    pub fn oldest(&mut self) -> Result<Option<SpooledBatch>, SpoolError> {
+        while let Some((&sequence, _)) = self.batches.iter().next() {
+            let path = self.batch_path(sequence);
+            match read_batch_file(&path) {
+                Ok((_, batch)) => {
+                    return Ok(Some(SpooledBatch {
+                        sequence,
+                        event_count: batch.header().event_count,
+                        bytes: batch.into_bytes(),
+                    }));
+                }
+                Err(SpoolError::Io { cause, .. }) if cause.kind() == io::ErrorKind::NotFound => {
+                    tracing::error!(sequence, path = %path.display(), "spooled batch vanished");
+                    self.forget(sequence);
+                }
+                Err(SpoolError::Io { cause, .. }) => {
+                    return Err(SpoolError::Io { path, cause });
+                }
+                Err(e) => {
+                    quarantine(&self.dir, &path, &e.to_string());
+                    self.forget(sequence);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records that the collector holds batch `sequence` (the oldest) and deletes it.
+    pub fn ack(&mut self, sequence: u64) -> Result<(), SpoolError> {
+        let checkpoints = self.take_oldest(sequence)?.checkpoints.clone();
+        self.write_acked(sequence, &checkpoints)?;
+        let path = self.batch_path(sequence);
+        std::fs::remove_file(&path).map_err(io_err(&path))?;
+        self.forget(sequence);
+        // The deletion need not be durable: a resurrected file is an acked leftover.
+        Ok(())
+    }
+
+    /// Moves batch `sequence` (the oldest), which the collector can never accept, to
+    /// `spool/rejected/` and settles it like an acked one, so its lines are not read again.
+    pub fn reject(&mut self, sequence: u64) -> Result<PathBuf, SpoolError> {
+        let checkpoints = self.take_oldest(sequence)?.checkpoints.clone();
+        let rejected_dir = self.dir.join(REJECTED_DIR);
+        durable::create_private_dir(&rejected_dir).map_err(io_err(&rejected_dir))?;
+        let from = self.batch_path(sequence);
+        let to = rejected_dir.join(batch_file_name(sequence));
+        durable::rename_durable(&from, &to).map_err(io_err(&to))?;
+        self.forget(sequence);
+        self.write_acked(sequence, &checkpoints)?;
+        Ok(to)
+    }
+
+    /// The checkpoints after the newest committed line: where tailing resumes.
+    pub fn checkpoints(&self) -> &[Checkpoint] {
+        &self.checkpoints
+    }
+
+    /// Number of spooled (unacked) batches.
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// Bytes taken by the spooled batch files.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The sequence number the next sealed batch gets.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    pub fn last_acked_sequence(&self) -> u64 {
+        self.last_acked_sequence
+    }
+
+    fn take_oldest(&self, sequence: u64) -> Result<&BatchMeta, SpoolError> {
+        match self.batches.iter().next() {
+            Some((&oldest, meta)) if oldest == sequence => Ok(meta),
+            other => Err(SpoolError::NotOldest {
+                sequence,
+                oldest: other.map(|(s, _)| *s),
+            }),
+        }
+    }
+
+    fn write_acked(&mut self, sequence: u64, checkpoints: &[Checkpoint]) -> Result<(), SpoolError> {
+        let state = AckedState {
+            last_acked_sequence: sequence.max(self.last_acked_sequence),
+            checkpoints: checkpoints.to_vec(),
+        };
+        let path = self.state_dir.join(ACKED_FILE);
+        let json = serde_json::to_vec_pretty(&state).map_err(|e| SpoolError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        durable::write_atomic(&path, &json, 0o600).map_err(io_err(&path))?;
+        self.last_acked_sequence = state.last_acked_sequence;
+        Ok(())
+    }
+
+    fn forget(&mut self, sequence: u64) {
+        if let Some(meta) = self.batches.remove(&sequence) {
+            self.bytes = self.bytes.saturating_sub(meta.file_bytes);
+        }
+    }
+
+    fn batch_path(&self, sequence: u64) -> PathBuf {
+        self.dir.join(batch_file_name(sequence))
+    }
+}
+
+/// Retires the spool of a previous enrollment: its unshipped batches (signed by the old
+/// key, numbered for the old agent id) move to `retired/<unix ms>/` and a fresh
+/// `acked.json` keeps only the checkpoints, so tailing continues where it was and the new
+/// identity starts at sequence 1. Returns how many batches were moved.
+pub(crate) fn retire_for_new_identity(state_dir: &Path) -> Result<usize, SpoolError> {
+    let acked_path = state_dir.join(ACKED_FILE);
+    let spool_dir = state_dir.join(SPOOL_DIR);
+    let had_state = exists(&acked_path)? || exists(&spool_dir)?;
+    if !had_state {
+        return Ok(0);
+    }
+    let spool = Spool::open(state_dir)?;
+    let checkpoints = spool.checkpoints().to_vec();
+    let target = state_dir
+        .join(RETIRED_DIR)
+        .join(Utc::now().timestamp_millis().to_string());
+    let moved = spool.batches.len();
+    if moved > 0 || exists(&acked_path)? {
+        durable::create_private_dir(&target).map_err(io_err(&target))?;
+    }
+    for &sequence in spool.batches.keys() {
+        let from = spool.batch_path(sequence);
+        let to = target.join(batch_file_name(sequence));
+        durable::rename_durable(&from, &to).map_err(io_err(&to))?;
+    }
+    if exists(&acked_path)? {
+        let to = target.join(ACKED_FILE);
+        std::fs::copy(&acked_path, &to).map_err(io_err(&to))?;
+    }
+    let fresh = AckedState {
+        last_acked_sequence: 0,
+        checkpoints,
+    };
+    let json = serde_json::to_vec_pretty(&fresh).map_err(|e| SpoolError::Corrupt {
+        path: acked_path.clone(),
+        reason: e.to_string(),
+    })?;
+    durable::write_atomic(&acked_path, &json, 0o600).map_err(io_err(&acked_path))?;
+    Ok(moved)
+}
+
+fn exists(path: &Path) -> Result<bool, SpoolError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(SpoolError::Io {
+            path: path.to_path_buf(),
+            cause: e,
+        }),
+    }
+}
+
+fn read_acked(state_dir: &Path) -> Result<AckedState, SpoolError> {
+    let path = state_dir.join(ACKED_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| SpoolError::Corrupt {
+            path,
+            reason: format!("not a valid acked state: {e}"),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(AckedState::default()),
+        Err(e) => Err(SpoolError::Io { path, cause: e }),
+    }
+}
+
+fn batch_file_name(sequence: u64) -> String {
+    format!("{sequence:020}.{BATCH_EXTENSION}")
+}
+
+fn sequence_of_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(BATCH_EXTENSION)?.strip_suffix('.')?;
+    if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// Reads and parses one spool file: its header and the signed batch (structure only).
+pub(crate) fn read_batch_file(path: &Path) -> Result<(FileHeader, SignedBatch), SpoolError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let corrupt = |reason: String| SpoolError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if bytes.get(..4) != Some(FILE_MAGIC.as_slice()) {
+        return Err(corrupt("not a spool file (bad magic)".into()));
+    }
+    let len_bytes: [u8; 4] = bytes
+        .get(4..8)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| corrupt("truncated header length".into()))?;
+    let header_len = u32::from_be_bytes(len_bytes) as usize;
+    if header_len > MAX_HEADER_BYTES {
+        return Err(corrupt(format!(
+            "header length {header_len} is implausible"
+        )));
+    }
+    let header_bytes = bytes
+        .get(8..8 + header_len)
+        .ok_or_else(|| corrupt("truncated header".into()))?;
+    let header: FileHeader =
+        serde_json::from_slice(header_bytes).map_err(|e| corrupt(format!("bad header: {e}")))?;
+    let batch_bytes = bytes.get(8 + header_len..).unwrap_or_default().to_vec();
+    let batch = SignedBatch::from_bytes(batch_bytes).map_err(|e| corrupt(e.to_string()))?;
+    Ok((header, batch))
+}
+
+/// Moves an unusable spool file aside. Never fails: if even that is impossible the file
+/// is left in place (the caller forgets it) and the error is logged.
+fn quarantine(spool_dir: &Path, path: &Path, reason: &str) {
+    tracing::error!(path = %path.display(), %reason, "unreadable spool file; moving it to quarantine");
+    let dir = spool_dir.join(QUARANTINE_DIR);
+    let Some(name) = path.file_name() else { return };
+    let result = durable::create_private_dir(&dir)
+        .and_then(|()| durable::rename_durable(path, &dir.join(name)));
+    if let Err(e) = result {
+        tracing::error!(path = %path.display(), error = %e, "cannot quarantine spool file");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yagura_shared::verifying_key_from_base64;
+
+    fn events(n: usize) -> Vec<Event> {
+        (0..n)
+            .map(|i| {
+                let mut e = Event::new(Utc::now());
+                e.set_str("message", format!("m{i}"));
+                e
+            })
+            .collect()
+    }
+
+    fn cp(path: &str, offset: u64) -> Checkpoint {
+        Checkpoint {
+            path: path.into(),
+            dev: 1,
+            inode: 2,
+            offset,
+        }
+    }
+
+    #[test]
+    fn seal_oldest_ack_round_trip() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        let mut spool = Spool::open(dir.path()).expect("open");
+        assert_eq!(spool.next_sequence(), 1);
+        assert!(spool.oldest().expect("oldest").is_none());
+        let a = spool
+            .seal(&events(3), &[cp("/a", 10)], &key, agent)
+            .expect("seal");
+        let b = spool
+            .seal(&events(2), &[cp("/a", 20)], &key, agent)
+            .expect("seal");
+        assert_eq!((a.sequence, b.sequence), (1, 2));
+        assert_eq!(spool.len(), 2);
+        assert!(spool.bytes() > (a.bytes.len() + b.bytes.len()) as u64);
+        let oldest = spool.oldest().expect("read").expect("some");
+        assert_eq!(oldest, a);
+        let parsed = SignedBatch::from_bytes(oldest.bytes).expect("parse");
+        parsed
+            .verify(&verifying_key_from_base64(&key.public_key_base64()).expect("pk"))
+            .expect("verifies");
+        assert_eq!(parsed.events(1 << 20).expect("events").len(), 3);
+        assert!(matches!(
+            spool.ack(2),
+            Err(SpoolError::NotOldest {
+                oldest: Some(1),
+                ..
+            })
+        ));
+        spool.ack(1).expect("ack");
+        assert_eq!(spool.oldest().expect("read"), Some(b.clone()));
+        spool.ack(2).expect("ack");
+        assert!(spool.is_empty());
+        assert_eq!(spool.bytes(), 0);
+        assert_eq!(spool.last_acked_sequence(), 2);
+        let acked: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("acked.json")).expect("read"))
+                .expect("json");
+        assert_eq!(acked["last_acked_sequence"], 2);
+        assert_eq!(acked["checkpoints"][0]["offset"], 20);
+    }
+
+    #[test]
+    fn reopen_without_ack_gives_same_bytes_and_newest_checkpoints() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        let (first, second) = {
+            let mut spool = Spool::open(dir.path()).expect("open");
+            let first = spool
+                .seal(&events(2), &[cp("/a", 5)], &key, agent)
+                .expect("seal");
+            let second = spool
+                .seal(&events(2), &[cp("/a", 9), cp("/b", 1)], &key, agent)
+                .expect("seal");
+            (first, second)
+        };
+        let mut spool = Spool::open(dir.path()).expect("reopen");
+        assert_eq!(spool.len(), 2);
+        assert_eq!(spool.next_sequence(), 3);
+        assert_eq!(spool.checkpoints(), &[cp("/a", 9), cp("/b", 1)]);
+        assert_eq!(spool.oldest().expect("read"), Some(first));
+        spool.ack(1).expect("ack");
+        assert_eq!(spool.oldest().expect("read"), Some(second));
+    }
+
+    #[test]
+    fn reopen_after_ack_continues_the_sequence_with_acked_checkpoints() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        {
+            let mut spool = Spool::open(dir.path()).expect("open");
+            for i in 1..=3 {
+                spool
+                    .seal(&events(1), &[cp("/a", i)], &key, agent)
+                    .expect("seal");
+            }
+            for i in 1..=3 {
+                spool.ack(i).expect("ack");
+            }
+        }
+        let mut spool = Spool::open(dir.path()).expect("reopen");
+        assert!(spool.is_empty());
+        assert_eq!(spool.next_sequence(), 4);
+        assert_eq!(spool.checkpoints(), &[cp("/a", 3)]);
+        let next = spool
+            .seal(&events(1), &[cp("/a", 4)], &key, agent)
+            .expect("seal");
+        assert_eq!(next.sequence, 4);
+    }
+
+    #[test]
+    fn acked_leftover_is_removed_on_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        let mut spool = Spool::open(dir.path()).expect("open");
+        spool
+            .seal(&events(1), &[cp("/a", 1)], &key, agent)
+            .expect("seal");
+        let path = spool.batch_path(1);
+        let copy = std::fs::read(&path).expect("read");
+        spool.ack(1).expect("ack");
+        // Simulate a crash between writing acked.json and the deletion.
+        std::fs::write(&path, copy).expect("restore");
+        let spool = Spool::open(dir.path()).expect("reopen");
+        assert!(spool.is_empty());
+        assert_eq!(spool.next_sequence(), 2);
+        assert!(std::fs::metadata(&path).is_err());
+    }
+
+    #[test]
+    fn stray_tmp_and_garbage_batch_do_not_crash_and_are_set_aside() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        let good = {
+            let mut spool = Spool::open(dir.path()).expect("open");
+            spool
+                .seal(&events(1), &[cp("/a", 7)], &key, agent)
+                .expect("seal")
+        };
+        let spool_dir = dir.path().join("spool");
+        std::fs::write(spool_dir.join("00000000000000000002.batch.tmp"), b"half").expect("w");
+        std::fs::write(spool_dir.join(batch_file_name(5)), b"garbage").expect("w");
+        let mut spool = Spool::open(dir.path()).expect("reopen survives");
+        assert_eq!(spool.len(), 1);
+        assert_eq!(spool.oldest().expect("read"), Some(good));
+        assert_eq!(
+            spool.checkpoints(),
+            &[cp("/a", 7)],
+            "torn newest file is not trusted"
+        );
+        assert_eq!(
+            spool.next_sequence(),
+            6,
+            "the quarantined sequence is never reused"
+        );
+        assert!(std::fs::metadata(spool_dir.join("00000000000000000002.batch.tmp")).is_err());
+        assert!(std::fs::metadata(spool_dir.join("quarantine").join(batch_file_name(5))).is_ok());
+    }
+
+    #[test]
+    fn truncated_batch_file_is_quarantined() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        {
+            let mut spool = Spool::open(dir.path()).expect("open");
+            spool
+                .seal(&events(5), &[cp("/a", 1)], &key, agent)
+                .expect("seal");
+        }
+        let path = dir.path().join("spool").join(batch_file_name(1));
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &bytes[..bytes.len() - 10]).expect("truncate");
+        let mut spool = Spool::open(dir.path()).expect("reopen");
+        assert!(spool.oldest().expect("read").is_none());
+        assert!(spool.checkpoints().is_empty());
+        assert_eq!(spool.next_sequence(), 2);
+    }
+
+    #[test]
+    fn reject_moves_the_batch_and_settles_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        let mut spool = Spool::open(dir.path()).expect("open");
+        spool
+            .seal(&events(1), &[cp("/a", 3)], &key, agent)
+            .expect("seal");
+        let moved = spool.reject(1).expect("reject");
+        assert!(moved.starts_with(dir.path().join("spool").join("rejected")));
+        assert!(spool.is_empty());
+        let spool = Spool::open(dir.path()).expect("reopen");
+        assert_eq!(spool.next_sequence(), 2);
+        assert_eq!(spool.checkpoints(), &[cp("/a", 3)]);
+    }
+
+    #[test]
+    fn fullness_follows_the_bound() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let mut spool = Spool::open(dir.path()).expect("open");
+        spool.set_max_bytes(1);
+        assert!(!spool.is_full());
+        spool
+            .seal(&events(1), &[], &key, Uuid::now_v7())
+            .expect("seal");
+        assert!(spool.is_full());
+        spool.ack(1).expect("ack");
+        assert!(!spool.is_full());
+    }
+
+    #[test]
+    fn retiring_keeps_checkpoints_and_restarts_sequence() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        {
+            let mut spool = Spool::open(dir.path()).expect("open");
+            spool
+                .seal(&events(1), &[cp("/a", 3)], &key, agent)
+                .expect("seal");
+            spool.ack(1).expect("ack");
+            spool
+                .seal(&events(1), &[cp("/a", 8)], &key, agent)
+                .expect("seal");
+        }
+        assert_eq!(retire_for_new_identity(dir.path()).expect("retire"), 1);
+        let spool = Spool::open(dir.path()).expect("reopen");
+        assert!(spool.is_empty());
+        assert_eq!(spool.next_sequence(), 1);
+        assert_eq!(spool.checkpoints(), &[cp("/a", 8)]);
+    }
+
+    #[test]
+    fn file_names_parse_strictly() {
+        assert_eq!(sequence_of_name(&batch_file_name(42)), Some(42));
+        assert_eq!(sequence_of_name("42.batch"), Some(42));
+        assert_eq!(sequence_of_name("x.batch"), None);
+        assert_eq!(sequence_of_name(".batch"), None);
+        assert_eq!(sequence_of_name("1.batch.tmp"), None);
+    }
+}

@@ -1,0 +1,867 @@
+//! File tailing: configured paths and globs in, complete lines with exact checkpoints out.
+//!
+//! A [`Tailer`] resolves the sources' patterns (again on every [`Tailer::rescan`], so new
+//! files are picked up), keeps each matched file open, and [`Tailer::poll`] reads complete
+//! lines from where the previous read stopped. It needs no runtime and no network.
+//!
+//! Guarantees:
+//!
+//! * A line is handed out only once its `'\n'` has been written; a partial last line is
+//!   held back. [`Tailer::checkpoints`] gives, per file, the byte offset just past the last
+//!   line handed out, so a caller that commits those checkpoints together with the lines
+//!   it received resumes after a restart with neither loss nor repetition.
+//! * A file is identified by (device, inode). If the file at a path has another identity
+//!   than its checkpoint, or is shorter than the checkpoint offset (truncated), it is read
+//!   again from offset 0. A file replaced while it was being tailed is drained of its
+//!   complete lines before the new file is read.
+//! * Invalid UTF-8 is replaced (U+FFFD) and the line tagged `invalid_utf8`; a line longer
+//!   than the limit is cut at the limit (on a character boundary) and tagged `truncated`,
+//!   the rest of it up to its newline is skipped, and the checkpoint moves past it.
+//! * Memory per file is bounded by the line limit plus one read buffer.
+//!
+//! [`DirWatcher`] turns file-system notifications into prompt wake-ups; it is an
+//! optimisation only, the poll alone is correct.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+use yagura_shared::Event;
+
+use crate::config::{SourceConfig, StartAt};
+
+/// The longest line kept whole; longer lines are cut to this and tagged `truncated`.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// How much is read from a file at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Where reading of one file resumes: the offset just past the last line handed out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub path: String,
+    pub dev: u64,
+    pub inode: u64,
+    pub offset: u64,
+}
+
+/// One complete line read from a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub dataset: Arc<str>,
+    pub path: Arc<str>,
+    /// Byte offset of the line's first byte in the file.
+    pub offset: u64,
+    /// The line without its `'\n'`, lossily decoded.
+    pub text: String,
+    pub invalid_utf8: bool,
+    pub truncated: bool,
+}
+
+/// Who the events are from: stamped on every event.
+#[derive(Debug, Clone)]
+pub struct EventContext {
+    pub host_name: String,
+    pub agent_id: Uuid,
+}
+
+impl Line {
+    /// The line as an ECS event: `message`, `event.original`, `event.dataset`,
+    /// `log.file.path`, `log.offset`, `host.*`, `agent.*` and the tags.
+    pub fn into_event(self, context: &EventContext) -> Event {
+        let mut event = Event::new(Utc::now());
+        event.set_str("event.original", self.text.clone());
+        event.set_str("message", self.text);
+        event.set_str("event.dataset", &*self.dataset);
+        event.set_str("log.file.path", &*self.path);
+        event.set("log.offset", Value::from(self.offset));
+        event.set_str("host.name", context.host_name.clone());
+        event.set_str("host.hostname", context.host_name.clone());
+        event.set_str("agent.id", context.agent_id.to_string());
+        event.set_str("agent.type", "yagura-agent");
+        event.set_str("agent.version", crate::VERSION);
+        if self.invalid_utf8 {
+            event.add_tag("invalid_utf8");
+        }
+        if self.truncated {
+            event.add_tag("truncated");
+        }
+        event
+    }
+}
+
+/// Tails every file matched by a set of sources. See the module docs for its guarantees.
+#[derive(Debug)]
+pub struct Tailer {
+    sources: Vec<SourceConfig>,
+    datasets: Vec<Arc<str>>,
+    /// Files being tailed, by path.
+    files: BTreeMap<PathBuf, TailedFile>,
+    /// Files no longer at their path (deleted or replaced): drained to EOF, then dropped.
+    retired: Vec<TailedFile>,
+    /// Checkpoints of files not (yet) open: kept until the file is opened or is gone.
+    dormant: HashMap<PathBuf, Checkpoint>,
+    /// Paths that could not be opened, with the error last logged (logged once).
+    failed: HashMap<PathBuf, String>,
+    /// Round-robin start for fairness between files.
+    cursor: usize,
+    max_line_bytes: usize,
+    initial_scan_done: bool,
+}
+
+impl Tailer {
+    /// A tailer for `sources`, resuming from `checkpoints`. Scans once immediately; files
+    /// found now without a checkpoint start per their source's `start_at`.
+    pub fn new(sources: &[SourceConfig], checkpoints: Vec<Checkpoint>) -> Tailer {
+        let dormant = checkpoints
+            .into_iter()
+            .map(|c| (PathBuf::from(&c.path), c))
+            .collect();
+        let mut tailer = Tailer {
+            datasets: sources
+                .iter()
+                .map(|s| Arc::from(s.dataset.as_str()))
+                .collect(),
+            sources: sources.to_vec(),
+            files: BTreeMap::new(),
+            retired: Vec::new(),
+            dormant,
+            failed: HashMap::new(),
+            cursor: 0,
+            max_line_bytes: MAX_LINE_BYTES,
+            initial_scan_done: false,
+        };
+        tailer.rescan();
+        tailer.initial_scan_done = true;
+        tailer
+    }
+
+    #[cfg(test)]
+    fn with_max_line_bytes(mut self, max: usize) -> Self {
+        self.max_line_bytes = max;
+        self
+    }
+
+    /// Resolves the patterns again: opens new files, retires deleted or replaced ones.
+    pub fn rescan(&mut self) {
+        let matched = self.resolve();
+        // Tracked files whose path no longer holds them.
+        let tracked: Vec<PathBuf> = self.files.keys().cloned().collect();
+        for path in tracked {
+            let still_there = match std::fs::metadata(&path) {
+                Ok(meta) => self
+                    .files
+                    .get(&path)
+                    .is_some_and(|f| f.dev == meta.dev() && f.inode == meta.ino()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                // Cannot tell (permissions, I/O): keep tailing what we have open.
+                Err(_) => true,
+            };
+            if !still_there && let Some(file) = self.files.remove(&path) {
+                tracing::info!(path = %path.display(), "file deleted or replaced; draining it");
+                self.retired.push(file);
+            }
+        }
+        for (path, source) in matched {
+            if self.files.contains_key(&path) {
+                continue;
+            }
+            match self.open(&path, source) {
+                Ok(file) => {
+                    if self.failed.remove(&path).is_some() {
+                        tracing::info!(path = %path.display(), "file readable again");
+                    }
+                    self.dormant.remove(&path);
+                    self.files.insert(path, file);
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    if self.failed.get(&path) != Some(&message) {
+                        tracing::warn!(path = %path.display(), error = %message, "cannot open file");
+                        self.failed.insert(path, message);
+                    }
+                }
+            }
+        }
+        // Checkpoints of files that are gone for good are dropped: a file that appears
+        // later at that path is a new file (new inode) and starts at 0 anyway.
+        self.dormant.retain(|path, _| {
+            !matches!(std::fs::metadata(path), Err(e) if e.kind() == io::ErrorKind::NotFound)
+        });
+    }
+
+    /// Reads up to `max_lines` complete lines across all files.
+    pub fn poll(&mut self, max_lines: usize) -> Vec<Line> {
+        let mut out = Vec::new();
+        let max_line_bytes = self.max_line_bytes;
+        // Replaced files first: their lines were written before the new file's.
+        let mut index = 0;
+        while index < self.retired.len() && out.len() < max_lines {
+            let file = &mut self.retired[index];
+            match file.read_lines(max_lines, max_line_bytes, &mut out) {
+                Ok(ReadEnd::Limit) => index += 1,
+                Ok(ReadEnd::Eof) => {
+                    let file = self.retired.remove(index);
+                    tracing::debug!(path = %file.path.display(), "retired file drained");
+                }
+                Err(e) => {
+                    let file = self.retired.remove(index);
+                    tracing::warn!(path = %file.path.display(), error = %e, "dropping unreadable retired file");
+                }
+            }
+        }
+        let paths: Vec<PathBuf> = self.files.keys().cloned().collect();
+        if paths.is_empty() {
+            return out;
+        }
+        let start = self.cursor % paths.len();
+        self.cursor = self.cursor.wrapping_add(1);
+        for path in paths.iter().cycle().skip(start).take(paths.len()) {
+            if out.len() >= max_lines {
+                break;
+            }
+            let Some(file) = self.files.get_mut(path) else {
+                continue;
+            };
+            if let Err(e) = file.read_lines(max_lines, max_line_bytes, &mut out) {
+                let message = e.to_string();
+                if file.last_error.as_ref() != Some(&message) {
+                    tracing::warn!(path = %path.display(), error = %message, "read failed");
+                    file.last_error = Some(message);
+                }
+            } else {
+                file.last_error = None;
+            }
+        }
+        out
+    }
+
+    /// Per file, the offset just past the last line handed out by [`Tailer::poll`]. Sorted
+    /// by path.
+    pub fn checkpoints(&self) -> Vec<Checkpoint> {
+        let mut all: Vec<Checkpoint> = self
+            .files
+            .values()
+            .map(TailedFile::checkpoint)
+            .chain(
+                self.dormant
+                    .iter()
+                    .filter(|(path, _)| !self.files.contains_key(*path))
+                    .map(|(_, c)| c.clone()),
+            )
+            .collect();
+        all.sort_by(|a, b| a.path.cmp(&b.path));
+        all
+    }
+
+    /// The paths currently tailed.
+    pub fn paths(&self) -> Vec<&Path> {
+        self.files.keys().map(PathBuf::as_path).collect()
+    }
+
+    /// Every regular file matched by a pattern, mapped to the first source matching it.
+    fn resolve(&self) -> BTreeMap<PathBuf, usize> {
+        let mut matched = BTreeMap::new();
+        for (index, source) in self.sources.iter().enumerate() {
+            for pattern in &source.paths {
+                let entries = match glob::glob(pattern) {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        tracing::warn!(%pattern, error = %e, "invalid pattern");
+                        continue;
+                    }
+                };
+                for entry in entries {
+                    let Ok(path) = entry else { continue };
+                    let is_file = std::fs::metadata(&path).is_ok_and(|m| m.is_file());
+                    if is_file {
+                        matched.entry(path).or_insert(index);
+                    }
+                }
+            }
+        }
+        matched
+    }
+
+    fn open(&self, path: &Path, source: usize) -> io::Result<TailedFile> {
+        let mut file = File::open(path)?;
+        let meta = file.metadata()?;
+        let (dev, inode, size) = (meta.dev(), meta.ino(), meta.len());
+        let offset = match self.dormant.get(path) {
+            Some(c) if c.dev == dev && c.inode == inode && c.offset <= size => c.offset,
+            Some(c) => {
+                tracing::info!(
+                    path = %path.display(),
+                    checkpoint_offset = c.offset,
+                    size,
+                    "file is not the checkpointed one (new inode or truncated); reading from 0"
+                );
+                0
+            }
+            None => match self.sources.get(source).map(|s| s.start_at) {
+                Some(StartAt::End) if !self.initial_scan_done => size,
+                _ => 0,
+            },
+        };
+        file.seek(SeekFrom::Start(offset))?;
+        tracing::debug!(path = %path.display(), offset, "tailing file");
+        let dataset = self
+            .datasets
+            .get(source)
+            .cloned()
+            .unwrap_or_else(|| Arc::from("generic"));
+        Ok(TailedFile {
+            path_str: Arc::from(path.to_string_lossy().as_ref()),
+            path: path.to_path_buf(),
+            dataset,
+            dev,
+            inode,
+            file,
+            offset,
+            line: Vec::new(),
+            line_len: 0,
+            chunk: Vec::new(),
+            chunk_pos: 0,
+            last_error: None,
+        })
+    }
+}
+
+enum ReadEnd {
+    /// Stopped because the caller's line limit was reached.
+    Limit,
+    /// Read everything currently in the file.
+    Eof,
+}
+
+/// One open file and the reading state of its current, incomplete line.
+#[derive(Debug)]
+struct TailedFile {
+    path: PathBuf,
+    path_str: Arc<str>,
+    dataset: Arc<str>,
+    dev: u64,
+    inode: u64,
+    file: File,
+    /// Start of the current incomplete line: the checkpoint.
+    offset: u64,
+    /// Kept bytes of the current incomplete line (at most the line limit).
+    line: Vec<u8>,
+    /// Bytes of the current incomplete line scanned so far, kept or skipped.
+    line_len: u64,
+    /// Bytes read from the file and not yet scanned: `chunk[chunk_pos..]`.
+    chunk: Vec<u8>,
+    chunk_pos: usize,
+    last_error: Option<String>,
+}
+
+impl TailedFile {
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            path: self.path_str.to_string(),
+            dev: self.dev,
+            inode: self.inode,
+            offset: self.offset,
+        }
+    }
+
+    /// The file position the next read starts at.
+    fn read_pos(&self) -> u64 {
+        self.offset + self.line_len + (self.chunk.len() - self.chunk_pos) as u64
+    }
+
+    fn restart_from_zero(&mut self) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(0))?;
+        self.offset = 0;
+        self.line.clear();
+        self.line_len = 0;
+        self.chunk.clear();
+        self.chunk_pos = 0;
+        Ok(())
+    }
+
+    /// Appends complete lines to `out` until it holds `max_lines` or the file is exhausted.
+    fn read_lines(
+        &mut self,
+        max_lines: usize,
+        max_line_bytes: usize,
+        out: &mut Vec<Line>,
+    ) -> io::Result<ReadEnd> {
+        let size = self.file.metadata()?.len();
+        if size < self.read_pos() {
+            tracing::info!(path = %self.path.display(), size, offset = self.offset, "file truncated; reading from 0");
+            self.restart_from_zero()?;
+        }
+        loop {
+            while out.len() < max_lines && self.chunk_pos < self.chunk.len() {
+                let rest = &self.chunk[self.chunk_pos..];
+                let (segment_len, complete) = match rest.iter().position(|b| *b == b'\n') {
+                    Some(i) => (i, true),
+                    None => (rest.len(), false),
+                };
+                let room = max_line_bytes.saturating_sub(self.line.len());
+                let keep = segment_len.min(room);
+                self.line.extend_from_slice(&rest[..keep]);
+                self.line_len += segment_len as u64;
+                self.chunk_pos += segment_len;
+                if complete {
+                    self.chunk_pos += 1;
+                    out.push(self.finish_line(max_line_bytes));
+                }
+            }
+            if out.len() >= max_lines {
+                return Ok(ReadEnd::Limit);
+            }
+            self.chunk.clear();
+            self.chunk_pos = 0;
+            self.chunk.resize(READ_CHUNK_BYTES, 0);
+            let read = loop {
+                match self.file.read(&mut self.chunk) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.chunk.clear();
+                        return Err(e);
+                    }
+                }
+            };
+            self.chunk.truncate(read);
+            if read == 0 {
+                return Ok(ReadEnd::Eof);
+            }
+        }
+    }
+
+    /// Turns the current line (its newline just scanned) into a [`Line`] and moves the
+    /// checkpoint past it.
+    fn finish_line(&mut self, max_line_bytes: usize) -> Line {
+        let truncated = self.line_len > max_line_bytes as u64;
+        let mut bytes = std::mem::take(&mut self.line);
+        if truncated {
+            // Do not let the cut itself split a character and look like invalid UTF-8.
+            if let Err(e) = std::str::from_utf8(&bytes)
+                && e.error_len().is_none()
+            {
+                bytes.truncate(e.valid_up_to());
+            }
+        }
+        let (text, invalid_utf8) = match String::from_utf8(bytes) {
+            Ok(text) => (text, false),
+            Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
+        };
+        let line = Line {
+            dataset: Arc::clone(&self.dataset),
+            path: Arc::clone(&self.path_str),
+            offset: self.offset,
+            text,
+            invalid_utf8,
+            truncated,
+        };
+        self.offset += self.line_len + 1;
+        self.line_len = 0;
+        line
+    }
+}
+
+/// Wakes the agent when something changes in a directory that holds tailed files.
+///
+/// Watches, non-recursively (recursively for `**` patterns), the deepest directory of each
+/// pattern that contains no glob character. Directories that do not exist yet are
+/// watched once [`DirWatcher::refresh`] finds them.
+pub struct DirWatcher {
+    watcher: notify::RecommendedWatcher,
+    roots: Vec<(PathBuf, notify::RecursiveMode)>,
+    watched: HashSet<PathBuf>,
+}
+
+impl std::fmt::Debug for DirWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirWatcher")
+            .field("watched", &self.watched)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DirWatcher {
+    /// Calls `on_change(structural)` for every relevant notification; `structural` is true
+    /// when files were created, removed or renamed (the patterns should be resolved again).
+    pub fn new(
+        patterns: &[String],
+        on_change: impl Fn(bool) + Send + 'static,
+    ) -> notify::Result<DirWatcher> {
+        use notify::EventKind;
+        use notify::event::ModifyKind;
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            match event {
+                Ok(event) => match event.kind {
+                    // Our own opens and reads: ignoring them avoids waking ourselves up.
+                    EventKind::Access(_) => {}
+                    EventKind::Create(_)
+                    | EventKind::Remove(_)
+                    | EventKind::Modify(ModifyKind::Name(_)) => on_change(true),
+                    _ => on_change(false),
+                },
+                Err(_) => on_change(true),
+            }
+        })?;
+        let mut roots: Vec<(PathBuf, notify::RecursiveMode)> = Vec::new();
+        for pattern in patterns {
+            let root = watch_root(pattern);
+            if !roots.iter().any(|(r, _)| *r == root.0) {
+                roots.push(root);
+            }
+        }
+        let mut watcher = DirWatcher {
+            watcher,
+            roots,
+            watched: HashSet::new(),
+        };
+        watcher.refresh();
+        Ok(watcher)
+    }
+
+    /// Starts watching the directories that exist now and were not watched yet.
+    pub fn refresh(&mut self) {
+        use notify::Watcher as _;
+        for (dir, mode) in &self.roots {
+            if self.watched.contains(dir) || !std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            match self.watcher.watch(dir, *mode) {
+                Ok(()) => {
+                    self.watched.insert(dir.clone());
+                }
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "cannot watch directory")
+                }
+            }
+        }
+    }
+}
+
+/// The directory to watch for a pattern: its deepest glob-free directory.
+fn watch_root(pattern: &str) -> (PathBuf, notify::RecursiveMode) {
+    let recursive = if pattern.contains("**") {
+        notify::RecursiveMode::Recursive
+    } else {
+        notify::RecursiveMode::NonRecursive
+    };
+    let path = Path::new(pattern);
+    let mut root = PathBuf::new();
+    let mut had_glob = false;
+    for component in path.components() {
+        let text = component.as_os_str().to_string_lossy();
+        if matches!(component, Component::Normal(_)) && text.contains(['*', '?', '[']) {
+            had_glob = true;
+            break;
+        }
+        root.push(component);
+    }
+    if !had_glob {
+        // A plain file path: watch its directory.
+        root.pop();
+    }
+    if root.as_os_str().is_empty() {
+        root.push("/");
+    }
+    (root, recursive)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn source(pattern: &Path) -> SourceConfig {
+        SourceConfig {
+            paths: vec![pattern.to_string_lossy().into_owned()],
+            dataset: "test.ds".into(),
+            start_at: StartAt::Beginning,
+        }
+    }
+
+    fn append(path: &Path, bytes: &[u8]) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open");
+        f.write_all(bytes).expect("write");
+    }
+
+    fn texts(lines: &[Line]) -> Vec<&str> {
+        lines.iter().map(|l| l.text.as_str()).collect()
+    }
+
+    #[test]
+    fn partial_line_is_held_until_its_newline() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("a.log");
+        append(&log, b"first\nsec");
+        let mut t = Tailer::new(&[source(&log)], vec![]);
+        assert_eq!(texts(&t.poll(100)), vec!["first"]);
+        assert_eq!(t.checkpoints()[0].offset, 6);
+        append(&log, b"ond");
+        assert!(t.poll(100).is_empty());
+        assert_eq!(t.checkpoints()[0].offset, 6, "partial line not committed");
+        append(&log, b"\nthi");
+        let lines = t.poll(100);
+        assert_eq!(texts(&lines), vec!["second"]);
+        assert_eq!(lines[0].offset, 6);
+        append(&log, b"rd\n");
+        let lines = t.poll(100);
+        assert_eq!(texts(&lines), vec!["third"]);
+        assert_eq!(lines[0].offset, 13);
+        assert_eq!(t.checkpoints()[0].offset, 19);
+    }
+
+    #[test]
+    fn offsets_point_at_line_starts_and_limit_is_respected() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("a.log");
+        append(&log, b"a\n\nccc\ndd\n");
+        let mut t = Tailer::new(&[source(&log)], vec![]);
+        let first = t.poll(2);
+        assert_eq!(texts(&first), vec!["a", ""]);
+        assert_eq!(
+            t.checkpoints()[0].offset,
+            3,
+            "checkpoint covers exactly what was handed out"
+        );
+        let rest = t.poll(10);
+        assert_eq!(texts(&rest), vec!["ccc", "dd"]);
+        let offsets: Vec<u64> = first.iter().chain(&rest).map(|l| l.offset).collect();
+        assert_eq!(offsets, vec![0, 2, 3, 7]);
+        assert!(first.iter().all(|l| &*l.dataset == "test.ds"));
+        assert_eq!(&*first[0].path, log.to_string_lossy());
+    }
+
+    #[test]
+    fn resume_from_checkpoint_neither_loses_nor_repeats() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("a.log");
+        let all: Vec<String> = (0..5000).map(|i| format!("line number {i}")).collect();
+        for line in &all[..3000] {
+            append(&log, format!("{line}\n").as_bytes());
+        }
+        let mut got = Vec::new();
+        let mut t = Tailer::new(&[source(&log)], vec![]);
+        got.extend(t.poll(1234).into_iter().map(|l| l.text));
+        let checkpoints = t.checkpoints();
+        drop(t);
+        for line in &all[3000..] {
+            append(&log, format!("{line}\n").as_bytes());
+        }
+        let mut t = Tailer::new(&[source(&log)], checkpoints);
+        loop {
+            let lines = t.poll(700);
+            if lines.is_empty() {
+                break;
+            }
+            got.extend(lines.into_iter().map(|l| l.text));
+        }
+        assert_eq!(got, all);
+    }
+
+    #[test]
+    fn new_file_matching_a_glob_is_picked_up_from_its_start() {
+        let dir = tempfile::tempdir().expect("tmp");
+        append(&dir.path().join("one.log"), b"1\n");
+        append(&dir.path().join("skip.txt"), b"x\n");
+        let mut src = source(&dir.path().join("*.log"));
+        src.start_at = StartAt::End;
+        let mut t = Tailer::new(&[src], vec![]);
+        assert!(t.poll(10).is_empty(), "start_at=end skips existing content");
+        append(&dir.path().join("one.log"), b"2\n");
+        append(&dir.path().join("two.log"), b"a\nb\n");
+        assert_eq!(texts(&t.poll(10)), vec!["2"]);
+        t.rescan();
+        let lines = t.poll(10);
+        assert_eq!(
+            texts(&lines),
+            vec!["a", "b"],
+            "a file appearing later is read from 0"
+        );
+        assert!(lines[0].path.ends_with("two.log"));
+        assert_eq!(t.paths().len(), 2);
+    }
+
+    #[test]
+    fn replaced_file_is_drained_then_read_from_zero() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("a.log");
+        append(&log, b"old 1\n");
+        let mut t = Tailer::new(&[source(&log)], vec![]);
+        assert_eq!(texts(&t.poll(10)), vec!["old 1"]);
+        let old_inode = t.checkpoints()[0].inode;
+        append(&log, b"old 2\n");
+        let fresh = dir.path().join("a.log.new");
+        append(&fresh, b"new 1\nnew 2\n");
+        std::fs::rename(&fresh, &log).expect("rename");
+        t.rescan();
+        assert_eq!(texts(&t.poll(10)), vec!["old 2", "new 1", "new 2"]);
+        let cp = &t.checkpoints()[0];
+        assert_ne!(cp.inode, old_inode);
+        assert_eq!(cp.offset, 12);
+    }
+
+    #[test]
+    fn checkpoint_with_another_inode_or_beyond_size_restarts_at_zero() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("a.log");
+        append(&log, b"x\ny\n");
+        let real = Tailer::new(&[source(&log)], vec![]).checkpoints()[0].clone();
+        let other_inode = Checkpoint {
+            inode: real.inode + 1,
+            offset: 2,
+            ..real.clone()
+        };
+        let mut t = Tailer::new(&[source(&log)], vec![other_inode]);
+        assert_eq!(texts(&t.poll(10)), vec!["x", "y"]);
+        let too_far = Checkpoint {
+            offset: 100,
+            ..real.clone()
+        };
+        let mut t = Tailer::new(&[source(&log)], vec![too_far]);
+        assert_eq!(texts(&t.poll(10)), vec!["x", "y"]);
+        let good = Checkpoint { offset: 2, ..real };
+        let mut t = Tailer::new(&[source(&log)], vec![good]);
+        assert_eq!(texts(&t.poll(10)), vec!["y"]);
+    }
+
+    #[test]
+    fn truncated_in_place_restarts_at_zero() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("a.log");
+        append(&log, b"aaaa\nbbbb\n");
+        let mut t = Tailer::new(&[source(&log)], vec![]);
+        assert_eq!(t.poll(10).len(), 2);
+        std::fs::write(&log, b"c\n").expect("truncate");
+        assert_eq!(texts(&t.poll(10)), vec!["c"]);
+        assert_eq!(t.checkpoints()[0].offset, 2);
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_and_flagged() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("a.log");
+        append(&log, b"ok\nbad \xff\xfe end\n");
+        let mut t = Tailer::new(&[source(&log)], vec![]);
+        let lines = t.poll(10);
+        assert!(!lines[0].invalid_utf8);
+        assert!(lines[1].invalid_utf8);
+        assert_eq!(lines[1].text, "bad \u{fffd}\u{fffd} end");
+        let event = lines[1].clone().into_event(&EventContext {
+            host_name: "h".into(),
+            agent_id: Uuid::now_v7(),
+        });
+        assert_eq!(event.as_map()["tags"], serde_json::json!(["invalid_utf8"]));
+    }
+
+    #[test]
+    fn overlong_line_is_cut_flagged_and_skipped_to_its_newline() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("a.log");
+        // 25 'é' (2 bytes each) = 50 bytes; the limit of 15 falls inside a character.
+        let long = "é".repeat(25);
+        append(&log, format!("short\n{long}").as_bytes());
+        let mut t = Tailer::new(&[source(&log)], vec![]).with_max_line_bytes(15);
+        assert_eq!(texts(&t.poll(10)), vec!["short"]);
+        append(&log, b"\xc3\xa9\xc3\xa9\nnext\n");
+        let lines = t.poll(10);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].truncated);
+        assert!(!lines[0].invalid_utf8, "cut on a character boundary");
+        assert_eq!(lines[0].text, "é".repeat(7));
+        assert_eq!(lines[0].offset, 6);
+        assert_eq!(lines[1].text, "next");
+        assert!(!lines[1].truncated);
+        assert_eq!(lines[1].offset, 6 + 54 + 1);
+        assert_eq!(t.checkpoints()[0].offset, 6 + 54 + 1 + 5);
+    }
+
+    #[test]
+    fn overlong_line_at_the_real_limit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("a.log");
+        let long = vec![b'x'; MAX_LINE_BYTES + 10];
+        append(&log, &long);
+        append(&log, b"\ntail\n");
+        let mut t = Tailer::new(&[source(&log)], vec![]);
+        let lines = t.poll(10);
+        assert_eq!(lines[0].text.len(), MAX_LINE_BYTES);
+        assert!(lines[0].truncated);
+        assert_eq!(lines[1].text, "tail");
+        assert_eq!(lines[1].offset, MAX_LINE_BYTES as u64 + 11);
+    }
+
+    #[test]
+    fn event_carries_the_ecs_fields() {
+        let agent_id = Uuid::now_v7();
+        let line = Line {
+            dataset: Arc::from("system.auth"),
+            path: Arc::from("/var/log/auth.log"),
+            offset: 42,
+            text: "sshd[1]: hello".into(),
+            invalid_utf8: false,
+            truncated: true,
+        };
+        let e = line.into_event(&EventContext {
+            host_name: "web-1".into(),
+            agent_id,
+        });
+        e.validate().expect("valid");
+        assert_eq!(e.message(), Some("sshd[1]: hello"));
+        assert_eq!(e.original(), Some("sshd[1]: hello"));
+        assert_eq!(e.dataset(), Some("system.auth"));
+        assert_eq!(e.get_str("log.file.path"), Some("/var/log/auth.log"));
+        assert_eq!(e.get("log.offset"), Some(&serde_json::json!(42)));
+        assert_eq!(e.host_name(), Some("web-1"));
+        assert_eq!(e.get_str("host.hostname"), Some("web-1"));
+        assert_eq!(e.agent_id(), Some(agent_id.to_string().as_str()));
+        assert_eq!(e.get_str("agent.type"), Some("yagura-agent"));
+        assert_eq!(e.get_str("agent.version"), Some(crate::VERSION));
+        assert_eq!(e.as_map()["tags"], serde_json::json!(["truncated"]));
+    }
+
+    #[test]
+    fn watch_roots() {
+        use notify::RecursiveMode::*;
+        assert_eq!(
+            watch_root("/var/log/auth.log"),
+            (PathBuf::from("/var/log"), NonRecursive)
+        );
+        assert_eq!(
+            watch_root("/tmp/x/*.log"),
+            (PathBuf::from("/tmp/x"), NonRecursive)
+        );
+        assert_eq!(
+            watch_root("/a/b*/c.log"),
+            (PathBuf::from("/a"), NonRecursive)
+        );
+        assert_eq!(watch_root("/a/**/c.log"), (PathBuf::from("/a"), Recursive));
+        assert_eq!(watch_root("/x.log"), (PathBuf::from("/"), NonRecursive));
+    }
+
+    #[test]
+    fn watcher_wakes_on_append() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("a.log");
+        append(&log, b"x\n");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _w = DirWatcher::new(&[log.to_string_lossy().into_owned()], move |s| {
+            let _ = tx.send(s);
+        })
+        .expect("watcher");
+        append(&log, b"y\n");
+        let woke = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert!(woke.is_ok(), "no notification within 5 s");
+    }
+}

@@ -1,0 +1,61 @@
+//! The README's run command: `yagura up` starts collector and local agent, the demo log
+//! becomes searchable, and Ctrl-C stops everything cleanly.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use yagura_e2e::{Process, binaries};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_searchable_demo_events_and_stops_cleanly_on_ctrl_c() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let data_arg = data.display().to_string();
+    let mut up = Process::spawn(
+        "yagura up",
+        &binaries().collector,
+        &[
+            "up",
+            "--data-dir",
+            &data_arg,
+            "--listen",
+            "127.0.0.1:0",
+            "--no-host-logs",
+        ],
+        &tmp.path().join("up.log"),
+    )?;
+    let url = up.expect_line("API URL:", Duration::from_secs(60))?;
+    let fingerprint = up.expect_line("Certificate:  sha256", Duration::from_secs(5))?;
+    let token = up.expect_line("API token:", Duration::from_secs(5))?;
+    assert!(
+        token.starts_with("ygt_"),
+        "first run prints the API token: {token}"
+    );
+
+    let (client, _) =
+        yagura_agent::tls::pinned_client(Some(&fingerprint), Duration::from_secs(10))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut total = 0;
+    while std::time::Instant::now() < deadline && total == 0 {
+        let body: Value = client
+            .get(format!("{url}/api/v1/search"))
+            .bearer_auth(&token)
+            .query(&[("q", "event.dataset:yagura.demo"), ("limit", "5")])
+            .send()
+            .await?
+            .json()
+            .await?;
+        total = body["total"].as_u64().unwrap_or(0);
+        if total == 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    assert!(total > 0, "demo events become searchable");
+
+    let status = up.stop("INT", Duration::from_secs(30))?;
+    assert!(
+        status.success(),
+        "yagura up exits cleanly on Ctrl-C: {status}"
+    );
+    Ok(())
+}
