@@ -173,7 +173,8 @@ impl SignedBatch {
     /// and validates every event; the count must match the header.
     pub fn events(&self, max_decompressed: usize) -> Result<Vec<Event>, BatchError> {
         let ndjson = self.decompressed_payload(max_decompressed)?;
-        let mut events = Vec::with_capacity(self.header.event_count as usize);
+        // The declared count is untrusted: never size an allocation by it.
+        let mut events = Vec::new();
         for (index, line) in ndjson.split(|b| *b == b'\n').enumerate() {
             if line.is_empty() {
                 continue;
@@ -409,6 +410,22 @@ mod tests {
             Err(BatchError::TooLarge { .. })
         ));
         assert_eq!(batch.events(2 << 20).expect("fits").len(), 1);
+    }
+
+    #[test]
+    fn a_huge_declared_event_count_is_an_error_not_an_allocation() {
+        // Even a correctly signed batch (a compromised agent) may lie about its count.
+        let key = AgentKey::generate().expect("key");
+        let mut bytes = sealed(&key).into_bytes();
+        bytes[36..40].copy_from_slice(&u32::MAX.to_be_bytes());
+        let batch = SignedBatch::from_bytes(bytes).expect("structure is fine");
+        assert!(matches!(
+            batch.events(1 << 20),
+            Err(BatchError::CountMismatch {
+                declared: u32::MAX,
+                actual: 5
+            })
+        ));
     }
 
     #[test]

@@ -52,6 +52,57 @@ async fn up_serves_searchable_demo_events_and_stops_cleanly_on_ctrl_c() -> anyho
     }
     assert!(total > 0, "demo events become searchable");
 
+    // The analyst CLI, as in the README: token from the environment, certificate
+    // fingerprint read from the data directory.
+    let output = std::process::Command::new(&binaries().collector)
+        .args([
+            "search",
+            "event.dataset:yagura.demo",
+            "--since",
+            "1h",
+            "--json",
+            "--limit",
+            "3",
+        ])
+        .args(["--url", &url, "--data-dir", &data_arg])
+        .env("YAGURA_TOKEN", &token)
+        .output()?;
+    assert!(
+        output.status.success(),
+        "search CLI: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout)?;
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert!(!events.is_empty() && events.len() <= 3, "{stdout}");
+    for event in &events {
+        assert_eq!(event["event"]["dataset"], "yagura.demo");
+        assert!(
+            event["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("sshd") || m.contains("from")),
+            "{event}"
+        );
+    }
+    // A wrong token is refused with the collector's problem detail.
+    let refused = std::process::Command::new(&binaries().collector)
+        .args([
+            "search",
+            "*",
+            "--url",
+            &url,
+            "--data-dir",
+            &data_arg,
+            "--token",
+            "ygt_wrong",
+        ])
+        .output()?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+
     let status = up.stop("INT", Duration::from_secs(30))?;
     assert!(
         status.success(),

@@ -313,7 +313,8 @@ fn read_record(reader: &mut impl Read) -> std::io::Result<ReadOutcome> {
             "impossible record length {len}"
         )));
     }
-    let mut body = Vec::with_capacity(len as usize);
+    // Grows with what is really there: a damaged length must not size an allocation.
+    let mut body = Vec::new();
     let got = reader.take(u64::from(len)).read_to_end(&mut body)?;
     if got < len as usize {
         return Ok(ReadOutcome::Damaged(format!(
