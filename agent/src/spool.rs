@@ -506,6 +506,7 @@ mod tests {
             dev: 1,
             inode: 2,
             offset,
+            ..Checkpoint::default()
         }
     }
 

@@ -10,10 +10,20 @@
 //!   held back. [`Tailer::checkpoints`] gives, per file, the byte offset just past the last
 //!   line handed out, so a caller that commits those checkpoints together with the lines
 //!   it received resumes after a restart with neither loss nor repetition.
-//! * A file is identified by (device, inode). If the file at a path has another identity
-//!   than its checkpoint, or is shorter than the checkpoint offset (truncated), it is read
-//!   again from offset 0. A file replaced while it was being tailed is drained of its
-//!   complete lines before the new file is read.
+//! * A file is identified by (device, inode) and a fingerprint of its first bytes (up to
+//!   [`HEAD_BYTES`]), not by its path: a reused inode with other content is a new file,
+//!   and two files with identical first lines are still two files (different inodes).
+//! * Rotation by rename: the renamed file is drained to its end through the open handle
+//!   before lines of the new file are handed out. Its checkpoint keeps being committed
+//!   (`retired`), so after a crash or a stop mid-rotation it is found again by inode in
+//!   its directory and drained from the checkpoint. Rotation while the agent is stopped is
+//!   found the same way.
+//! * Copytruncate: a file that shrank below the read position (or whose first bytes
+//!   changed) was truncated. The unread rest is read from the rotated copy (a file in the
+//!   same directory with the same first bytes, at least as long as the read position); if
+//!   there is none, the unread bytes are reported as a [`Loss`]. Then the file is read
+//!   from 0.
+//! * Delete and recreate: the deleted file is drained through its handle, then released.
 //! * Invalid UTF-8 is replaced (U+FFFD) and the line tagged `invalid_utf8`; a line longer
 //!   than the limit is cut at the limit (on a character boundary) and tagged `truncated`,
 //!   the rest of it up to its newline is skipped, and the checkpoint moves past it.
@@ -40,16 +50,100 @@ use crate::config::{SourceConfig, StartAt};
 /// The longest line kept whole; longer lines are cut to this and tagged `truncated`.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 
+/// Most checkpoints of released files remembered (so a rotated file that matches a
+/// pattern later is not read twice).
+const MAX_DORMANT: usize = 1024;
+
 /// How much is read from a file at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Where reading of one file resumes: the offset just past the last line handed out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// Where the file was when it was opened (it may since have been renamed).
     pub path: String,
     pub dev: u64,
     pub inode: u64,
     pub offset: u64,
+    /// How many first bytes [`Checkpoint::head_hash`] covers (0 for an empty file).
+    #[serde(default)]
+    pub head_len: u64,
+    /// Fingerprint of the first `head_len` bytes: tells a reused inode from the old file.
+    #[serde(default)]
+    pub head_hash: String,
+    /// The file had left its path (rotated or deleted) and was still being drained.
+    #[serde(default)]
+    pub retired: bool,
+}
+
+/// Bytes of a file's head that make its fingerprint.
+pub const HEAD_BYTES: u64 = 256;
+
+/// Lines or bytes that were not and will never be read: the loss ledger's raw material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loss {
+    pub path: String,
+    /// `truncated_before_read`, `rotated_away_unread`, …
+    pub reason: &'static str,
+    /// First unread byte offset.
+    pub offset: u64,
+    /// Unread bytes, when known.
+    pub bytes: Option<u64>,
+}
+
+/// Fingerprint of the first `len` bytes of `file` (read with `pread`: the read position
+/// does not move). `None` when the file is shorter than `len`.
+fn head_hash(file: &File, len: u64) -> io::Result<Option<String>> {
+    use sha2::Digest as _;
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; len as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], filled as u64) {
+            Ok(0) => return Ok(None),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let digest = sha2::Sha256::digest(&buf);
+    Ok(Some(hex::encode(&digest[..16])))
+}
+
+/// Whether `file` (with metadata `meta`) is the file `checkpoint` was taken of.
+fn is_same_file(checkpoint: &Checkpoint, file: &File, meta: &std::fs::Metadata) -> bool {
+    if checkpoint.dev != meta.dev() || checkpoint.inode != meta.ino() {
+        return false;
+    }
+    if checkpoint.head_len == 0 {
+        return true;
+    }
+    matches!(head_hash(file, checkpoint.head_len), Ok(Some(h)) if h == checkpoint.head_hash)
+}
+
+/// Finds, in `dir`, a regular file satisfying `accept` (used to find a rotated file by its
+/// identity, or a copytruncate copy by its head).
+fn find_in_dir(
+    dir: &Path,
+    accept: impl Fn(&File, &std::fs::Metadata) -> bool,
+) -> Option<(PathBuf, File)> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if accept(&file, &meta) {
+            return Some((path, file));
+        }
+    }
+    None
 }
 
 /// One complete line read from a file.
@@ -106,8 +200,11 @@ pub struct Tailer {
     files: BTreeMap<PathBuf, TailedFile>,
     /// Files no longer at their path (deleted or replaced): drained to EOF, then dropped.
     retired: Vec<TailedFile>,
-    /// Checkpoints of files not (yet) open: kept until the file is opened or is gone.
-    dormant: HashMap<PathBuf, Checkpoint>,
+    /// Checkpoints of files not (yet) open, or drained and released: a file found again
+    /// (by identity, under any matching path) resumes from here instead of from 0.
+    dormant: Vec<Checkpoint>,
+    /// Unread data discovered since the last [`Tailer::take_losses`].
+    losses: Vec<Loss>,
     /// Paths that could not be opened, with the error last logged (logged once).
     failed: HashMap<PathBuf, String>,
     /// Round-robin start for fairness between files.
@@ -120,10 +217,6 @@ impl Tailer {
     /// A tailer for `sources`, resuming from `checkpoints`. Scans once immediately; files
     /// found now without a checkpoint start per their source's `start_at`.
     pub fn new(sources: &[SourceConfig], checkpoints: Vec<Checkpoint>) -> Tailer {
-        let dormant = checkpoints
-            .into_iter()
-            .map(|c| (PathBuf::from(&c.path), c))
-            .collect();
         let mut tailer = Tailer {
             datasets: sources
                 .iter()
@@ -132,15 +225,83 @@ impl Tailer {
             sources: sources.to_vec(),
             files: BTreeMap::new(),
             retired: Vec::new(),
-            dormant,
+            dormant: Vec::new(),
+            losses: Vec::new(),
             failed: HashMap::new(),
             cursor: 0,
             max_line_bytes: MAX_LINE_BYTES,
             initial_scan_done: false,
         };
+        tailer.resume(checkpoints);
         tailer.rescan();
         tailer.initial_scan_done = true;
         tailer
+    }
+
+    /// Sorts committed checkpoints into files still at their path (opened by the next
+    /// rescan) and files that left it (rotated or deleted, possibly while the agent was
+    /// stopped): those are looked for by identity in their directory and drained from the
+    /// checkpoint; when they are gone, the unread data is a loss.
+    fn resume(&mut self, checkpoints: Vec<Checkpoint>) {
+        for checkpoint in checkpoints {
+            let path = PathBuf::from(&checkpoint.path);
+            let at_path = File::open(&path)
+                .and_then(|f| f.metadata().map(|m| (f, m)))
+                .is_ok_and(|(f, m)| is_same_file(&checkpoint, &f, &m));
+            if at_path && !checkpoint.retired {
+                self.dormant.push(checkpoint);
+                continue;
+            }
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            let found = if at_path {
+                File::open(&path).ok().map(|f| (path.clone(), f))
+            } else {
+                find_in_dir(dir, |f, m| is_same_file(&checkpoint, f, m))
+            };
+            match found {
+                Some((now_at, file)) => {
+                    tracing::info!(
+                        path = %checkpoint.path,
+                        now_at = %now_at.display(),
+                        offset = checkpoint.offset,
+                        "file rotated away before it was read to its end; draining it"
+                    );
+                    let source = self.source_of(&path).unwrap_or(0);
+                    match self.tailed(file, &path, source, checkpoint.offset) {
+                        Ok(tailed) => self.retired.push(tailed),
+                        Err(e) => {
+                            tracing::warn!(path = %now_at.display(), error = %e, "cannot read rotated file")
+                        }
+                    }
+                }
+                None if checkpoint.retired => {
+                    tracing::warn!(path = %checkpoint.path, offset = checkpoint.offset, "rotated file gone before it was read to its end");
+                    self.losses.push(Loss {
+                        path: checkpoint.path.clone(),
+                        reason: "rotated_away_unread",
+                        offset: checkpoint.offset,
+                        bytes: None,
+                    });
+                }
+                None => {
+                    tracing::info!(path = %checkpoint.path, "checkpointed file is gone");
+                }
+            }
+        }
+    }
+
+    /// The index of the first source whose patterns match `path`.
+    fn source_of(&self, path: &Path) -> Option<usize> {
+        self.sources.iter().position(|s| {
+            s.paths
+                .iter()
+                .any(|p| glob::Pattern::new(p).is_ok_and(|pat| pat.matches_path(path)))
+        })
+    }
+
+    /// Unread data found since the last call: for the loss ledger.
+    pub fn take_losses(&mut self) -> Vec<Loss> {
+        std::mem::take(&mut self.losses)
     }
 
     #[cfg(test)]
@@ -173,12 +334,22 @@ impl Tailer {
             if self.files.contains_key(&path) {
                 continue;
             }
+            // A rotated file still being drained may also match a pattern (`*.log*`).
+            let draining = std::fs::metadata(&path).is_ok_and(|m| {
+                self.retired
+                    .iter()
+                    .any(|f| f.dev == m.dev() && f.inode == m.ino())
+            });
+            if draining {
+                continue;
+            }
             match self.open(&path, source) {
                 Ok(file) => {
                     if self.failed.remove(&path).is_some() {
                         tracing::info!(path = %path.display(), "file readable again");
                     }
-                    self.dormant.remove(&path);
+                    let (dev, inode) = (file.dev, file.inode);
+                    self.dormant.retain(|c| c.dev != dev || c.inode != inode);
                     self.files.insert(path, file);
                 }
                 Err(e) => {
@@ -190,26 +361,57 @@ impl Tailer {
                 }
             }
         }
-        // Checkpoints of files that are gone for good are dropped: a file that appears
-        // later at that path is a new file (new inode) and starts at 0 anyway.
-        self.dormant.retain(|path, _| {
-            !matches!(std::fs::metadata(path), Err(e) if e.kind() == io::ErrorKind::NotFound)
-        });
+        // Dormant checkpoints are kept while their file still exists in its directory
+        // (under any name), at most a bounded number of them.
+        if !self.dormant.is_empty() {
+            let mut present: HashSet<(u64, u64)> = HashSet::new();
+            let dirs: HashSet<PathBuf> = self
+                .dormant
+                .iter()
+                .filter_map(|c| Path::new(&c.path).parent().map(Path::to_path_buf))
+                .collect();
+            for dir in dirs {
+                if let Ok(entries) = std::fs::read_dir(&dir) {
+                    for entry in entries.flatten() {
+                        if let Ok(meta) = entry.metadata() {
+                            present.insert((meta.dev(), meta.ino()));
+                        }
+                    }
+                }
+            }
+            self.dormant.retain(|c| present.contains(&(c.dev, c.inode)));
+            let excess = self.dormant.len().saturating_sub(MAX_DORMANT);
+            self.dormant.drain(..excess);
+        }
     }
 
     /// Reads up to `max_lines` complete lines across all files.
     pub fn poll(&mut self, max_lines: usize) -> Vec<Line> {
         let mut out = Vec::new();
+        // A truncation found in the first pass queues the rotated copy's rest; the second
+        // pass reads it, then the file from its new start.
+        if self.poll_pass(max_lines, &mut out) {
+            self.poll_pass(max_lines, &mut out);
+        }
+        out
+    }
+
+    /// One pass over retired then current files; returns whether a truncation was found.
+    fn poll_pass(&mut self, max_lines: usize, out: &mut Vec<Line>) -> bool {
+        let mut truncation_found = false;
         let max_line_bytes = self.max_line_bytes;
         // Replaced files first: their lines were written before the new file's.
         let mut index = 0;
         while index < self.retired.len() && out.len() < max_lines {
             let file = &mut self.retired[index];
-            match file.read_lines(max_lines, max_line_bytes, &mut out) {
+            match file.read_lines(max_lines, max_line_bytes, out) {
                 Ok(ReadEnd::Limit) => index += 1,
-                Ok(ReadEnd::Eof) => {
+                Ok(ReadEnd::Eof) | Ok(ReadEnd::Truncated) => {
                     let file = self.retired.remove(index);
                     tracing::debug!(path = %file.path.display(), "retired file drained");
+                    let mut checkpoint = file.checkpoint();
+                    checkpoint.retired = false;
+                    self.dormant.push(checkpoint);
                 }
                 Err(e) => {
                     let file = self.retired.remove(index);
@@ -219,7 +421,7 @@ impl Tailer {
         }
         let paths: Vec<PathBuf> = self.files.keys().cloned().collect();
         if paths.is_empty() {
-            return out;
+            return truncation_found;
         }
         let start = self.cursor % paths.len();
         self.cursor = self.cursor.wrapping_add(1);
@@ -230,7 +432,16 @@ impl Tailer {
             let Some(file) = self.files.get_mut(path) else {
                 continue;
             };
-            if let Err(e) = file.read_lines(max_lines, max_line_bytes, &mut out) {
+            let read = file.read_lines(max_lines, max_line_bytes, out);
+            if matches!(read, Ok(ReadEnd::Truncated)) {
+                self.recover_truncated(path);
+                truncation_found = true;
+                continue;
+            }
+            let Some(file) = self.files.get_mut(path) else {
+                continue;
+            };
+            if let Err(e) = read {
                 let message = e.to_string();
                 if file.last_error.as_ref() != Some(&message) {
                     tracing::warn!(path = %path.display(), error = %message, "read failed");
@@ -240,7 +451,64 @@ impl Tailer {
                 file.last_error = None;
             }
         }
-        out
+        truncation_found
+    }
+
+    /// A tailed file was truncated (copytruncate) or rewritten in place. Its unread rest
+    /// is drained from the rotated copy when one is in the directory (same first bytes, at
+    /// least as long as what was read); otherwise it is recorded as a loss. The file is
+    /// then read from 0.
+    fn recover_truncated(&mut self, path: &Path) {
+        let Some(file) = self.files.get_mut(path) else {
+            return;
+        };
+        let (read_to, head_len, head) = (file.offset, file.head_len, file.head_hash.clone());
+        let own = (file.dev, file.inode);
+        let unread = file.last_size.saturating_sub(read_to);
+        let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let copy = find_in_dir(&dir, |f, m| {
+            (m.dev(), m.ino()) != own
+                && m.len() >= read_to
+                && head_len > 0
+                && matches!(head_hash(f, head_len), Ok(Some(h)) if h == head)
+        });
+        let source = self.source_of(path).unwrap_or(0);
+        match copy {
+            Some((copy_path, copy_file)) => {
+                tracing::info!(
+                    path = %path.display(),
+                    copy = %copy_path.display(),
+                    offset = read_to,
+                    "file truncated (copytruncate); reading the rest from the rotated copy"
+                );
+                match self.tailed(copy_file, path, source, read_to) {
+                    Ok(mut drained) => {
+                        // Not a file to remember: its lines are reported under `path`.
+                        drained.path = copy_path;
+                        self.retired.push(drained);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read the rotated copy"),
+                }
+            }
+            None => {
+                if unread > 0 || read_to > 0 {
+                    tracing::warn!(path = %path.display(), offset = read_to, unread, "file truncated before it was read to its end, and no rotated copy found");
+                }
+                if unread > 0 {
+                    self.losses.push(Loss {
+                        path: path.display().to_string(),
+                        reason: "truncated_before_read",
+                        offset: read_to,
+                        bytes: Some(unread),
+                    });
+                }
+            }
+        }
+        if let Some(file) = self.files.get_mut(path)
+            && let Err(e) = file.restart_from_zero()
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot reread truncated file");
+        }
     }
 
     /// Per file, the offset just past the last line handed out by [`Tailer::poll`]. Sorted
@@ -250,12 +518,11 @@ impl Tailer {
             .files
             .values()
             .map(TailedFile::checkpoint)
-            .chain(
-                self.dormant
-                    .iter()
-                    .filter(|(path, _)| !self.files.contains_key(*path))
-                    .map(|(_, c)| c.clone()),
-            )
+            .chain(self.retired.iter().map(|f| Checkpoint {
+                retired: true,
+                ..f.checkpoint()
+            }))
+            .chain(self.dormant.iter().cloned())
             .collect();
         all.sort_by(|a, b| a.path.cmp(&b.path));
         all
@@ -291,25 +558,47 @@ impl Tailer {
     }
 
     fn open(&self, path: &Path, source: usize) -> io::Result<TailedFile> {
-        let mut file = File::open(path)?;
+        let file = File::open(path)?;
         let meta = file.metadata()?;
-        let (dev, inode, size) = (meta.dev(), meta.ino(), meta.len());
-        let offset = match self.dormant.get(path) {
-            Some(c) if c.dev == dev && c.inode == inode && c.offset <= size => c.offset,
+        let size = meta.len();
+        let known = self.dormant.iter().find(|c| is_same_file(c, &file, &meta));
+        let offset = match known {
+            Some(c) if c.offset <= size => c.offset,
             Some(c) => {
                 tracing::info!(
                     path = %path.display(),
                     checkpoint_offset = c.offset,
                     size,
-                    "file is not the checkpointed one (new inode or truncated); reading from 0"
+                    "file is shorter than its checkpoint (truncated while stopped); reading from 0"
                 );
                 0
             }
-            None => match self.sources.get(source).map(|s| s.start_at) {
-                Some(StartAt::End) if !self.initial_scan_done => size,
-                _ => 0,
-            },
+            None => {
+                if self.dormant.iter().any(|c| Path::new(&c.path) == path) {
+                    tracing::info!(path = %path.display(), "a new file at a checkpointed path; reading from 0");
+                }
+                match self.sources.get(source).map(|s| s.start_at) {
+                    Some(StartAt::End) if !self.initial_scan_done => size,
+                    _ => 0,
+                }
+            }
         };
+        self.tailed(file, path, source, offset)
+    }
+
+    /// Wraps an open file for reading from `offset`; `path` is the name its lines are
+    /// reported under.
+    fn tailed(
+        &self,
+        mut file: File,
+        path: &Path,
+        source: usize,
+        offset: u64,
+    ) -> io::Result<TailedFile> {
+        let meta = file.metadata()?;
+        let (dev, inode, size) = (meta.dev(), meta.ino(), meta.len());
+        let head_len = size.min(HEAD_BYTES);
+        let head = head_hash(&file, head_len)?.unwrap_or_default();
         file.seek(SeekFrom::Start(offset))?;
         tracing::debug!(path = %path.display(), offset, "tailing file");
         let dataset = self
@@ -323,6 +612,9 @@ impl Tailer {
             dataset,
             dev,
             inode,
+            head_len,
+            head_hash: head,
+            last_size: size,
             file,
             offset,
             line: Vec::new(),
@@ -339,6 +631,8 @@ enum ReadEnd {
     Limit,
     /// Read everything currently in the file.
     Eof,
+    /// The file was truncated or its first bytes replaced: nothing was read.
+    Truncated,
 }
 
 /// One open file and the reading state of its current, incomplete line.
@@ -349,6 +643,11 @@ struct TailedFile {
     dataset: Arc<str>,
     dev: u64,
     inode: u64,
+    /// Fingerprint of the first `head_len` bytes, as in [`Checkpoint`].
+    head_len: u64,
+    head_hash: String,
+    /// Size at the last read, to notice shrinking and growth.
+    last_size: u64,
     file: File,
     /// Start of the current incomplete line: the checkpoint.
     offset: u64,
@@ -369,7 +668,34 @@ impl TailedFile {
             dev: self.dev,
             inode: self.inode,
             offset: self.offset,
+            head_len: self.head_len,
+            head_hash: self.head_hash.clone(),
+            retired: false,
         }
+    }
+
+    /// Checks that the file is still the one being read (not truncated, first bytes
+    /// unchanged) and extends the fingerprint while the file is shorter than
+    /// [`HEAD_BYTES`]. Returns false when it was truncated or rewritten.
+    fn still_same(&mut self, size: u64) -> io::Result<bool> {
+        if size < self.read_pos() {
+            return Ok(false);
+        }
+        if size != self.last_size && self.head_len > 0 {
+            match head_hash(&self.file, self.head_len)? {
+                Some(h) if h == self.head_hash => {}
+                _ => return Ok(false),
+            }
+        }
+        if self.head_len < HEAD_BYTES && size > self.head_len {
+            let len = size.min(HEAD_BYTES);
+            if let Some(h) = head_hash(&self.file, len)? {
+                self.head_len = len;
+                self.head_hash = h;
+            }
+        }
+        self.last_size = size;
+        Ok(true)
     }
 
     /// The file position the next read starts at.
@@ -379,6 +705,10 @@ impl TailedFile {
 
     fn restart_from_zero(&mut self) -> io::Result<()> {
         self.file.seek(SeekFrom::Start(0))?;
+        let size = self.file.metadata()?.len();
+        self.head_len = size.min(HEAD_BYTES);
+        self.head_hash = head_hash(&self.file, self.head_len)?.unwrap_or_default();
+        self.last_size = size;
         self.offset = 0;
         self.line.clear();
         self.line_len = 0;
@@ -395,9 +725,8 @@ impl TailedFile {
         out: &mut Vec<Line>,
     ) -> io::Result<ReadEnd> {
         let size = self.file.metadata()?.len();
-        if size < self.read_pos() {
-            tracing::info!(path = %self.path.display(), size, offset = self.offset, "file truncated; reading from 0");
-            self.restart_from_zero()?;
+        if !self.still_same(size)? {
+            return Ok(ReadEnd::Truncated);
         }
         loop {
             while out.len() < max_lines && self.chunk_pos < self.chunk.len() {
@@ -734,6 +1063,197 @@ mod tests {
         let good = Checkpoint { offset: 2, ..real };
         let mut t = Tailer::new(&[source(&log)], vec![good]);
         assert_eq!(texts(&t.poll(10)), vec!["y"]);
+    }
+
+    fn all_lines(t: &mut Tailer) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let lines = t.poll(1000);
+            if lines.is_empty() {
+                return out;
+            }
+            out.extend(lines.into_iter().map(|l| l.text));
+        }
+    }
+
+    fn numbered(from: usize, to: usize) -> Vec<u8> {
+        (from..to)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect()
+    }
+
+    fn expected(from: usize, to: usize) -> Vec<String> {
+        (from..to).map(|i| format!("line {i}")).collect()
+    }
+
+    #[test]
+    fn a_reused_inode_with_other_content_is_a_new_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("a.log");
+        append(&log, b"new first line\nsecond\n");
+        let meta = std::fs::metadata(&log).expect("meta");
+        // The checkpoint of an older file that had this very inode, with other content.
+        let old = Checkpoint {
+            path: log.display().to_string(),
+            dev: meta.dev(),
+            inode: meta.ino(),
+            offset: 15,
+            head_len: 9,
+            head_hash: "not-the-hash-of-new-first".into(),
+            retired: false,
+        };
+        let mut t = Tailer::new(&[source(&log)], vec![old]);
+        assert_eq!(all_lines(&mut t), vec!["new first line", "second"]);
+    }
+
+    #[test]
+    fn zero_byte_files_are_tailed_and_resumed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("empty.log");
+        std::fs::write(&log, b"").expect("create");
+        let mut t = Tailer::new(&[source(&log)], vec![]);
+        assert!(t.poll(10).is_empty());
+        let checkpoints = t.checkpoints();
+        assert_eq!((checkpoints[0].offset, checkpoints[0].head_len), (0, 0));
+        append(&log, b"first\n");
+        assert_eq!(texts(&t.poll(10)), vec!["first"]);
+        // Resuming from the empty file's checkpoint reads what was written since.
+        let mut t2 = Tailer::new(&[source(&log)], checkpoints);
+        assert_eq!(all_lines(&mut t2), vec!["first"]);
+        // And from the later checkpoint, nothing again.
+        let mut t3 = Tailer::new(&[source(&log)], t.checkpoints());
+        assert!(all_lines(&mut t3).is_empty());
+    }
+
+    #[test]
+    fn files_with_identical_first_lines_are_distinct() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let a = dir.path().join("a.log");
+        let b = dir.path().join("b.log");
+        append(&a, b"same header line\nonly in a\n");
+        append(&b, b"same header line\nonly in b\n");
+        let pattern = dir.path().join("*.log");
+        let mut t = Tailer::new(&[source(&pattern)], vec![]);
+        let mut got = all_lines(&mut t);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                "only in a",
+                "only in b",
+                "same header line",
+                "same header line"
+            ]
+        );
+        append(&b, b"more b\n");
+        let mut t2 = Tailer::new(&[source(&pattern)], t.checkpoints());
+        assert_eq!(all_lines(&mut t2), vec!["more b"]);
+    }
+
+    #[test]
+    fn a_stop_in_the_middle_of_a_rename_rotation_loses_and_repeats_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("app.log");
+        append(&log, &numbered(0, 10));
+        let mut t = Tailer::new(&[source(&log)], vec![]);
+        let mut seen: Vec<String> = t.poll(3).into_iter().map(|l| l.text).collect();
+        std::fs::rename(&log, dir.path().join("app.log.1")).expect("rotate");
+        append(&log, &numbered(10, 15));
+        t.rescan();
+        seen.extend(t.poll(2).into_iter().map(|l| l.text));
+        assert_eq!(seen, expected(0, 5), "the rotated file is drained first");
+        // Stop here (checkpoints as committed with these lines), start again.
+        let checkpoints = t.checkpoints();
+        assert!(checkpoints.iter().any(|c| c.retired), "{checkpoints:?}");
+        let mut t2 = Tailer::new(&[source(&log)], checkpoints);
+        seen.extend(all_lines(&mut t2));
+        assert_eq!(seen, expected(0, 15));
+    }
+
+    #[test]
+    fn rotation_while_stopped_drains_the_rotated_file_from_its_checkpoint() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("app.log");
+        append(&log, &numbered(0, 4));
+        let mut t = Tailer::new(&[source(&log)], vec![]);
+        let mut seen = all_lines(&mut t);
+        let checkpoints = t.checkpoints();
+        drop(t);
+        append(&log, &numbered(4, 6));
+        std::fs::rename(&log, dir.path().join("app.log.1")).expect("rotate");
+        append(&log, &numbered(6, 8));
+        let mut t2 = Tailer::new(&[source(&log)], checkpoints);
+        seen.extend(all_lines(&mut t2));
+        assert_eq!(seen, expected(0, 8));
+        assert!(t2.take_losses().is_empty());
+    }
+
+    #[test]
+    fn copytruncate_reads_the_unread_rest_from_the_copy() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("app.log");
+        append(&log, &numbered(0, 10));
+        let mut t = Tailer::new(&[source(&log)], vec![]);
+        let mut seen: Vec<String> = t.poll(4).into_iter().map(|l| l.text).collect();
+        std::fs::copy(&log, dir.path().join("app.log.1")).expect("copy");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .expect("open")
+            .set_len(0)
+            .expect("truncate");
+        // The writer goes on, past the old read position, before the tailer looks again.
+        append(&log, &numbered(10, 30));
+        seen.extend(all_lines(&mut t));
+        assert_eq!(seen, expected(0, 30));
+        assert!(t.take_losses().is_empty());
+    }
+
+    #[test]
+    fn copytruncate_without_a_copy_is_a_counted_loss() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("app.log");
+        append(&log, &numbered(0, 10));
+        let mut t = Tailer::new(&[source(&log)], vec![]);
+        let first = t.poll(4);
+        let read_to = first
+            .last()
+            .map(|l| l.offset + l.text.len() as u64 + 1)
+            .expect("lines");
+        let size = std::fs::metadata(&log).expect("meta").len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .expect("open")
+            .set_len(0)
+            .expect("truncate");
+        append(&log, b"after\n");
+        assert_eq!(all_lines(&mut t), vec!["after"]);
+        let losses = t.take_losses();
+        assert_eq!(losses.len(), 1);
+        assert_eq!(losses[0].reason, "truncated_before_read");
+        assert_eq!(
+            (losses[0].offset, losses[0].bytes),
+            (read_to, Some(size - read_to))
+        );
+    }
+
+    #[test]
+    fn a_ten_mib_line_is_cut_flagged_and_the_next_line_is_whole() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("big.log");
+        let mut big = vec![b'x'; 10 << 20];
+        big.push(b'\n');
+        append(&log, &big);
+        append(&log, b"next\n");
+        let mut t = Tailer::new(&[source(&log)], vec![]);
+        let lines = t.poll(10);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].truncated);
+        assert_eq!(lines[0].text.len(), MAX_LINE_BYTES);
+        assert_eq!(lines[1].text, "next");
+        assert_eq!(lines[1].offset, (10 << 20) + 1);
+        assert_eq!(t.checkpoints()[0].offset, (10 << 20) + 6);
     }
 
     #[test]
