@@ -98,15 +98,29 @@ impl Default for ShipConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
-    /// When the spooled batches take this many bytes, tailing pauses (offsets hold) until
-    /// the collector acks some. Default 256 MiB.
+    /// The bound of the spooled batches. Default 256 MiB.
     pub max_bytes: u64,
+    /// What happens at the bound. Default `block`.
+    pub when_full: WhenFull,
+}
+
+/// The full-spool policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Tailing pauses (offsets hold, nothing is lost) until the collector acks batches.
+    #[default]
+    Block,
+    /// The oldest unsent batch is dropped to make room, and a `yagura.agent.loss` event
+    /// with the exact counts takes its place.
+    DropOldest,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
             max_bytes: crate::spool::DEFAULT_MAX_BYTES,
+            when_full: WhenFull::default(),
         }
     }
 }

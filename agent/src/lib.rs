@@ -23,6 +23,7 @@
 pub mod config;
 mod durable;
 pub mod enroll;
+pub mod loss;
 pub mod ship;
 pub mod spool;
 pub mod tail;
@@ -39,7 +40,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use yagura_shared::{AgentKey, Event};
 
-pub use config::{AgentConfig, ConfigError, ShipConfig, SourceConfig, SpoolConfig, StartAt};
+pub use config::{
+    AgentConfig, ConfigError, ShipConfig, SourceConfig, SpoolConfig, StartAt, WhenFull,
+};
 pub use enroll::{Enrollment, enroll};
 
 /// The agent's version, as sent at enrollment and stamped on every event (`agent.version`).
@@ -134,6 +137,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let host_name = config.resolved_host_name();
 
     let max_bytes = config.spool.max_bytes;
+    let when_full = config.spool.when_full;
     let mut spool = blocking({
         let state_dir = state_dir.clone();
         move || spool::Spool::open(&state_dir)
@@ -197,6 +201,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                 pending: Vec::new(),
                 first_pending_at: None,
                 max_events: ship_config.batch_max_events,
+                when_full,
                 max_wait: Duration::from_millis(ship_config.batch_max_wait_ms),
                 last_rescan: Instant::now(),
                 seal_retry_at: None,
@@ -324,6 +329,7 @@ struct Producer {
     pending: Vec<Event>,
     first_pending_at: Option<Instant>,
     max_events: usize,
+    when_full: WhenFull,
     max_wait: Duration,
     last_rescan: Instant,
     seal_retry_at: Option<Instant>,
@@ -342,7 +348,12 @@ impl Producer {
             }
             self.last_rescan = now;
         }
-        let spool_full = self.lock_spool().is_full();
+        self.record_losses();
+        let mut spool_full = self.lock_spool().is_full();
+        if spool_full && self.when_full == WhenFull::DropOldest {
+            self.drop_to_make_room();
+            spool_full = self.lock_spool().is_full();
+        }
         let room = self.max_events.saturating_sub(self.pending.len());
         let mut more_ready = false;
         if !spool_full && room > 0 {
@@ -358,8 +369,13 @@ impl Producer {
             .first_pending_at
             .is_some_and(|t| t.elapsed() >= self.max_wait);
         let retry_ok = self.seal_retry_at.is_none_or(|t| Instant::now() >= t);
-        if !self.pending.is_empty() && retry_ok && (self.pending.len() >= self.max_events || due) {
-            self.seal_pending();
+        let full_batch = self.pending.len() >= self.max_events;
+        if !self.pending.is_empty() && retry_ok && (full_batch || due) {
+            let sealed = self.seal_pending();
+            // The batch filled up (lines plus loss events): more lines may be waiting.
+            if sealed && full_batch {
+                more_ready = true;
+            }
         }
         if spool_full {
             // Offsets hold until the shipper frees space; the loop wakes on `space_freed`.
@@ -413,6 +429,49 @@ impl Producer {
         }
     }
 
+    /// Turns the tailer's and the spool's losses into loss events in the pending batch.
+    fn record_losses(&mut self) {
+        let tail_losses = self.tailer.take_losses();
+        let spool_losses = self.lock_spool().take_losses();
+        if tail_losses.is_empty() && spool_losses.is_empty() {
+            return;
+        }
+        for lost in &tail_losses {
+            self.pending.push(loss::from_tail(lost, &self.context));
+        }
+        for lost in spool_losses {
+            self.pending.extend(loss::from_spool(lost, &self.context));
+        }
+        self.first_pending_at.get_or_insert_with(Instant::now);
+    }
+
+    /// `drop_oldest`: drops unsent batches until the spool has room. Their loss events
+    /// go into the pending batch and are sealed with the next lines, so a dropped batch is
+    /// replaced by a few small events and the spool makes room instead of churning.
+    fn drop_to_make_room(&mut self) {
+        loop {
+            let dropped = {
+                let mut spool = self.lock_spool();
+                if !spool.is_full() {
+                    break;
+                }
+                spool.drop_oldest_unsent()
+            };
+            match dropped {
+                Ok(Some(lost)) => {
+                    let events = loss::from_spool(lost, &self.context);
+                    self.pending.extend(events);
+                    self.first_pending_at.get_or_insert_with(Instant::now);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not drop a spooled batch");
+                    break;
+                }
+            }
+        }
+    }
+
     fn lock_spool(&self) -> std::sync::MutexGuard<'_, spool::Spool> {
         self.spool.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -442,6 +501,7 @@ mod tests {
             pending: Vec::new(),
             first_pending_at: None,
             max_events,
+            when_full: WhenFull::Block,
             max_wait: Duration::from_secs(3600),
             last_rescan: Instant::now(),
             seal_retry_at: None,
@@ -467,6 +527,60 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Under `drop_oldest` with a tiny spool and no collector: every line written is
+    /// either still spooled or counted, exactly, by a loss event.
+    #[test]
+    fn drop_oldest_accounts_for_every_dropped_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let state = dir.path().join("state");
+        let log = dir.path().join("app.log");
+        let mut f = std::fs::File::create(&log).expect("create");
+        let mut p = producer(&state, &log, 50);
+        p.when_full = WhenFull::DropOldest;
+        p.lock_spool().set_max_bytes(8 * 1024);
+        let total = 5_000;
+        for i in 0..total {
+            writeln!(
+                f,
+                "line {i} with some padding to make batches weigh something"
+            )
+            .expect("write");
+            if i % 250 == 249 {
+                while p.step(false).more_ready {}
+                p.seal_pending();
+            }
+        }
+        while p.step(false).more_ready {}
+        p.seal_pending();
+        let mut kept = 0u64;
+        let mut lost = 0u64;
+        for file in std::fs::read_dir(state.join("spool"))
+            .expect("dir")
+            .flatten()
+        {
+            if file.path().extension().is_none_or(|x| x != "batch") {
+                continue;
+            }
+            let (_, batch) = spool::read_batch_file(&file.path()).expect("batch");
+            for e in batch.events(1 << 24).expect("events") {
+                if e.dataset() == Some(loss::LOSS_DATASET) {
+                    lost += e
+                        .get("yagura.loss.events")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0);
+                } else {
+                    kept += 1;
+                }
+            }
+        }
+        assert!(lost > 0, "the spool really overflowed");
+        assert_eq!(kept + lost, total, "kept {kept} + lost {lost}");
+        assert!(
+            p.lock_spool().bytes() < 64 * 1024,
+            "the bound holds roughly"
+        );
     }
 
     /// Crashes (dropping the producer with lines pending in memory) at many points, with

@@ -114,6 +114,20 @@ pub struct Spool {
     last_acked_sequence: u64,
     /// The checkpoints after the newest committed line (spooled or acked).
     checkpoints: Vec<Checkpoint>,
+    /// The batch the shipper is sending: never dropped to make room.
+    in_flight: Option<u64>,
+    /// Batches lost since the last [`Spool::take_losses`] (quarantined files).
+    losses: Vec<SpoolLoss>,
+}
+
+/// Events that left the spool without reaching the collector.
+#[derive(Debug, Clone)]
+pub struct SpoolLoss {
+    /// `spool_full` or `spool_corrupt`.
+    pub reason: &'static str,
+    pub sequence: u64,
+    /// The dropped events, when they could be read (a corrupt file's cannot).
+    pub events: Option<Vec<Event>>,
 }
 
 impl Spool {
@@ -134,6 +148,7 @@ impl Spool {
             }
         }
         names.sort();
+        let mut losses = Vec::new();
         for path in names {
             let name = path
                 .file_name()
@@ -167,8 +182,22 @@ impl Spool {
                         },
                     );
                 }
-                Ok(_) => quarantine(&dir, &path, "sequence in the file does not match its name"),
-                Err(e) => quarantine(&dir, &path, &e.to_string()),
+                Ok(_) => {
+                    quarantine(&dir, &path, "sequence in the file does not match its name");
+                    losses.push(SpoolLoss {
+                        reason: "spool_corrupt",
+                        sequence,
+                        events: None,
+                    });
+                }
+                Err(e) => {
+                    quarantine(&dir, &path, &e.to_string());
+                    losses.push(SpoolLoss {
+                        reason: "spool_corrupt",
+                        sequence,
+                        events: None,
+                    });
+                }
             }
         }
         let checkpoints = match batches.values().next_back() {
@@ -185,6 +214,8 @@ impl Spool {
             next_sequence: highest_seen + 1,
             last_acked_sequence: acked.last_acked_sequence,
             checkpoints,
+            in_flight: None,
+            losses,
         })
     }
 
@@ -255,6 +286,7 @@ impl Spool {
             let path = self.batch_path(sequence);
             match read_batch_file(&path) {
                 Ok((_, batch)) => {
+                    self.in_flight = Some(sequence);
                     return Ok(Some(SpooledBatch {
                         sequence,
                         event_count: batch.header().event_count,
@@ -270,11 +302,51 @@ impl Spool {
                 }
                 Err(e) => {
                     quarantine(&self.dir, &path, &e.to_string());
+                    self.losses.push(SpoolLoss {
+                        reason: "spool_corrupt",
+                        sequence,
+                        events: None,
+                    });
                     self.forget(sequence);
                 }
             }
         }
         Ok(None)
+    }
+
+    /// Drops the oldest batch that is not being sent, to make room under `drop_oldest`.
+    /// Returns what was dropped (with its events, for the loss ledger), or `None` when the
+    /// only batch left is the one in flight.
+    pub fn drop_oldest_unsent(&mut self) -> Result<Option<SpoolLoss>, SpoolError> {
+        let Some(sequence) = self
+            .batches
+            .keys()
+            .copied()
+            .find(|s| Some(*s) != self.in_flight)
+        else {
+            return Ok(None);
+        };
+        let path = self.batch_path(sequence);
+        let events = read_batch_file(&path)
+            .ok()
+            .and_then(|(_, batch)| batch.events(usize::MAX).ok());
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SpoolError::Io { path, cause: e }),
+        }
+        self.forget(sequence);
+        tracing::warn!(sequence, "spool full: dropped the oldest unsent batch");
+        Ok(Some(SpoolLoss {
+            reason: "spool_full",
+            sequence,
+            events,
+        }))
+    }
+
+    /// Batches lost since the last call (quarantined as unreadable).
+    pub fn take_losses(&mut self) -> Vec<SpoolLoss> {
+        std::mem::take(&mut self.losses)
     }
 
     /// Records that the collector holds batch `sequence` (the oldest) and deletes it.
@@ -356,6 +428,9 @@ impl Spool {
     }
 
     fn forget(&mut self, sequence: u64) {
+        if self.in_flight == Some(sequence) {
+            self.in_flight = None;
+        }
         if let Some(meta) = self.batches.remove(&sequence) {
             self.bytes = self.bytes.saturating_sub(meta.file_bytes);
         }

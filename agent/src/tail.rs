@@ -166,6 +166,17 @@ pub struct EventContext {
     pub agent_id: Uuid,
 }
 
+impl EventContext {
+    /// Stamps who the event is from: `host.name`, `host.hostname`, `agent.*`.
+    pub fn stamp(&self, event: &mut Event) {
+        event.set_str("host.name", self.host_name.clone());
+        event.set_str("host.hostname", self.host_name.clone());
+        event.set_str("agent.id", self.agent_id.to_string());
+        event.set_str("agent.type", "yagura-agent");
+        event.set_str("agent.version", crate::VERSION);
+    }
+}
+
 impl Line {
     /// The line as an ECS event: `message`, `event.original`, `event.dataset`,
     /// `log.file.path`, `log.offset`, `host.*`, `agent.*` and the tags.
@@ -176,11 +187,7 @@ impl Line {
         event.set_str("event.dataset", &*self.dataset);
         event.set_str("log.file.path", &*self.path);
         event.set("log.offset", Value::from(self.offset));
-        event.set_str("host.name", context.host_name.clone());
-        event.set_str("host.hostname", context.host_name.clone());
-        event.set_str("agent.id", context.agent_id.to_string());
-        event.set_str("agent.type", "yagura-agent");
-        event.set_str("agent.version", crate::VERSION);
+        context.stamp(&mut event);
         if self.invalid_utf8 {
             event.add_tag("invalid_utf8");
         }
