@@ -67,6 +67,27 @@ pub struct AgentConfig {
     pub spool: SpoolConfig,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+    /// How file changes are noticed. Default `notify`.
+    #[serde(default)]
+    pub watch: WatchMode,
+    /// Seconds between heartbeat events (and status file updates). Default 60.
+    #[serde(default = "default_heartbeat_interval_seconds")]
+    pub heartbeat_interval_seconds: u64,
+}
+
+/// How the agent notices that files changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchMode {
+    /// inotify wake-ups plus the periodic poll (the poll alone is correct).
+    #[default]
+    Notify,
+    /// The periodic poll only, for file systems without inotify (NFS, some FUSE mounts).
+    Poll,
+}
+
+fn default_heartbeat_interval_seconds() -> u64 {
+    60
 }
 
 /// Batching and sending.
@@ -77,6 +98,8 @@ pub struct ShipConfig {
     pub batch_max_events: usize,
     /// A partial batch is sealed this long after its first line was read. Default 250.
     pub batch_max_wait_ms: u64,
+    /// A batch is sealed once its events' text reaches this many bytes. Default 4 MiB.
+    pub batch_max_bytes: usize,
     /// Ceiling of the exponential retry backoff. Default 5000.
     pub max_backoff_ms: u64,
     /// Timeout of one HTTP request to the collector. Default 10000.
@@ -88,6 +111,7 @@ impl Default for ShipConfig {
         ShipConfig {
             batch_max_events: 1000,
             batch_max_wait_ms: 250,
+            batch_max_bytes: 4 << 20,
             max_backoff_ms: 5000,
             request_timeout_ms: 10_000,
         }
@@ -137,6 +161,13 @@ pub struct SourceConfig {
     /// Where to start in a file that has no checkpoint. Default `beginning`.
     #[serde(default)]
     pub start_at: StartAt,
+    /// Glob patterns of files not to tail even though `paths` matches them
+    /// (e.g. `"/var/log/app/*.gz"`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Added to every event of the source as `labels.<key>`.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for SourceConfig {
@@ -145,6 +176,8 @@ impl Default for SourceConfig {
             paths: Vec::new(),
             dataset: default_dataset(),
             start_at: StartAt::default(),
+            exclude: Vec::new(),
+            labels: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -174,6 +207,8 @@ impl AgentConfig {
             ship: ShipConfig::default(),
             spool: SpoolConfig::default(),
             sources: Vec::new(),
+            watch: WatchMode::default(),
+            heartbeat_interval_seconds: default_heartbeat_interval_seconds(),
         }
     }
 
@@ -225,6 +260,18 @@ impl AgentConfig {
                 "must be at least 1",
             ));
         }
+        if self.ship.batch_max_bytes < 1024 {
+            return Err(invalid(
+                "ship.batch_max_bytes".into(),
+                "must be at least 1024",
+            ));
+        }
+        if self.heartbeat_interval_seconds == 0 {
+            return Err(invalid(
+                "heartbeat_interval_seconds".into(),
+                "must be at least 1",
+            ));
+        }
         if self.ship.max_backoff_ms == 0 {
             return Err(invalid("ship.max_backoff_ms".into(), "must be at least 1"));
         }
@@ -238,6 +285,14 @@ impl AgentConfig {
             return Err(invalid("spool.max_bytes".into(), "must be at least 1"));
         }
         for (i, source) in self.sources.iter().enumerate() {
+            for (j, pattern) in source.exclude.iter().enumerate() {
+                if let Err(e) = glob::Pattern::new(pattern) {
+                    return Err(invalid(
+                        format!("sources[{i}].exclude[{j}]"),
+                        &e.to_string(),
+                    ));
+                }
+            }
             if source.paths.is_empty() {
                 return Err(invalid(
                     format!("sources[{i}].paths"),

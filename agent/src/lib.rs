@@ -23,6 +23,7 @@
 pub mod config;
 mod durable;
 pub mod enroll;
+pub mod health;
 pub mod loss;
 pub mod ship;
 pub mod spool;
@@ -41,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use yagura_shared::{AgentKey, Event};
 
 pub use config::{
-    AgentConfig, ConfigError, ShipConfig, SourceConfig, SpoolConfig, StartAt, WhenFull,
+    AgentConfig, ConfigError, ShipConfig, SourceConfig, SpoolConfig, StartAt, WatchMode, WhenFull,
 };
 pub use enroll::{Enrollment, enroll};
 
@@ -159,13 +160,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let data_ready = Arc::new(Notify::new());
     let rescan_requested = Arc::new(AtomicBool::new(false));
 
+    let stats = Arc::new(health::AgentStats::default());
     let shipper = ship::Shipper::new(
         &enrollment,
         &config.ship,
         Arc::clone(&spool),
         Arc::clone(&batch_sealed),
         Arc::clone(&space_freed),
-    )?;
+    )?
+    .with_stats(Arc::clone(&stats));
+    let watch_mode = config.watch;
+    let heartbeat_every = Duration::from_secs(config.heartbeat_interval_seconds);
+    let collector_url = enrollment.collector_url.clone();
+    let status_dir = state_dir.clone();
 
     let sources = config.sources.clone();
     let patterns: Vec<String> = sources.iter().flat_map(|s| s.paths.clone()).collect();
@@ -179,13 +186,21 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         let ship_config = config.ship.clone();
         move || {
             let tailer = tail::Tailer::new(&sources, checkpoints);
-            let watcher = match tail::DirWatcher::new(&patterns, move |structural| {
-                if structural {
-                    rescan_requested.store(true, Ordering::Relaxed);
-                }
-                data_ready.notify_one();
-            }) {
+            let watcher = match watch_mode {
+                WatchMode::Poll => Err(notify::Error::generic("polling mode configured")),
+                WatchMode::Notify => tail::DirWatcher::new(&patterns, move |structural| {
+                    if structural {
+                        rescan_requested.store(true, Ordering::Relaxed);
+                    }
+                    data_ready.notify_one();
+                }),
+            };
+            let watcher = match watcher {
                 Ok(w) => Some(w),
+                Err(e) if watch_mode == WatchMode::Poll => {
+                    tracing::info!(reason = %e, "watching files by polling only");
+                    None
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "file notifications unavailable, polling only");
                     None
@@ -201,7 +216,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                 pending: Vec::new(),
                 first_pending_at: None,
                 max_events: ship_config.batch_max_events,
+                max_bytes: ship_config.batch_max_bytes,
+                pending_bytes: 0,
                 when_full,
+                health: HealthReporter {
+                    stats,
+                    every: heartbeat_every,
+                    last: None,
+                    collector_url,
+                    state_dir: status_dir,
+                },
                 max_wait: Duration::from_millis(ship_config.batch_max_wait_ms),
                 last_rescan: Instant::now(),
                 seal_retry_at: None,
@@ -307,6 +331,15 @@ where
         .map_err(|e| Error::Task(e.to_string()))
 }
 
+/// Heartbeat and status-file state of the producer.
+struct HealthReporter {
+    stats: Arc<health::AgentStats>,
+    every: Duration,
+    last: Option<Instant>,
+    collector_url: String,
+    state_dir: PathBuf,
+}
+
 /// What one [`Producer::step`] did, for the loop deciding when to step again.
 #[derive(Debug)]
 struct StepOutcome {
@@ -329,7 +362,11 @@ struct Producer {
     pending: Vec<Event>,
     first_pending_at: Option<Instant>,
     max_events: usize,
+    /// Seal once the pending events' text reaches this many bytes.
+    max_bytes: usize,
+    pending_bytes: usize,
     when_full: WhenFull,
+    health: HealthReporter,
     max_wait: Duration,
     last_rescan: Instant,
     seal_retry_at: Option<Instant>,
@@ -362,6 +399,11 @@ impl Producer {
             if !lines.is_empty() && self.first_pending_at.is_none() {
                 self.first_pending_at = Some(Instant::now());
             }
+            self.health
+                .stats
+                .lines_read
+                .fetch_add(lines.len() as u64, Ordering::Relaxed);
+            self.pending_bytes += lines.iter().map(|l| l.text.len()).sum::<usize>();
             self.pending
                 .extend(lines.into_iter().map(|line| line.into_event(&self.context)));
         }
@@ -369,7 +411,9 @@ impl Producer {
             .first_pending_at
             .is_some_and(|t| t.elapsed() >= self.max_wait);
         let retry_ok = self.seal_retry_at.is_none_or(|t| Instant::now() >= t);
-        let full_batch = self.pending.len() >= self.max_events;
+        self.heartbeat_if_due();
+        let full_batch =
+            self.pending.len() >= self.max_events || self.pending_bytes >= self.max_bytes;
         if !self.pending.is_empty() && retry_ok && (full_batch || due) {
             let sealed = self.seal_pending();
             // The batch filled up (lines plus loss events): more lines may be waiting.
@@ -416,6 +460,7 @@ impl Producer {
                     "batch sealed"
                 );
                 self.pending.clear();
+                self.pending_bytes = 0;
                 self.first_pending_at = None;
                 self.seal_retry_at = None;
                 self.batch_sealed.notify_one();
@@ -440,7 +485,9 @@ impl Producer {
             self.pending.push(loss::from_tail(lost, &self.context));
         }
         for lost in spool_losses {
-            self.pending.extend(loss::from_spool(lost, &self.context));
+            let events = loss::from_spool(lost, &self.context);
+            self.count_lost(&events);
+            self.pending.extend(events);
         }
         self.first_pending_at.get_or_insert_with(Instant::now);
     }
@@ -460,6 +507,7 @@ impl Producer {
             match dropped {
                 Ok(Some(lost)) => {
                     let events = loss::from_spool(lost, &self.context);
+                    self.count_lost(&events);
                     self.pending.extend(events);
                     self.first_pending_at.get_or_insert_with(Instant::now);
                 }
@@ -470,6 +518,53 @@ impl Producer {
                 }
             }
         }
+    }
+
+    /// Adds the newly dropped events to the `events_lost` counter (merged, carried-over
+    /// tallies are counted once, when first dropped).
+    fn count_lost(&self, events: &[Event]) {
+        let fresh: u64 = events
+            .iter()
+            .filter(|e| e.get("yagura.loss.batch_sequence").is_some())
+            .filter_map(|e| {
+                e.get("yagura.loss.events")
+                    .and_then(serde_json::Value::as_u64)
+            })
+            .sum();
+        self.health
+            .stats
+            .events_lost
+            .fetch_add(fresh, Ordering::Relaxed);
+    }
+
+    /// Every heartbeat interval: a heartbeat event into the stream and `status.json`.
+    fn heartbeat_if_due(&mut self) {
+        if self
+            .health
+            .last
+            .is_some_and(|t| t.elapsed() < self.health.every)
+        {
+            return;
+        }
+        self.health.last = Some(Instant::now());
+        let checkpoints = self.tailer.checkpoints();
+        let (spool_batches, spool_bytes) = {
+            let spool = self.lock_spool();
+            (spool.len(), spool.bytes())
+        };
+        let status = health::Status::take(health::Snapshot {
+            stats: &self.health.stats,
+            context: &self.context,
+            collector_url: &self.health.collector_url,
+            spool_batches,
+            spool_bytes,
+            checkpoints: &checkpoints,
+        });
+        if let Err(e) = status.write(&self.health.state_dir) {
+            tracing::warn!(error = %e, "cannot write the status file");
+        }
+        self.pending.push(status.heartbeat(&self.context));
+        self.first_pending_at.get_or_insert_with(Instant::now);
     }
 
     fn lock_spool(&self) -> std::sync::MutexGuard<'_, spool::Spool> {
@@ -501,7 +596,16 @@ mod tests {
             pending: Vec::new(),
             first_pending_at: None,
             max_events,
+            max_bytes: 64 << 20,
+            pending_bytes: 0,
             when_full: WhenFull::Block,
+            health: HealthReporter {
+                stats: Arc::default(),
+                every: Duration::from_secs(3600),
+                last: Some(Instant::now()),
+                collector_url: "https://collector.invalid".into(),
+                state_dir: state_dir.to_path_buf(),
+            },
             max_wait: Duration::from_secs(3600),
             last_rescan: Instant::now(),
             seal_retry_at: None,
@@ -658,6 +762,7 @@ mod run_tests {
             paths: vec![log.to_string_lossy().into_owned()],
             dataset: "test.run".into(),
             start_at: StartAt::Beginning,
+            ..SourceConfig::default()
         });
         config
     }
@@ -688,8 +793,12 @@ mod run_tests {
             }
             last_sequence = batch.header().sequence;
             for event in batch.events(1 << 24).expect("events") {
-                assert_eq!(event.dataset(), Some("test.run"));
                 assert_eq!(event.host_name(), Some("test-host"));
+                if event.dataset() == Some(health::HEARTBEAT_DATASET) {
+                    // The first heartbeat goes out at start; it is checked on its own.
+                    continue;
+                }
+                assert_eq!(event.dataset(), Some("test.run"));
                 out.push(event.message().expect("message").to_string());
             }
         }

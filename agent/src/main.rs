@@ -42,6 +42,16 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Show the running agent's health: uptime, memory, spool, lag, counters, errors
+    /// (from the status file it refreshes every heartbeat interval).
+    Status {
+        /// The agent configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,6 +104,22 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 println!("enrolled as agent {}", enrollment.agent_id);
                 if let Some(fp) = &enrollment.fingerprint {
                     println!("collector certificate SHA-256: {fp}");
+                }
+                Ok(())
+            }
+            Command::Status { config, json } => {
+                let config = AgentConfig::load(&config)?;
+                let status =
+                    yagura_agent::health::Status::read(&config.state_dir).with_context(|| {
+                        format!(
+                            "no status in {} (is the agent running, or has it run?)",
+                            config.state_dir.display()
+                        )
+                    })?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                } else {
+                    print!("{}", status.render(chrono::Utc::now()));
                 }
                 Ok(())
             }

@@ -186,6 +186,7 @@ pub struct Shipper {
     batch_sealed: Arc<Notify>,
     space_freed: Arc<Notify>,
     max_backoff: Duration,
+    stats: Arc<crate::health::AgentStats>,
 }
 
 impl std::fmt::Debug for Shipper {
@@ -225,7 +226,14 @@ impl Shipper {
             batch_sealed,
             space_freed,
             max_backoff: Duration::from_millis(config.max_backoff_ms),
+            stats: Arc::default(),
         })
+    }
+
+    /// Counts shipped batches and events, and records send errors, into `stats`.
+    pub fn with_stats(mut self, stats: Arc<crate::health::AgentStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     /// Ships until `stop` is cancelled, or until `drain` is cancelled and the spool is
@@ -296,6 +304,12 @@ impl Shipper {
                     let spool = Arc::clone(&self.spool);
                     match blocking(move || lock(&spool).ack(sequence)).await {
                         Ok(Ok(())) => {
+                            use std::sync::atomic::Ordering::Relaxed;
+                            self.stats.batches_shipped.fetch_add(1, Relaxed);
+                            self.stats
+                                .events_shipped
+                                .fetch_add(u64::from(batch.event_count), Relaxed);
+                            self.stats.set_ship_error(None);
                             backoff.reset();
                             self.space_freed.notify_one();
                             return true;
@@ -331,6 +345,8 @@ impl Shipper {
                     backoff.next_delay()
                 }
                 Outcome::Refused { reason } => {
+                    self.stats
+                        .set_ship_error(Some(format!("collector refuses this agent: {reason}")));
                     tracing::error!(
                         sequence,
                         %reason,
@@ -339,6 +355,7 @@ impl Shipper {
                     UNAUTHORIZED_RETRY
                 }
                 Outcome::Retry { after, reason } => {
+                    self.stats.set_ship_error(Some(reason.clone()));
                     let delay = after.unwrap_or_else(|| backoff.next_delay());
                     tracing::warn!(sequence, %reason, retry_in_ms = delay.as_millis() as u64, "send failed; retrying");
                     delay

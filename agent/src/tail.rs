@@ -150,6 +150,8 @@ fn find_in_dir(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
     pub dataset: Arc<str>,
+    /// The source's labels, stamped as `labels.*`.
+    pub labels: Arc<BTreeMap<String, String>>,
     pub path: Arc<str>,
     /// Byte offset of the line's first byte in the file.
     pub offset: u64,
@@ -188,6 +190,9 @@ impl Line {
         event.set_str("log.file.path", &*self.path);
         event.set("log.offset", Value::from(self.offset));
         context.stamp(&mut event);
+        for (key, value) in self.labels.iter() {
+            event.set(&format!("labels.{key}"), Value::String(value.clone()));
+        }
         if self.invalid_utf8 {
             event.add_tag("invalid_utf8");
         }
@@ -203,6 +208,7 @@ impl Line {
 pub struct Tailer {
     sources: Vec<SourceConfig>,
     datasets: Vec<Arc<str>>,
+    labels: Vec<Arc<BTreeMap<String, String>>>,
     /// Files being tailed, by path.
     files: BTreeMap<PathBuf, TailedFile>,
     /// Files no longer at their path (deleted or replaced): drained to EOF, then dropped.
@@ -229,6 +235,7 @@ impl Tailer {
                 .iter()
                 .map(|s| Arc::from(s.dataset.as_str()))
                 .collect(),
+            labels: sources.iter().map(|s| Arc::new(s.labels.clone())).collect(),
             sources: sources.to_vec(),
             files: BTreeMap::new(),
             retired: Vec::new(),
@@ -554,6 +561,13 @@ impl Tailer {
                 };
                 for entry in entries {
                     let Ok(path) = entry else { continue };
+                    let excluded = source
+                        .exclude
+                        .iter()
+                        .any(|x| glob::Pattern::new(x).is_ok_and(|p| p.matches_path(&path)));
+                    if excluded {
+                        continue;
+                    }
                     let is_file = std::fs::metadata(&path).is_ok_and(|m| m.is_file());
                     if is_file {
                         matched.entry(path).or_insert(index);
@@ -613,10 +627,12 @@ impl Tailer {
             .get(source)
             .cloned()
             .unwrap_or_else(|| Arc::from("generic"));
+        let labels = self.labels.get(source).cloned().unwrap_or_default();
         Ok(TailedFile {
             path_str: Arc::from(path.to_string_lossy().as_ref()),
             path: path.to_path_buf(),
             dataset,
+            labels,
             dev,
             inode,
             head_len,
@@ -648,6 +664,7 @@ struct TailedFile {
     path: PathBuf,
     path_str: Arc<str>,
     dataset: Arc<str>,
+    labels: Arc<BTreeMap<String, String>>,
     dev: u64,
     inode: u64,
     /// Fingerprint of the first `head_len` bytes, as in [`Checkpoint`].
@@ -794,6 +811,7 @@ impl TailedFile {
         };
         let line = Line {
             dataset: Arc::clone(&self.dataset),
+            labels: Arc::clone(&self.labels),
             path: Arc::clone(&self.path_str),
             offset: self.offset,
             text,
@@ -920,6 +938,7 @@ mod tests {
             paths: vec![pattern.to_string_lossy().into_owned()],
             dataset: "test.ds".into(),
             start_at: StartAt::Beginning,
+            ..SourceConfig::default()
         }
     }
 
@@ -1334,6 +1353,7 @@ mod tests {
         let agent_id = Uuid::now_v7();
         let line = Line {
             dataset: Arc::from("system.auth"),
+            labels: Arc::new(BTreeMap::from([("env".to_string(), "prod".to_string())])),
             path: Arc::from("/var/log/auth.log"),
             offset: 42,
             text: "sshd[1]: hello".into(),
@@ -1356,6 +1376,18 @@ mod tests {
         assert_eq!(e.get_str("agent.type"), Some("yagura-agent"));
         assert_eq!(e.get_str("agent.version"), Some(crate::VERSION));
         assert_eq!(e.as_map()["tags"], serde_json::json!(["truncated"]));
+        assert_eq!(e.get_str("labels.env"), Some("prod"));
+    }
+
+    #[test]
+    fn excluded_files_are_not_tailed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        append(&dir.path().join("app.log"), b"keep\n");
+        append(&dir.path().join("app.debug.log"), b"skip\n");
+        let mut src = source(&dir.path().join("*.log"));
+        src.exclude = vec![dir.path().join("*.debug.log").display().to_string()];
+        let mut t = Tailer::new(&[src], vec![]);
+        assert_eq!(texts(&t.poll(10)), vec!["keep"]);
     }
 
     #[test]
