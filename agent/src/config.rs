@@ -168,6 +168,43 @@ pub struct SourceConfig {
     /// Added to every event of the source as `labels.<key>`.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Joins several lines into one event (stack traces, multi-line messages).
+    #[serde(default)]
+    pub multiline: Option<MultilineConfig>,
+}
+
+/// How lines are joined into one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultilineConfig {
+    /// `start`: a line matching `pattern` begins a new event and the lines after it that do
+    /// not match belong to it. `continue`: a line matching `pattern` belongs to the event
+    /// before it.
+    pub mode: MultilineMode,
+    /// A regular expression (Rust `regex` syntax).
+    pub pattern: String,
+    /// An event waiting for more lines is handed out this long after its last line.
+    /// Default 1000.
+    #[serde(default = "default_flush_timeout_ms")]
+    pub flush_timeout_ms: u64,
+    /// Most lines joined into one event; the event is handed out at this count. Default 500.
+    #[serde(default = "default_max_lines")]
+    pub max_lines: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MultilineMode {
+    Start,
+    Continue,
+}
+
+fn default_flush_timeout_ms() -> u64 {
+    1000
+}
+
+fn default_max_lines() -> usize {
+    500
 }
 
 impl Default for SourceConfig {
@@ -178,6 +215,7 @@ impl Default for SourceConfig {
             start_at: StartAt::default(),
             exclude: Vec::new(),
             labels: std::collections::BTreeMap::new(),
+            multiline: None,
         }
     }
 }
@@ -285,6 +323,20 @@ impl AgentConfig {
             return Err(invalid("spool.max_bytes".into(), "must be at least 1"));
         }
         for (i, source) in self.sources.iter().enumerate() {
+            if let Some(multiline) = &source.multiline {
+                if let Err(e) = regex::Regex::new(&multiline.pattern) {
+                    return Err(invalid(
+                        format!("sources[{i}].multiline.pattern"),
+                        &e.to_string(),
+                    ));
+                }
+                if multiline.max_lines == 0 {
+                    return Err(invalid(
+                        format!("sources[{i}].multiline.max_lines"),
+                        "must be at least 1",
+                    ));
+                }
+            }
             for (j, pattern) in source.exclude.iter().enumerate() {
                 if let Err(e) = glob::Pattern::new(pattern) {
                     return Err(invalid(
@@ -360,6 +412,50 @@ mod tests {
         let config = AgentConfig::parse(text, Path::new("agent.toml"))?;
         config.validate()?;
         Ok(config)
+    }
+
+    #[test]
+    fn sources_take_multiline_exclude_labels_and_spool_policy() {
+        let config = parse(
+            r#"
+state_dir = "/var/lib/yagura-agent"
+watch = "poll"
+[spool]
+when_full = "drop_oldest"
+[[sources]]
+paths = ["/var/log/app/*.log"]
+exclude = ["/var/log/app/*.debug.log"]
+labels = { env = "prod", team = "payments" }
+[sources.multiline]
+mode = "start"
+pattern = '^\d{4}-\d{2}-\d{2}'
+"#,
+        )
+        .expect("valid");
+        assert_eq!(config.watch, WatchMode::Poll);
+        assert_eq!(config.spool.when_full, WhenFull::DropOldest);
+        let source = &config.sources[0];
+        assert_eq!(
+            source.labels.get("team").map(String::as_str),
+            Some("payments")
+        );
+        let multiline = source.multiline.as_ref().expect("multiline");
+        assert_eq!(
+            (
+                multiline.mode,
+                multiline.flush_timeout_ms,
+                multiline.max_lines
+            ),
+            (MultilineMode::Start, 1000, 500)
+        );
+        let bad = parse(
+            "state_dir = \"/s\"\n[[sources]]\npaths = [\"/l/a.log\"]\n[sources.multiline]\nmode = \"start\"\npattern = \"([\"\n",
+        )
+        .expect_err("bad regex");
+        assert!(
+            bad.to_string().contains("sources[0].multiline.pattern"),
+            "{bad}"
+        );
     }
 
     #[test]

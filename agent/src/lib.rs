@@ -42,7 +42,8 @@ use tokio_util::sync::CancellationToken;
 use yagura_shared::{AgentKey, Event};
 
 pub use config::{
-    AgentConfig, ConfigError, ShipConfig, SourceConfig, SpoolConfig, StartAt, WatchMode, WhenFull,
+    AgentConfig, ConfigError, MultilineConfig, MultilineMode, ShipConfig, SourceConfig,
+    SpoolConfig, StartAt, WatchMode, WhenFull,
 };
 pub use enroll::{Enrollment, enroll};
 

@@ -24,6 +24,12 @@
 //!   there is none, the unread bytes are reported as a [`Loss`]. Then the file is read
 //!   from 0.
 //! * Delete and recreate: the deleted file is drained through its handle, then released.
+//! * Multi-line joining (per source): lines are joined into one event by a start or a
+//!   continuation pattern; while an event waits for more lines, its file's checkpoint
+//!   stays at the event's first byte, so a restart forms the same event again instead of
+//!   splitting it. A waiting event is handed out after the flush timeout, at the line
+//!   limit, or when its file is drained for good; the joined text is capped at the line
+//!   limit and flagged `truncated` like a long line.
 //! * Invalid UTF-8 is replaced (U+FFFD) and the line tagged `invalid_utf8`; a line longer
 //!   than the limit is cut at the limit (on a character boundary) and tagged `truncated`,
 //!   the rest of it up to its newline is skipped, and the checkpoint moves past it.
@@ -38,6 +44,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -45,7 +52,7 @@ use serde_json::Value;
 use uuid::Uuid;
 use yagura_shared::Event;
 
-use crate::config::{SourceConfig, StartAt};
+use crate::config::{MultilineConfig, MultilineMode, SourceConfig, StartAt};
 
 /// The longest line kept whole; longer lines are cut to this and tagged `truncated`.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
@@ -209,6 +216,9 @@ pub struct Tailer {
     sources: Vec<SourceConfig>,
     datasets: Vec<Arc<str>>,
     labels: Vec<Arc<BTreeMap<String, String>>>,
+    join_rules: Vec<Option<Arc<JoinRule>>>,
+    /// Joined events handed out outside a read (a truncated file's waiting event).
+    flushed: Vec<Line>,
     /// Files being tailed, by path.
     files: BTreeMap<PathBuf, TailedFile>,
     /// Files no longer at their path (deleted or replaced): drained to EOF, then dropped.
@@ -236,6 +246,16 @@ impl Tailer {
                 .map(|s| Arc::from(s.dataset.as_str()))
                 .collect(),
             labels: sources.iter().map(|s| Arc::new(s.labels.clone())).collect(),
+            join_rules: sources
+                .iter()
+                .map(|s| {
+                    s.multiline
+                        .as_ref()
+                        .and_then(JoinRule::compile)
+                        .map(Arc::new)
+                })
+                .collect(),
+            flushed: Vec::new(),
             sources: sources.to_vec(),
             files: BTreeMap::new(),
             retired: Vec::new(),
@@ -414,6 +434,7 @@ impl Tailer {
     fn poll_pass(&mut self, max_lines: usize, out: &mut Vec<Line>) -> bool {
         let mut truncation_found = false;
         let max_line_bytes = self.max_line_bytes;
+        out.append(&mut self.flushed);
         // Replaced files first: their lines were written before the new file's.
         let mut index = 0;
         while index < self.retired.len() && out.len() < max_lines {
@@ -421,8 +442,12 @@ impl Tailer {
             match file.read_lines(max_lines, max_line_bytes, out) {
                 Ok(ReadEnd::Limit) => index += 1,
                 Ok(ReadEnd::Eof) | Ok(ReadEnd::Truncated) => {
-                    let file = self.retired.remove(index);
+                    let mut file = self.retired.remove(index);
                     tracing::debug!(path = %file.path.display(), "retired file drained");
+                    // It will not grow any more: its waiting event is complete.
+                    if let Some(line) = file.joiner.as_mut().and_then(|j| j.flush(true)) {
+                        out.push(line);
+                    }
                     let mut checkpoint = file.checkpoint();
                     checkpoint.retired = false;
                     self.dormant.push(checkpoint);
@@ -455,6 +480,9 @@ impl Tailer {
             let Some(file) = self.files.get_mut(path) else {
                 continue;
             };
+            if let Some(line) = file.joiner.as_mut().and_then(|j| j.flush(false)) {
+                out.push(line);
+            }
             if let Err(e) = read {
                 let message = e.to_string();
                 if file.last_error.as_ref() != Some(&message) {
@@ -517,6 +545,14 @@ impl Tailer {
                     });
                 }
             }
+        }
+        if let Some(line) = self
+            .files
+            .get_mut(path)
+            .and_then(|f| f.joiner.as_mut())
+            .and_then(|j| j.flush(true))
+        {
+            self.flushed.push(line);
         }
         if let Some(file) = self.files.get_mut(path)
             && let Err(e) = file.restart_from_zero()
@@ -628,11 +664,20 @@ impl Tailer {
             .cloned()
             .unwrap_or_else(|| Arc::from("generic"));
         let labels = self.labels.get(source).cloned().unwrap_or_default();
+        let joiner = self
+            .join_rules
+            .get(source)
+            .and_then(Option::as_ref)
+            .map(|rule| Joiner {
+                rule: Arc::clone(rule),
+                group: None,
+            });
         Ok(TailedFile {
             path_str: Arc::from(path.to_string_lossy().as_ref()),
             path: path.to_path_buf(),
             dataset,
             labels,
+            joiner,
             dev,
             inode,
             head_len,
@@ -646,6 +691,114 @@ impl Tailer {
             chunk_pos: 0,
             last_error: None,
         })
+    }
+}
+
+/// A source's compiled multi-line rule.
+#[derive(Debug)]
+struct JoinRule {
+    mode: MultilineMode,
+    pattern: regex::Regex,
+    flush_after: Duration,
+    max_lines: usize,
+}
+
+impl JoinRule {
+    fn compile(config: &MultilineConfig) -> Option<JoinRule> {
+        match regex::Regex::new(&config.pattern) {
+            Ok(pattern) => Some(JoinRule {
+                mode: config.mode,
+                pattern,
+                flush_after: Duration::from_millis(config.flush_timeout_ms),
+                max_lines: config.max_lines.max(1),
+            }),
+            Err(e) => {
+                // Config validation rejects this before a tailer is built.
+                tracing::error!(pattern = %config.pattern, error = %e, "invalid multi-line pattern; lines are not joined");
+                None
+            }
+        }
+    }
+}
+
+/// An event being joined from several lines.
+#[derive(Debug)]
+struct Group {
+    line: Line,
+    lines: usize,
+    last_at: Instant,
+}
+
+/// Joins one file's lines into events by a [`JoinRule`].
+#[derive(Debug)]
+struct Joiner {
+    rule: Arc<JoinRule>,
+    group: Option<Group>,
+}
+
+impl Joiner {
+    /// Feeds one line; events it completes go to `out`.
+    fn push(&mut self, line: Line, max_bytes: usize, out: &mut Vec<Line>) {
+        let matches = self.rule.pattern.is_match(&line.text);
+        let joins = match self.rule.mode {
+            MultilineMode::Start => !matches,
+            MultilineMode::Continue => matches,
+        };
+        match self.group.as_mut() {
+            Some(group) if joins => {
+                let room = max_bytes.saturating_sub(group.line.text.len() + 1);
+                if line.text.len() > room || line.truncated {
+                    group.line.truncated = true;
+                }
+                if room > 0 {
+                    group.line.text.push('\n');
+                    let mut cut = line.text.len().min(room - 1);
+                    while !line.text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    group.line.text.push_str(&line.text[..cut]);
+                }
+                group.line.invalid_utf8 |= line.invalid_utf8;
+                group.lines += 1;
+                group.last_at = Instant::now();
+            }
+            _ => {
+                if let Some(done) = self.group.take() {
+                    out.push(done.line);
+                }
+                self.group = Some(Group {
+                    line,
+                    lines: 1,
+                    last_at: Instant::now(),
+                });
+            }
+        }
+        if self
+            .group
+            .as_ref()
+            .is_some_and(|g| g.lines >= self.rule.max_lines)
+            && let Some(done) = self.group.take()
+        {
+            out.push(done.line);
+        }
+    }
+
+    /// The waiting event, if its last line is older than the flush timeout (or `force`).
+    fn flush(&mut self, force: bool) -> Option<Line> {
+        let due = self
+            .group
+            .as_ref()
+            .is_some_and(|g| force || g.last_at.elapsed() >= self.rule.flush_after);
+        if due {
+            self.group.take().map(|g| g.line)
+        } else {
+            None
+        }
+    }
+
+    /// The first byte of the waiting event: where a restart must read from.
+    fn pending_offset(&self) -> Option<u64> {
+        self.group.as_ref().map(|g| g.line.offset)
     }
 }
 
@@ -665,6 +818,7 @@ struct TailedFile {
     path_str: Arc<str>,
     dataset: Arc<str>,
     labels: Arc<BTreeMap<String, String>>,
+    joiner: Option<Joiner>,
     dev: u64,
     inode: u64,
     /// Fingerprint of the first `head_len` bytes, as in [`Checkpoint`].
@@ -691,7 +845,11 @@ impl TailedFile {
             path: self.path_str.to_string(),
             dev: self.dev,
             inode: self.inode,
-            offset: self.offset,
+            offset: self
+                .joiner
+                .as_ref()
+                .and_then(Joiner::pending_offset)
+                .unwrap_or(self.offset),
             head_len: self.head_len,
             head_hash: self.head_hash.clone(),
             retired: false,
@@ -766,7 +924,11 @@ impl TailedFile {
                 self.chunk_pos += segment_len;
                 if complete {
                     self.chunk_pos += 1;
-                    out.push(self.finish_line(max_line_bytes));
+                    let line = self.finish_line(max_line_bytes);
+                    match self.joiner.as_mut() {
+                        Some(joiner) => joiner.push(line, max_line_bytes, out),
+                        None => out.push(line),
+                    }
                 }
             }
             if out.len() >= max_lines {
@@ -1280,6 +1442,76 @@ mod tests {
         assert_eq!(lines[1].text, "next");
         assert_eq!(lines[1].offset, (10 << 20) + 1);
         assert_eq!(t.checkpoints()[0].offset, (10 << 20) + 6);
+    }
+
+    fn multiline_source(
+        pattern: &Path,
+        mode: MultilineMode,
+        regex: &str,
+        flush_timeout_ms: u64,
+    ) -> SourceConfig {
+        SourceConfig {
+            multiline: Some(MultilineConfig {
+                mode,
+                pattern: regex.into(),
+                flush_timeout_ms,
+                max_lines: 4,
+            }),
+            ..source(pattern)
+        }
+    }
+
+    #[test]
+    fn multiline_start_pattern_joins_a_stack_trace_and_resumes_at_its_start() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("app.log");
+        append(
+            &log,
+            b"2026-11-25 ERROR boom\n  at a()\n  at b()\n2026-11-25 INFO next\n  more\n",
+        );
+        let src = multiline_source(&log, MultilineMode::Start, r"^\d{4}-", 60_000);
+        let mut t = Tailer::new(std::slice::from_ref(&src), vec![]);
+        let lines = t.poll(10);
+        assert_eq!(
+            texts(&lines),
+            vec!["2026-11-25 ERROR boom\n  at a()\n  at b()"]
+        );
+        assert_eq!(lines[0].offset, 0);
+        // The second event waits for more lines: the checkpoint stays at its start.
+        let next_start = "2026-11-25 ERROR boom\n  at a()\n  at b()\n".len() as u64;
+        assert_eq!(t.checkpoints()[0].offset, next_start);
+        // A restart from that checkpoint forms the same event, with the lines after it.
+        append(&log, b"  and more\n2026-11-25 INFO last\n");
+        let mut t2 = Tailer::new(&[src], t.checkpoints());
+        let lines = t2.poll(10);
+        assert_eq!(
+            texts(&lines),
+            vec!["2026-11-25 INFO next\n  more\n  and more"]
+        );
+        assert_eq!(lines[0].offset, next_start);
+    }
+
+    #[test]
+    fn multiline_continue_pattern_flush_timeout_and_line_limit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("app.log");
+        append(
+            &log,
+            b"first\n\tcont 1\nsecond\n\t1\n\t2\n\t3\n\t4\nthird\n",
+        );
+        let src = multiline_source(&log, MultilineMode::Continue, r"^\t", 0);
+        let mut t = Tailer::new(&[src], vec![]);
+        let lines = t.poll(10);
+        // max_lines = 4 cuts `second` after three continuations; the flush timeout of 0
+        // hands out the waiting `third` at once.
+        assert_eq!(
+            texts(&lines),
+            vec!["first\n\tcont 1", "second\n\t1\n\t2\n\t3", "\t4", "third"]
+        );
+        assert_eq!(
+            t.checkpoints()[0].offset,
+            std::fs::metadata(&log).expect("m").len()
+        );
     }
 
     #[test]
