@@ -171,6 +171,62 @@ pub struct SourceConfig {
     /// Joins several lines into one event (stack traces, multi-line messages).
     #[serde(default)]
     pub multiline: Option<MultilineConfig>,
+    /// How lines become ECS fields: `raw` (default), `syslog`, `linux-auth`,
+    /// `web-access`, `web-error`, `auditd`, `postgresql`, `dns`, `json` or `auto`.
+    #[serde(default = "default_parser")]
+    pub parser: String,
+    /// The zone of timestamps that carry none, as `+HH:MM` or `UTC`. Default UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// `json` parser: the field holding the event time (dotted path).
+    #[serde(default)]
+    pub json_timestamp_field: Option<String>,
+    /// `json` parser: the field holding the message (dotted path).
+    #[serde(default)]
+    pub json_message_field: Option<String>,
+}
+
+fn default_parser() -> String {
+    "raw".into()
+}
+
+impl SourceConfig {
+    /// The parser and its context, as configured (validated by [`AgentConfig::validate`]).
+    pub fn parser_setup(
+        &self,
+    ) -> Result<(crate::parse::ParserKind, crate::parse::ParseContext), String> {
+        let kind: crate::parse::ParserKind = self
+            .parser
+            .parse()
+            .map_err(|e: crate::parse::UnknownParser| e.to_string())?;
+        let mut context = crate::parse::ParseContext::default();
+        if let Some(zone) = &self.timezone {
+            context.timezone = parse_fixed_offset(zone)?;
+        }
+        context.json.timestamp_field = self.json_timestamp_field.clone();
+        context.json.message_field = self.json_message_field.clone();
+        Ok((kind, context))
+    }
+}
+
+/// `UTC`, `Z` or `+HH:MM` / `-HH:MM`.
+fn parse_fixed_offset(text: &str) -> Result<chrono::FixedOffset, String> {
+    if matches!(text, "UTC" | "utc" | "Z" | "z") {
+        return chrono::FixedOffset::east_opt(0).ok_or_else(|| "bad zone".to_string());
+    }
+    let bad = || format!("time zone `{text}`: expected UTC or an offset such as +01:00");
+    let (sign, rest) = match text.as_bytes().first() {
+        Some(b'+') => (1, &text[1..]),
+        Some(b'-') => (-1, &text[1..]),
+        _ => return Err(bad()),
+    };
+    let (hours, minutes) = rest.split_once(':').ok_or_else(bad)?;
+    let hours: i32 = hours.parse().map_err(|_| bad())?;
+    let minutes: i32 = minutes.parse().map_err(|_| bad())?;
+    if hours > 23 || minutes > 59 {
+        return Err(bad());
+    }
+    chrono::FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60)).ok_or_else(bad)
 }
 
 /// How lines are joined into one event.
@@ -216,6 +272,10 @@ impl Default for SourceConfig {
             exclude: Vec::new(),
             labels: std::collections::BTreeMap::new(),
             multiline: None,
+            parser: default_parser(),
+            timezone: None,
+            json_timestamp_field: None,
+            json_message_field: None,
         }
     }
 }
@@ -323,6 +383,14 @@ impl AgentConfig {
             return Err(invalid("spool.max_bytes".into(), "must be at least 1"));
         }
         for (i, source) in self.sources.iter().enumerate() {
+            if let Err(reason) = source.parser_setup() {
+                let key = if reason.contains("parser") {
+                    "parser"
+                } else {
+                    "timezone"
+                };
+                return Err(invalid(format!("sources[{i}].{key}"), &reason));
+            }
             if let Some(multiline) = &source.multiline {
                 if let Err(e) = regex::Regex::new(&multiline.pattern) {
                     return Err(invalid(

@@ -25,6 +25,7 @@ mod durable;
 pub mod enroll;
 pub mod health;
 pub mod loss;
+pub mod parse;
 pub mod ship;
 pub mod spool;
 pub mod tail;
@@ -176,6 +177,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let status_dir = state_dir.clone();
 
     let sources = config.sources.clone();
+    let parsers = sources
+        .iter()
+        .map(|s| s.parser_setup().unwrap_or_default())
+        .collect::<Vec<_>>();
     let patterns: Vec<String> = sources.iter().flat_map(|s| s.paths.clone()).collect();
     let mut producer = blocking({
         let spool = Arc::clone(&spool);
@@ -216,6 +221,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                 },
                 pending: Vec::new(),
                 first_pending_at: None,
+                parsers,
                 max_events: ship_config.batch_max_events,
                 max_bytes: ship_config.batch_max_bytes,
                 pending_bytes: 0,
@@ -362,6 +368,8 @@ struct Producer {
     context: tail::EventContext,
     pending: Vec<Event>,
     first_pending_at: Option<Instant>,
+    /// Per source: its parser and parse context.
+    parsers: Vec<(parse::ParserKind, parse::ParseContext)>,
     max_events: usize,
     /// Seal once the pending events' text reaches this many bytes.
     max_bytes: usize,
@@ -405,8 +413,34 @@ impl Producer {
                 .lines_read
                 .fetch_add(lines.len() as u64, Ordering::Relaxed);
             self.pending_bytes += lines.iter().map(|l| l.text.len()).sum::<usize>();
-            self.pending
-                .extend(lines.into_iter().map(|line| line.into_event(&self.context)));
+            let now = chrono::Utc::now();
+            for (_, context) in &mut self.parsers {
+                // Year inference of year-less timestamps is relative to "now".
+                context.reference_time = now;
+            }
+            for line in lines {
+                let parser = self.parsers.get(line.source);
+                let event = match parser {
+                    Some((parse::ParserKind::Auditd, _)) => {
+                        // The tailer joined the records of one audit event with `\n`.
+                        let group = parse::AuditdGroup {
+                            first: (),
+                            lines: line.text.split('\n').map(str::to_string).collect(),
+                        };
+                        let mut event = line.into_event(&self.context);
+                        group.write_into(&mut event);
+                        event
+                    }
+                    Some((kind, context)) if *kind != parse::ParserKind::Raw => {
+                        let text = line.text.clone();
+                        let mut event = line.into_event(&self.context);
+                        parse::parse_into(*kind, &text, context, &mut event);
+                        event
+                    }
+                    _ => line.into_event(&self.context),
+                };
+                self.pending.push(event);
+            }
         }
         let due = self
             .first_pending_at
@@ -596,6 +630,7 @@ mod tests {
             },
             pending: Vec::new(),
             first_pending_at: None,
+            parsers: vec![(parse::ParserKind::Raw, parse::ParseContext::default())],
             max_events,
             max_bytes: 64 << 20,
             pending_bytes: 0,
@@ -632,6 +667,99 @@ mod tests {
             }
         }
         out
+    }
+
+    fn spooled_events(dir: &Path) -> Vec<Event> {
+        let mut files: Vec<_> = std::fs::read_dir(dir.join("spool"))
+            .expect("dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "batch"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .flat_map(|f| {
+                spool::read_batch_file(f)
+                    .expect("batch")
+                    .1
+                    .events(1 << 24)
+                    .expect("events")
+            })
+            .collect()
+    }
+
+    /// A producer whose single source uses `parser`.
+    fn parsing_producer(state: &Path, log: &Path, parser: &str) -> Producer {
+        let mut p = producer(state, log, 100);
+        let source = SourceConfig {
+            paths: vec![log.to_string_lossy().into_owned()],
+            parser: parser.into(),
+            ..SourceConfig::default()
+        };
+        p.tailer = tail::Tailer::new(std::slice::from_ref(&source), Vec::new());
+        p.parsers = vec![source.parser_setup().expect("parser")];
+        p
+    }
+
+    #[test]
+    fn the_configured_parser_fills_ecs_fields() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("auth.log");
+        std::fs::write(
+            &log,
+            "2026-11-24T00:32:37.604537+00:00 web-1 sshd[123]: Failed password for invalid user admin from 203.0.113.7 port 52144 ssh2\n",
+        )
+        .expect("write");
+        let mut p = parsing_producer(&dir.path().join("state"), &log, "linux-auth");
+        while p.step(false).more_ready {}
+        p.seal_pending();
+        let events = spooled_events(&dir.path().join("state"));
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(e.get_str("source.ip"), Some("203.0.113.7"));
+        assert_eq!(e.get_str("user.name"), Some("admin"));
+        assert_eq!(e.outcome(), Some("failure"));
+        assert_eq!(e.get_str("@timestamp"), Some("2026-11-24T00:32:37.604537Z"));
+        assert_eq!(
+            e.get_str("log.file.path"),
+            Some(log.to_string_lossy().as_ref())
+        );
+        assert!(e.original().is_some_and(|o| o.contains("Failed password")));
+    }
+
+    #[test]
+    fn auditd_records_of_one_serial_become_one_event() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("audit.log");
+        std::fs::write(
+            &log,
+            concat!(
+                "type=SYSCALL msg=audit(1700000000.123:42): arch=c000003e syscall=59 success=yes exit=0 pid=7 uid=0 comm=\"id\" exe=\"/usr/bin/id\"\n",
+                "type=EXECVE msg=audit(1700000000.123:42): argc=1 a0=\"id\"\n",
+                "type=PATH msg=audit(1700000000.123:42): item=0 name=\"/usr/bin/id\"\n",
+                "type=SYSCALL msg=audit(1700000001.000:43): arch=c000003e syscall=2 success=no exit=-13 pid=8 uid=1000 comm=\"cat\" exe=\"/usr/bin/cat\"\n",
+            ),
+        )
+        .expect("write");
+        let state = dir.path().join("state");
+        let mut p = parsing_producer(&state, &log, "auditd");
+        while p.step(false).more_ready {}
+        p.seal_pending();
+        let events = spooled_events(&state);
+        assert_eq!(events.len(), 1, "serial 43 waits for more records");
+        assert_eq!(
+            events[0].get("auditd.sequence"),
+            Some(&serde_json::json!(42))
+        );
+        assert_eq!(events[0].original().map(|o| o.lines().count()), Some(3));
+        // Serial 43's record is not committed yet: the checkpoint stays at its start.
+        let start_of_43 = std::fs::read_to_string(&log)
+            .expect("read")
+            .lines()
+            .take(3)
+            .map(|l| l.len() + 1)
+            .sum::<usize>();
+        assert_eq!(p.tailer.checkpoints()[0].offset, start_of_43 as u64);
     }
 
     /// Under `drop_oldest` with a tiny spool and no collector: every line written is

@@ -42,6 +42,22 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Parse log lines as a source would and print each event as one JSON line, to try a
+    /// source's settings before deploying them.
+    Parse {
+        /// The parser: raw, syslog, linux-auth, web-access, web-error, auditd, postgresql,
+        /// dns, json or auto.
+        #[arg(long)]
+        parser: String,
+        /// `event.dataset` of the events.
+        #[arg(long, default_value = "generic")]
+        dataset: String,
+        /// Zone of timestamps that carry none (`UTC` or `+HH:MM`).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// The file to read; `-` or nothing for standard input.
+        file: Option<PathBuf>,
+    },
     /// Show the running agent's health: uptime, memory, spool, lag, counters, errors
     /// (from the status file it refreshes every heartbeat interval).
     Status {
@@ -107,6 +123,12 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            Command::Parse {
+                parser,
+                dataset,
+                timezone,
+                file,
+            } => parse_lines(&parser, &dataset, timezone, file.as_deref()),
             Command::Status { config, json } => {
                 let config = AgentConfig::load(&config)?;
                 let status =
@@ -155,4 +177,74 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         },
     }
     shutdown.cancel();
+}
+
+/// `yagura-agent parse`: the events the agent would make of these lines, as NDJSON.
+fn parse_lines(
+    parser: &str,
+    dataset: &str,
+    timezone: Option<String>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    use yagura_agent::parse::{AuditdAssembler, AuditdGroup, ParserKind, parse_into};
+    let source = yagura_agent::SourceConfig {
+        parser: parser.to_string(),
+        timezone,
+        ..yagura_agent::SourceConfig::default()
+    };
+    let (kind, context) = source.parser_setup().map_err(anyhow::Error::msg)?;
+    let (reader, path): (Box<dyn std::io::BufRead>, Option<String>) = match file {
+        None => (Box::new(std::io::stdin().lock()), None),
+        Some(p) if p.as_os_str() == "-" => (Box::new(std::io::stdin().lock()), None),
+        Some(p) => (
+            Box::new(std::io::BufReader::new(
+                std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+            )),
+            Some(p.display().to_string()),
+        ),
+    };
+    let host = yagura_agent::config::system_hostname();
+    let base = |text: &str, offset: u64| {
+        let mut event = yagura_shared::Event::new(chrono::Utc::now());
+        event.set_str("message", text);
+        event.set_str("event.original", text);
+        event.set_str("event.dataset", dataset);
+        event.set_str("host.name", host.clone());
+        if let Some(path) = &path {
+            event.set_str("log.file.path", path.clone());
+            event.set("log.offset", serde_json::Value::from(offset));
+        }
+        event
+    };
+    let mut out = std::io::stdout().lock();
+    let mut audit = AuditdAssembler::new(std::time::Duration::from_secs(3600));
+    let emit_group =
+        |group: AuditdGroup<u64>, out: &mut dyn std::io::Write| -> anyhow::Result<()> {
+            let mut event = base(&group.lines.join("\n"), group.first);
+            group.write_into(&mut event);
+            writeln!(out, "{}", event.to_json_line())?;
+            Ok(())
+        };
+    let mut offset = 0u64;
+    for (number, line) in reader.split(b'\n').enumerate() {
+        let bytes = line.with_context(|| format!("reading line {}", number + 1))?;
+        let line_offset = offset;
+        offset += bytes.len() as u64 + 1;
+        let text = String::from_utf8_lossy(&bytes);
+        let text = text.strip_suffix('\r').unwrap_or(&text);
+        if kind == ParserKind::Auditd {
+            for group in audit.push(text, line_offset, std::time::Instant::now()) {
+                emit_group(group, &mut out)?;
+            }
+            continue;
+        }
+        let mut event = base(text, line_offset);
+        parse_into(kind, text, &context, &mut event);
+        writeln!(out, "{}", event.to_json_line())?;
+    }
+    if let Some(group) = audit.flush() {
+        emit_group(group, &mut out)?;
+    }
+    Ok(())
 }

@@ -156,6 +156,8 @@ fn find_in_dir(
 /// One complete line read from a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
+    /// Index of the source (in the configuration) the file belongs to.
+    pub source: usize,
     pub dataset: Arc<str>,
     /// The source's labels, stamped as `labels.*`.
     pub labels: Arc<BTreeMap<String, String>>,
@@ -217,6 +219,8 @@ pub struct Tailer {
     datasets: Vec<Arc<str>>,
     labels: Vec<Arc<BTreeMap<String, String>>>,
     join_rules: Vec<Option<Arc<JoinRule>>>,
+    /// Sources parsed as auditd: their records are joined by serial.
+    audit_sources: Vec<bool>,
     /// Joined events handed out outside a read (a truncated file's waiting event).
     flushed: Vec<Line>,
     /// Files being tailed, by path.
@@ -255,6 +259,7 @@ impl Tailer {
                         .map(Arc::new)
                 })
                 .collect(),
+            audit_sources: sources.iter().map(|s| s.parser == "auditd").collect(),
             flushed: Vec::new(),
             sources: sources.to_vec(),
             files: BTreeMap::new(),
@@ -664,19 +669,27 @@ impl Tailer {
             .cloned()
             .unwrap_or_else(|| Arc::from("generic"));
         let labels = self.labels.get(source).cloned().unwrap_or_default();
-        let joiner = self
-            .join_rules
-            .get(source)
-            .and_then(Option::as_ref)
-            .map(|rule| Joiner {
-                rule: Arc::clone(rule),
-                group: None,
-            });
+        let joiner = if self.audit_sources.get(source).copied().unwrap_or(false) {
+            Some(Joiner::Audit(crate::parse::AuditdAssembler::new(
+                AUDIT_MAX_WAIT,
+            )))
+        } else {
+            self.join_rules
+                .get(source)
+                .and_then(Option::as_ref)
+                .map(|rule| {
+                    Joiner::Pattern(PatternJoiner {
+                        rule: Arc::clone(rule),
+                        group: None,
+                    })
+                })
+        };
         Ok(TailedFile {
             path_str: Arc::from(path.to_string_lossy().as_ref()),
             path: path.to_path_buf(),
             dataset,
             labels,
+            source,
             joiner,
             dev,
             inode,
@@ -729,14 +742,62 @@ struct Group {
     last_at: Instant,
 }
 
+/// Joins one file's lines into events: by a multi-line rule, or auditd records by serial.
+#[derive(Debug)]
+enum Joiner {
+    Pattern(PatternJoiner),
+    Audit(crate::parse::AuditdAssembler<Line>),
+}
+
+/// How long an incomplete auditd event waits for more records (auditd writes an event's
+/// records together).
+const AUDIT_MAX_WAIT: Duration = Duration::from_secs(2);
+
+impl Joiner {
+    fn push(&mut self, line: Line, max_bytes: usize, out: &mut Vec<Line>) {
+        match self {
+            Joiner::Pattern(joiner) => joiner.push(line, max_bytes, out),
+            Joiner::Audit(assembler) => {
+                let text = line.text.clone();
+                for group in assembler.push(&text, line, Instant::now()) {
+                    out.push(audit_line(group));
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, force: bool) -> Option<Line> {
+        match self {
+            Joiner::Pattern(joiner) => joiner.flush(force),
+            Joiner::Audit(assembler) if force => assembler.flush().map(audit_line),
+            Joiner::Audit(assembler) => assembler.poll_expired(Instant::now()).map(audit_line),
+        }
+    }
+
+    fn pending_offset(&self) -> Option<u64> {
+        match self {
+            Joiner::Pattern(joiner) => joiner.pending_offset(),
+            Joiner::Audit(assembler) => assembler.pending_first().map(|l| l.offset),
+        }
+    }
+}
+
+/// One line holding an auditd event's records, joined with `\n` (the `auditd` parser
+/// reads them back as one group).
+fn audit_line(group: crate::parse::AuditdGroup<Line>) -> Line {
+    let mut line = group.first;
+    line.text = group.lines.join("\n");
+    line
+}
+
 /// Joins one file's lines into events by a [`JoinRule`].
 #[derive(Debug)]
-struct Joiner {
+struct PatternJoiner {
     rule: Arc<JoinRule>,
     group: Option<Group>,
 }
 
-impl Joiner {
+impl PatternJoiner {
     /// Feeds one line; events it completes go to `out`.
     fn push(&mut self, line: Line, max_bytes: usize, out: &mut Vec<Line>) {
         let matches = self.rule.pattern.is_match(&line.text);
@@ -818,6 +879,7 @@ struct TailedFile {
     path_str: Arc<str>,
     dataset: Arc<str>,
     labels: Arc<BTreeMap<String, String>>,
+    source: usize,
     joiner: Option<Joiner>,
     dev: u64,
     inode: u64,
@@ -972,6 +1034,7 @@ impl TailedFile {
             Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
         };
         let line = Line {
+            source: self.source,
             dataset: Arc::clone(&self.dataset),
             labels: Arc::clone(&self.labels),
             path: Arc::clone(&self.path_str),
@@ -1584,6 +1647,7 @@ mod tests {
     fn event_carries_the_ecs_fields() {
         let agent_id = Uuid::now_v7();
         let line = Line {
+            source: 0,
             dataset: Arc::from("system.auth"),
             labels: Arc::new(BTreeMap::from([("env".to_string(), "prod".to_string())])),
             path: Arc::from("/var/log/auth.log"),
