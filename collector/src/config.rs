@@ -43,6 +43,8 @@ pub struct CollectorConfig {
     pub index: IndexConfig,
     #[serde(default)]
     pub archive: ArchiveConfig,
+    #[serde(default)]
+    pub fleet: FleetConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -63,6 +65,36 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     #[serde(default = "default_max_decompressed_bytes")]
     pub max_decompressed_bytes: usize,
+    /// Decompressed size over compressed size above which a payload is a bomb.
+    #[serde(default = "default_max_decompression_ratio")]
+    pub max_decompression_ratio: u32,
+    /// Oldest batch creation time accepted. Generous: agents re-send batches sealed
+    /// before an outage, so this bounds how long an outage may last without loss.
+    #[serde(default = "default_max_batch_age_seconds")]
+    pub max_batch_age_seconds: u64,
+    /// How far ahead of the collector's clock a batch's creation time may be.
+    #[serde(default = "default_max_clock_ahead_seconds")]
+    pub max_clock_ahead_seconds: u64,
+    /// Sustained events per second per agent (0: no per-agent limit).
+    #[serde(default = "default_agent_events_per_second")]
+    pub agent_events_per_second: u32,
+    /// Events an agent may send at once above its sustained rate.
+    #[serde(default = "default_agent_burst_events")]
+    pub agent_burst_events: u32,
+    /// Archive bytes the indexer may lag before ingest answers 429 (0: no limit).
+    #[serde(default = "default_max_consumer_lag_bytes")]
+    pub max_consumer_lag_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// An agent silent for longer than this is marked offline and an event raised.
+    #[serde(default = "default_offline_after_seconds")]
+    pub offline_after_seconds: u64,
+    /// How often silence is checked and fleet state persisted.
+    #[serde(default = "default_fleet_check_interval_ms")]
+    pub check_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -79,6 +111,14 @@ pub struct IndexConfig {
 pub struct ArchiveConfig {
     #[serde(default = "default_segment_max_bytes")]
     pub segment_max_bytes: u64,
+    /// Segments older than this are deleted (once every consumer has passed them).
+    #[serde(default)]
+    pub retention_max_age_seconds: Option<u64>,
+    /// The oldest segments are deleted while the archive is larger than this.
+    #[serde(default)]
+    pub retention_max_bytes: Option<u64>,
+    #[serde(default = "default_retention_check_interval_seconds")]
+    pub retention_check_interval_seconds: u64,
 }
 
 fn default_listen() -> SocketAddr {
@@ -92,6 +132,33 @@ fn default_max_body_bytes() -> usize {
 }
 fn default_max_decompressed_bytes() -> usize {
     128 * 1024 * 1024
+}
+fn default_max_decompression_ratio() -> u32 {
+    1_000
+}
+fn default_max_batch_age_seconds() -> u64 {
+    7 * 86_400
+}
+fn default_max_clock_ahead_seconds() -> u64 {
+    300
+}
+fn default_agent_events_per_second() -> u32 {
+    50_000
+}
+fn default_agent_burst_events() -> u32 {
+    500_000
+}
+fn default_max_consumer_lag_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+fn default_offline_after_seconds() -> u64 {
+    180
+}
+fn default_fleet_check_interval_ms() -> u64 {
+    5_000
+}
+fn default_retention_check_interval_seconds() -> u64 {
+    60
 }
 fn default_commit_interval_ms() -> u64 {
     500
@@ -108,6 +175,21 @@ impl Default for IngestConfig {
         IngestConfig {
             max_body_bytes: default_max_body_bytes(),
             max_decompressed_bytes: default_max_decompressed_bytes(),
+            max_decompression_ratio: default_max_decompression_ratio(),
+            max_batch_age_seconds: default_max_batch_age_seconds(),
+            max_clock_ahead_seconds: default_max_clock_ahead_seconds(),
+            agent_events_per_second: default_agent_events_per_second(),
+            agent_burst_events: default_agent_burst_events(),
+            max_consumer_lag_bytes: default_max_consumer_lag_bytes(),
+        }
+    }
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            offline_after_seconds: default_offline_after_seconds(),
+            check_interval_ms: default_fleet_check_interval_ms(),
         }
     }
 }
@@ -125,6 +207,9 @@ impl Default for ArchiveConfig {
     fn default() -> Self {
         ArchiveConfig {
             segment_max_bytes: default_segment_max_bytes(),
+            retention_max_age_seconds: None,
+            retention_max_bytes: None,
+            retention_check_interval_seconds: default_retention_check_interval_seconds(),
         }
     }
 }
@@ -142,6 +227,7 @@ impl CollectorConfig {
             ingest: IngestConfig::default(),
             index: IndexConfig::default(),
             archive: ArchiveConfig::default(),
+            fleet: FleetConfig::default(),
         }
     }
 
@@ -178,6 +264,20 @@ impl CollectorConfig {
                 "ingest.max_body_bytes must be at least 1024".into(),
             ));
         }
+        if config.ingest.max_decompression_ratio == 0 {
+            return Err(invalid(
+                "ingest.max_decompression_ratio must be above 0".into(),
+            ));
+        }
+        if config.fleet.check_interval_ms == 0
+            || config.archive.retention_check_interval_seconds == 0
+        {
+            return Err(invalid(
+                "fleet.check_interval_ms and archive.retention_check_interval_seconds must be \
+                 above 0"
+                    .into(),
+            ));
+        }
         if config.index.commit_interval_ms == 0 {
             return Err(invalid("index.commit_interval_ms must be above 0".into()));
         }
@@ -200,6 +300,36 @@ impl CollectorConfig {
     }
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("state.db")
+    }
+    /// The collector's own Ed25519 signing key (mode 0600).
+    pub fn collector_key_path(&self) -> PathBuf {
+        self.data_dir.join("collector.key")
+    }
+
+    /// The ingest limits this configuration sets.
+    pub fn ingest_limits(&self) -> crate::ingest::IngestLimits {
+        let i = &self.ingest;
+        crate::ingest::IngestLimits {
+            max_body_bytes: i.max_body_bytes,
+            max_decompressed_bytes: i.max_decompressed_bytes,
+            max_decompression_ratio: i.max_decompression_ratio,
+            max_batch_age: std::time::Duration::from_secs(i.max_batch_age_seconds),
+            max_clock_ahead: std::time::Duration::from_secs(i.max_clock_ahead_seconds),
+            agent_events_per_second: i.agent_events_per_second,
+            agent_burst_events: i.agent_burst_events,
+            max_consumer_lag_bytes: i.max_consumer_lag_bytes,
+        }
+    }
+
+    /// The archive retention this configuration sets.
+    pub fn retention(&self) -> crate::archive::RetentionPolicy {
+        crate::archive::RetentionPolicy {
+            max_age: self
+                .archive
+                .retention_max_age_seconds
+                .map(std::time::Duration::from_secs),
+            max_bytes: self.archive.retention_max_bytes,
+        }
     }
 }
 

@@ -2,13 +2,18 @@
 //!
 //! Data path: [`ingest`] checks each signed batch and appends it to the [`archive`] (the
 //! source of truth; fsync before ack); the [`index`] follows the archive into tantivy;
-//! the [`api`] serves enrollment, ingest and search over HTTPS ([`tls`]); [`fleet`] and
-//! [`store`] keep agents and tokens. [`server`] wires them together; `yagura up` adds a
-//! local agent.
+//! the [`api`] serves enrollment, ingest, search and provenance over HTTPS ([`tls`]);
+//! [`fleet`] and [`store`] keep agents, tokens and fleet state; [`collector_events`] turns
+//! what the collector itself sees (refused batches, gaps, silent agents) into
+//! collector-signed batches in the archive; [`custody`] traces an event back to its signed
+//! batch and re-verifies it. [`server`] wires them together; `yagura up` adds a local
+//! agent.
 
 pub mod api;
 pub mod archive;
+pub mod collector_events;
 pub mod config;
+pub mod custody;
 pub mod fleet;
 pub mod index;
 pub mod ingest;

@@ -1,10 +1,13 @@
 //! Wiring of a running collector: state store, TLS, archive, indexer and the HTTPS API.
 //!
 //! Start order follows the data path backwards so nothing accepts data it cannot keep:
-//! the store and archive are opened (and recovered) first, the indexer resumes from its
-//! commit, and only then does the listener accept connections. Stop order is the reverse:
-//! the listener drains in-flight requests, then the indexer indexes everything durable and
-//! commits once more.
+//! the store and archive are opened (and recovered) first, the collector's own signing
+//! identity is loaded (or made and registered), the indexer resumes from its commit, the
+//! collector-event sealer, fleet monitor and retention tasks start, and only then does
+//! the listener accept connections. Stop order is the reverse: the listener drains
+//! in-flight requests, the collector events still pending are sealed into the archive,
+//! fleet state is persisted, then the indexer indexes everything durable and commits once
+//! more.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -16,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::archive::SegmentArchive;
+use crate::collector_events::{self, CollectorEvents};
 use crate::config::CollectorConfig;
-use crate::fleet::AgentRegistry;
+use crate::fleet::{self, AgentRegistry, FleetState};
 use crate::index::Indexer;
-use crate::ingest::{BatchIngest, IngestLimits};
+use crate::ingest::BatchIngest;
 use crate::store::{Secret, Store};
 use crate::tls::TlsIdentity;
 
@@ -43,12 +47,31 @@ pub async fn open_store(config: &CollectorConfig) -> anyhow::Result<Store> {
         .with_context(|| format!("opening {}", config.database_path().display()))
 }
 
+/// What to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    /// Everything: ingest, archive, indexer, search.
+    Full,
+    /// Ingest and archive only, no indexer (the ingest benchmark measures this).
+    IngestOnly,
+}
+
 /// Runs the collector until `shutdown` is cancelled. `started` receives the listening
 /// address and credentials once the collector accepts connections.
 pub async fn run(
     config: CollectorConfig,
     started: oneshot::Sender<Started>,
     shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with(config, started, shutdown, RunMode::Full).await
+}
+
+/// [`run`], choosing what runs.
+pub async fn run_with(
+    config: CollectorConfig,
+    started: oneshot::Sender<Started>,
+    shutdown: CancellationToken,
+    mode: RunMode,
 ) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let store = open_store(&config).await?;
@@ -66,6 +89,14 @@ pub async fn run(
             .context("opening the archive")?,
     );
     let report = archive.recovery_report();
+    if report.truncated_bytes > 0 {
+        // On stdout too: an operator (and the end-to-end tests) must see it.
+        println!(
+            "archive recovery: cut a torn final record of {} bytes at offset {} (never \
+             acknowledged); {} records before it intact",
+            report.truncated_bytes, report.end_offset, report.records
+        );
+    }
     tracing::info!(
         segments = report.segments,
         records = report.records,
@@ -73,38 +104,95 @@ pub async fn run(
         truncated_bytes = report.truncated_bytes,
         "archive recovered"
     );
-    let (indexer, index) = Indexer::open(
-        &config.index_dir(),
-        config.index.writer_memory_bytes,
-        Duration::from_millis(config.index.commit_interval_ms),
-        config.ingest.max_decompressed_bytes,
-    )
-    .context("opening the index")?;
+
+    let collector_key = collector_events::load_or_create_key(&config.collector_key_path())
+        .context("loading the collector's signing key")?;
+    let collector_identity = store
+        .collector_identity(
+            &collector_key.public_key_base64(),
+            env!("CARGO_PKG_VERSION"),
+        )
+        .await
+        .context("registering the collector's signing identity")?;
+    let events = CollectorEvents::new(collector_identity.id);
+
     let indexer_cancel = CancellationToken::new();
-    let indexer_task = {
-        let archive = Arc::clone(&archive);
-        let cancel = indexer_cancel.clone();
-        let runtime = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
-            .name("indexer".into())
-            .spawn(move || indexer.run(archive.as_ref(), runtime, cancel))
-            .context("starting the indexer")?
+    let (index, indexer_task) = match mode {
+        RunMode::Full => {
+            let (indexer, index) = Indexer::open(
+                &config.index_dir(),
+                config.index.writer_memory_bytes,
+                Duration::from_millis(config.index.commit_interval_ms),
+                config.ingest.max_decompressed_bytes,
+            )
+            .context("opening the index")?;
+            let archive = Arc::clone(&archive);
+            let cancel = indexer_cancel.clone();
+            let runtime = tokio::runtime::Handle::current();
+            let task = std::thread::Builder::new()
+                .name("indexer".into())
+                .spawn(move || indexer.run(archive.as_ref(), runtime, cancel))
+                .context("starting the indexer")?;
+            (Some(index), Some(task))
+        }
+        RunMode::IngestOnly => (None, None),
     };
 
     let agents = AgentRegistry::new(store.clone());
+    let fleet_state = FleetState::from_persisted(store.agent_states().await?);
+    let background_cancel = CancellationToken::new();
+    let sealer = tokio::spawn(collector_events::run_sealer(
+        events.clone(),
+        collector_key,
+        Arc::clone(&archive),
+        background_cancel.clone(),
+    ));
+    let monitor = tokio::spawn(fleet::run_fleet_monitor(
+        fleet_state.clone(),
+        agents.clone(),
+        events.clone(),
+        Duration::from_secs(config.fleet.offline_after_seconds),
+        Duration::from_millis(config.fleet.check_interval_ms),
+        background_cancel.clone(),
+    ));
+    let retention = {
+        let archive = Arc::clone(&archive);
+        let policy = config.retention();
+        let every = Duration::from_secs(config.archive.retention_check_interval_seconds);
+        let cancel = background_cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = cancel.cancelled() => return,
+                }
+                let archive = Arc::clone(&archive);
+                match tokio::task::spawn_blocking(move || archive.enforce_retention(policy)).await {
+                    Ok(Ok(report)) if report.deleted_segments > 0 => {
+                        tracing::info!(?report, "archive retention");
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::error!(%error, "archive retention failed"),
+                    Err(error) => tracing::error!(%error, "archive retention task"),
+                }
+            }
+        })
+    };
+
     let ingest = Arc::new(BatchIngest::new(
         Arc::clone(&archive),
         agents.clone(),
-        IngestLimits {
-            max_body_bytes: config.ingest.max_body_bytes,
-            max_decompressed_bytes: config.ingest.max_decompressed_bytes,
-        },
+        fleet_state.clone(),
+        events,
+        config.ingest_limits(),
     ));
     let app = api::router(AppState {
         store: store.clone(),
         agents,
+        fleet: fleet_state,
         ingest,
         index,
+        archive_dir: config.archive_dir(),
     });
 
     let listener =
@@ -113,9 +201,14 @@ pub async fn run(
     let address = listener.local_addr()?;
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(identity.server_config()?);
     let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp_rustls(listener, tls)?
+    // TCP_NODELAY: an ack is a small write after a large read; without it Nagle's
+    // algorithm and delayed ACKs add tens of milliseconds to every acknowledgement.
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let server = axum_server::from_tcp(listener)?
+        .acceptor(acceptor)
         .handle(handle.clone())
-        .serve(app.into_make_service());
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>());
     let url = format!("https://{address}");
     tracing::info!(%url, fingerprint = %identity.fingerprint, "collector listening");
     let _ = started.send(Started {
@@ -135,15 +228,25 @@ pub async fn run(
     };
     let served = server.await;
     stopper.abort();
+    background_cancel.cancel();
+    let _ = sealer.await;
+    let _ = monitor.await;
+    let _ = retention.await;
     indexer_cancel.cancel();
-    let indexed = tokio::task::spawn_blocking(move || indexer_task.join())
-        .await
-        .context("joining the indexer")?;
+    let indexed = match indexer_task {
+        Some(task) => Some(
+            tokio::task::spawn_blocking(move || task.join())
+                .await
+                .context("joining the indexer")?,
+        ),
+        None => None,
+    };
     store.close().await;
     served.context("HTTPS server")?;
     match indexed {
-        Ok(result) => result.context("indexer")?,
-        Err(_) => anyhow::bail!("the indexer panicked"),
+        Some(Ok(result)) => result.context("indexer")?,
+        Some(Err(_)) => anyhow::bail!("the indexer panicked"),
+        None => {}
     }
     tracing::info!("collector stopped");
     Ok(())

@@ -54,6 +54,15 @@ impl ApiError {
         }
     }
 
+    /// 429 with a Retry-After: slow down (rate limit or backpressure).
+    pub fn too_many_requests(detail: impl Into<String>, retry_after_seconds: u64) -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            detail: detail.into(),
+            retry_after_seconds: Some(retry_after_seconds),
+        }
+    }
+
     /// A server fault: logs the cause, tells the client nothing about it.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");

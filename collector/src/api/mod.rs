@@ -1,4 +1,4 @@
-//! The collector's HTTP API: enrollment, ingest, search and fleet listing.
+//! The collector's HTTP API: enrollment, ingest, search, fleet and provenance.
 //!
 //! Authentication per route: enrollment is authorised by its one-time (or limited-use)
 //! token, ingest by the batch signature, everything else by a bearer API token (stored
@@ -7,11 +7,12 @@
 
 mod error;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,10 +25,12 @@ use tower_http::set_header::SetResponseHeaderLayer;
 pub use error::ApiError;
 
 use crate::archive::SegmentArchive;
-use crate::fleet::{AgentRegistry, EnrollError};
+use crate::collector_events::SecurityReport;
+use crate::custody::{self, CustodyError};
+use crate::fleet::{AgentRegistry, EnrollError, FleetState};
 use crate::index::{EventIndex, IndexError, SearchRequest};
 use crate::ingest::{BatchIngest, Rejection};
-use crate::store::Store;
+use crate::store::{AgentRecord, AgentState, RevokeOutcome, Store};
 
 /// Largest JSON body on the management routes.
 const MAX_JSON_BODY: usize = 64 * 1024;
@@ -39,8 +42,12 @@ pub const MAX_SEARCH_LIMIT: usize = 50_000;
 pub struct AppState {
     pub store: Store,
     pub agents: AgentRegistry,
+    pub fleet: FleetState,
     pub ingest: Arc<BatchIngest<SegmentArchive>>,
-    pub index: EventIndex,
+    /// `None` when the collector runs without an index (the ingest benchmark).
+    pub index: Option<EventIndex>,
+    /// The archive directory, read by provenance checks.
+    pub archive_dir: PathBuf,
 }
 
 /// The whole router with its layers.
@@ -49,6 +56,9 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/api/v1/search", get(search))
         .route("/api/v1/agents", get(list_agents))
+        .route("/api/v1/agents/{id}", get(show_agent))
+        .route("/api/v1/agents/{id}/revoke", post(revoke_agent))
+        .route("/api/v1/events/{id}/provenance", get(event_provenance))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_token,
@@ -107,39 +117,68 @@ async fn require_api_token(
     }
 }
 
-fn body_rejection(rejection: BytesRejection) -> ApiError {
-    let status = rejection.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(status, "batch exceeds the collector's size limit")
-    } else {
-        ApiError::new(status, rejection.body_text())
-    }
-}
-
+/// `POST /api/v1/ingest`. The body size is checked from `Content-Length` before a byte
+/// of it is read (413), and again while reading (a body without, or lying about, its
+/// length); then [`BatchIngest`] runs its checks.
 async fn ingest(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(body_rejection)?;
-    match state.ingest.ingest(body.to_vec()).await {
-        Ok(ack) => Ok(Json(ack).into_response()),
-        Err(rejection) => {
-            let error = match &rejection {
-                Rejection::Malformed(d) => ApiError::bad_request(d.clone()),
-                Rejection::UnknownAgent(_)
-                | Rejection::InactiveAgent(_)
-                | Rejection::Unverified(_) => {
-                    tracing::warn!(reason = %rejection, "batch refused");
-                    ApiError::unauthorized(rejection.to_string())
-                }
-                Rejection::TooLarge(d) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, d.clone()),
-                Rejection::Unavailable(cause) => {
-                    tracing::error!(%cause, "batch could not be stored");
-                    ApiError::unavailable(5)
-                }
-            };
-            Err(error)
+    let peer = Some(peer.ip());
+    let max = state.ingest.limits().max_body_bytes;
+    let oversized = |detail: String| {
+        state.ingest.collector_events().security(SecurityReport {
+            action: "oversized_body",
+            peer,
+            claimed_agent: None,
+            reason: detail.clone(),
+        });
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, detail)
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(length) = declared
+        && length > max as u64
+    {
+        return Err(oversized(format!(
+            "batch of {length} bytes exceeds the collector's limit of {max} bytes"
+        )));
+    }
+    let body = match axum::body::to_bytes(request.into_body(), max).await {
+        Ok(body) => body,
+        Err(error) => {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return Err(if too_large {
+                oversized(format!(
+                    "batch exceeds the collector's limit of {max} bytes"
+                ))
+            } else {
+                ApiError::bad_request(format!("reading the batch: {error}"))
+            });
         }
+    };
+    match state.ingest.ingest(body.to_vec(), peer).await {
+        Ok(ack) => Ok(Json(ack).into_response()),
+        Err(rejection) => Err(match rejection {
+            Rejection::Malformed(d) | Rejection::ClockSkew(d) => ApiError::bad_request(d),
+            Rejection::UnknownAgent(_) | Rejection::RevokedAgent(_) | Rejection::Unverified(_) => {
+                ApiError::unauthorized(rejection.to_string())
+            }
+            Rejection::TooLarge(d) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, d),
+            Rejection::SlowDown {
+                detail,
+                retry_after_seconds,
+            } => ApiError::too_many_requests(detail, retry_after_seconds),
+            Rejection::Unavailable(cause) => {
+                tracing::error!(%cause, "batch could not be stored");
+                ApiError::unavailable(5)
+            }
+        }),
     }
 }
 
@@ -267,7 +306,10 @@ async fn search(
         limit,
         oldest_first,
     };
-    let index = state.index.clone();
+    let index = state
+        .index
+        .clone()
+        .ok_or_else(|| ApiError::not_found("this collector runs without an index"))?;
     let result = tokio::task::spawn_blocking(move || index.search(&request))
         .await
         .map_err(ApiError::internal)?;
@@ -278,28 +320,147 @@ async fn search(
     }
 }
 
-#[derive(Serialize)]
-struct AgentView {
-    id: String,
-    hostname: String,
-    version: String,
-    status: String,
-    enrolled_at: String,
+/// An agent as `GET /api/v1/agents` and `yagura agents list|show` present it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentView {
+    pub id: String,
+    pub hostname: String,
+    /// `agent`, or `collector` for the collector's own signing identity.
+    pub kind: String,
+    pub labels: crate::store::Labels,
+    /// `active` or `revoked`.
+    pub status: String,
+    pub enrolled_at: String,
+    pub revoked_at: Option<String>,
+    /// `online`, `offline` or `never_seen`.
+    pub connectivity: String,
+    pub last_seen_at: Option<String>,
+    pub last_peer: Option<String>,
+    pub last_sequence: Option<u64>,
+    /// From the latest heartbeat, else as given at enrollment.
+    pub version: String,
+    pub uptime_seconds: Option<u64>,
+    pub spool_batches: Option<u64>,
+    pub spool_bytes: Option<u64>,
+    pub lag_bytes: Option<u64>,
+    /// The public key batches are verified with (base64 Ed25519).
+    pub public_key: String,
+}
+
+impl AgentView {
+    pub fn new(record: AgentRecord, state: Option<AgentState>) -> Self {
+        let state = state.unwrap_or_default();
+        let seen = !state.last_seen_at.is_empty();
+        AgentView {
+            id: record.id.to_string(),
+            hostname: record.hostname,
+            kind: record.kind,
+            labels: record.labels,
+            status: record.status,
+            enrolled_at: record.enrolled_at,
+            revoked_at: record.revoked_at,
+            connectivity: if seen {
+                state.connectivity
+            } else {
+                "never_seen".into()
+            },
+            last_seen_at: seen.then_some(state.last_seen_at),
+            last_peer: seen.then_some(state.last_peer),
+            last_sequence: seen.then_some(state.last_sequence),
+            version: state.agent_version.unwrap_or(record.version),
+            uptime_seconds: state.uptime_seconds,
+            spool_batches: state.spool_batches,
+            spool_bytes: state.spool_bytes,
+            lag_bytes: state.lag_bytes,
+            public_key: record.public_key,
+        }
+    }
 }
 
 async fn list_agents(State(state): State<AppState>) -> Result<Response, ApiError> {
     let agents = state.agents.list().await.map_err(ApiError::internal)?;
     let view: Vec<AgentView> = agents
         .into_iter()
-        .map(|a| AgentView {
-            id: a.id.to_string(),
-            hostname: a.hostname,
-            version: a.version,
-            status: a.status,
-            enrolled_at: a.enrolled_at,
+        .map(|a| {
+            let live = state.fleet.get(a.id);
+            AgentView::new(a, live)
         })
         .collect();
     Ok(Json(view).into_response())
+}
+
+fn agent_id(text: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(text).map_err(|_| ApiError::bad_request("agent id must be a UUID"))
+}
+
+async fn show_agent(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = agent_id(&id)?;
+    let record = state
+        .store
+        .agent(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no agent {id}")))?;
+    Ok(Json(AgentView::new(record, state.fleet.get(id))).into_response())
+}
+
+/// `POST /api/v1/agents/{id}/revoke`: through the running collector, so its key cache
+/// forgets the agent at once.
+async fn revoke_agent(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = agent_id(&id)?;
+    let status = match state.agents.revoke(id).await.map_err(ApiError::internal)? {
+        RevokeOutcome::Revoked => "revoked",
+        RevokeOutcome::AlreadyRevoked => "already_revoked",
+        RevokeOutcome::NotFound => return Err(ApiError::not_found(format!("no agent {id}"))),
+        RevokeOutcome::Refused => {
+            return Err(ApiError::bad_request(
+                "the collector's own identity cannot be revoked",
+            ));
+        }
+    };
+    tracing::info!(agent = %id, status, "agent revoked");
+    Ok(Json(serde_json::json!({ "id": id.to_string(), "status": status })).into_response())
+}
+
+/// `GET /api/v1/events/{id}/provenance`: the signed batch of an event, re-verified now.
+async fn event_provenance(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let event_id = uuid::Uuid::parse_str(&id)
+        .map_err(|_| ApiError::bad_request("event id must be a UUID"))?
+        .to_string();
+    let index = state
+        .index
+        .clone()
+        .ok_or_else(|| ApiError::not_found("this collector runs without an index"))?;
+    let agents = state
+        .agents
+        .list()
+        .await
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(|a| (a.id, a))
+        .collect();
+    let dir = state.archive_dir.clone();
+    let max = state.ingest.limits().max_decompressed_bytes;
+    let report = tokio::task::spawn_blocking(move || {
+        custody::provenance(&event_id, &index, &dir, &agents, max)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    match report {
+        Ok(report) => Ok(Json(report).into_response()),
+        Err(e @ CustodyError::EventNotFound(_)) => Err(ApiError::not_found(e.to_string())),
+        Err(e @ CustodyError::RecordGone(_)) => Err(ApiError::new(StatusCode::GONE, e.to_string())),
+        Err(other) => Err(ApiError::internal(other)),
+    }
 }
 
 #[cfg(test)]

@@ -6,13 +6,19 @@
 //! be rebuilt from it. Consumers remember their own position as an archive offset.
 //!
 //! The seam to the rest of the collector is the [`Archive`] trait (append, read from an
-//! offset, watch the committed end), so a replicated log such as NATS JetStream can take
-//! the place of [`SegmentArchive`] without touching ingest or the indexer.
+//! offset, watch the committed end, committed offsets per consumer), so a replicated log
+//! such as NATS JetStream can take the place of [`SegmentArchive`] without touching
+//! ingest or the indexer. Retention ([`RetentionPolicy`]) never deletes what a registered
+//! consumer has not passed.
 
 mod segment;
 
-pub use segment::{ArchiveReader, SegmentArchive};
+pub use segment::{
+    ArchiveReader, RecoveryReport, RetentionPolicy, RetentionReport, ScanEnd, ScannedRecord,
+    SegmentArchive, scan_offline,
+};
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use tokio::sync::watch;
@@ -44,8 +50,12 @@ pub type Result<T, E = ArchiveError> = std::result::Result<T, E>;
 /// What happened to an appended batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
-    /// Written and fsynced at this archive offset.
-    Accepted { offset: u64 },
+    /// Written and fsynced at this archive offset. `previous_sequence` is the agent's
+    /// highest archived sequence before this one (a gap when it is not `sequence - 1`).
+    Accepted {
+        offset: u64,
+        previous_sequence: Option<u64>,
+    },
     /// The agent's sequence number was already archived: acknowledged again, not stored.
     Duplicate { last_sequence: u64 },
 }
@@ -82,4 +92,16 @@ pub trait Archive: Send + Sync + 'static {
 
     /// A reader over the durable records from `offset` on.
     fn reader(&self, offset: u64) -> Result<ArchiveReader>;
+
+    /// Records that `consumer` has durably processed everything before `offset`.
+    /// Retention never deletes a record a registered consumer has not passed.
+    fn commit_consumer_offset(&self, consumer: &str, offset: u64);
+
+    /// The committed offset of every registered consumer.
+    fn consumer_offsets(&self) -> BTreeMap<String, u64>;
+
+    /// The lowest committed consumer offset; `None` when no consumer is registered.
+    fn min_consumer_offset(&self) -> Option<u64> {
+        self.consumer_offsets().values().copied().min()
+    }
 }

@@ -15,18 +15,28 @@
 //! At start every segment is checked record by record. A torn record at the end of the
 //! newest segment (a crash mid-write) is cut off and reported; nothing before it is lost,
 //! and it was never acknowledged. Damage anywhere else stops the start with an error.
+//!
+//! Retention deletes whole segments, oldest first, when they are older than `max_age` or
+//! the archive is larger than `max_bytes` — but never the segment being written, and never
+//! one that a registered consumer has not passed (its committed offset). Before deleting,
+//! the per-agent sequence map is written to `sequences.json`, so replay detection keeps
+//! working for batches whose records are gone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 use yagura_shared::parse_header;
 
 use super::{Appended, Archive, ArchiveError, Record, Result};
+
+/// The sequence snapshot written before retention deletes segments.
+const SEQUENCE_SNAPSHOT: &str = "sequences.json";
 
 const RECORD_PREFIX: usize = 8; // length + crc
 const RECORD_META: usize = 9; // version + received_at_ms
@@ -59,12 +69,29 @@ pub struct RecoveryReport {
     pub end_offset: u64,
 }
 
+/// How long and how much the archive keeps. `None` keeps forever / without bound.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetentionPolicy {
+    pub max_age: Option<Duration>,
+    pub max_bytes: Option<u64>,
+}
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub deleted_segments: usize,
+    pub deleted_bytes: u64,
+    /// Segments retention wanted to delete but a consumer had not passed yet.
+    pub held_by_consumers: usize,
+}
+
 /// The segment-file archive. Cheap to clone through `Arc`.
 pub struct SegmentArchive {
     dir: PathBuf,
     requests: mpsc::Sender<AppendRequest>,
     committed: watch::Receiver<u64>,
     sequences: Arc<RwLock<HashMap<Uuid, u64>>>,
+    consumers: Mutex<BTreeMap<String, u64>>,
     report: RecoveryReport,
 }
 
@@ -113,12 +140,96 @@ impl SegmentArchive {
             requests,
             committed,
             sequences,
+            consumers: Mutex::new(BTreeMap::new()),
             report,
         })
     }
 
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.report
+    }
+
+    /// Offset of the oldest record still kept (after retention, above 0).
+    pub fn first_offset(&self) -> Result<u64> {
+        Ok(list_segments(&self.dir)?
+            .first()
+            .map_or(*self.committed.borrow(), |(base, _)| *base))
+    }
+
+    /// Deletes whole segments beyond `policy`, oldest first; see the module docs.
+    pub fn enforce_retention(&self, policy: RetentionPolicy) -> Result<RetentionReport> {
+        let mut report = RetentionReport::default();
+        if policy.max_age.is_none() && policy.max_bytes.is_none() {
+            return Ok(report);
+        }
+        let segments = list_segments(&self.dir)?;
+        let committed = *self.committed.borrow();
+        // Consumers hold back deletion; with no consumer registered, nothing is deleted.
+        let Some(min_consumer) = self.min_consumer_offset() else {
+            return Ok(report);
+        };
+        let mut sizes = Vec::with_capacity(segments.len());
+        for (base, path) in &segments {
+            let meta = std::fs::metadata(path).map_err(io_err(path))?;
+            sizes.push((*base, path.clone(), meta.len(), meta.modified().ok()));
+        }
+        let mut total: u64 = sizes.iter().map(|s| s.2).sum();
+        let now = SystemTime::now();
+        let mut snapshot_written = false;
+        for (index, (base, path, size, modified)) in sizes.iter().enumerate() {
+            let Some((next_base, ..)) = sizes.get(index + 1) else {
+                break; // the segment being written is never deleted
+            };
+            let too_old = match (policy.max_age, modified) {
+                (Some(max), Some(m)) => now.duration_since(*m).is_ok_and(|age| age > max),
+                _ => false,
+            };
+            let too_big = policy.max_bytes.is_some_and(|max| total > max);
+            if !too_old && !too_big {
+                break;
+            }
+            if *next_base > min_consumer || *next_base > committed {
+                report.held_by_consumers = sizes.len() - 1 - index;
+                break;
+            }
+            if !snapshot_written {
+                self.write_sequence_snapshot()?;
+                snapshot_written = true;
+            }
+            std::fs::remove_file(path).map_err(io_err(path))?;
+            tracing::info!(
+                segment_base = base,
+                bytes = size,
+                "archive segment deleted by retention"
+            );
+            total -= size;
+            report.deleted_segments += 1;
+            report.deleted_bytes += size;
+        }
+        if report.deleted_segments > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(report)
+    }
+
+    fn write_sequence_snapshot(&self) -> Result<()> {
+        let map: BTreeMap<String, u64> = self
+            .sequences
+            .read()
+            .map(|m| m.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+            .unwrap_or_default();
+        let text = serde_json::to_vec(&map).map_err(|e| ArchiveError::Corrupt {
+            path: SEQUENCE_SNAPSHOT.into(),
+            position: 0,
+            reason: e.to_string(),
+        })?;
+        let tmp = self.dir.join(format!("{SEQUENCE_SNAPSHOT}.tmp"));
+        let target = self.dir.join(SEQUENCE_SNAPSHOT);
+        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+        file.write_all(&text).map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
+        sync_dir(&self.dir)
     }
 }
 
@@ -147,6 +258,16 @@ impl Archive for SegmentArchive {
 
     fn reader(&self, offset: u64) -> Result<ArchiveReader> {
         ArchiveReader::open(&self.dir, offset, self.committed.clone())
+    }
+
+    fn commit_consumer_offset(&self, consumer: &str, offset: u64) {
+        if let Ok(mut map) = self.consumers.lock() {
+            map.insert(consumer.to_string(), offset);
+        }
+    }
+
+    fn consumer_offsets(&self) -> BTreeMap<String, u64> {
+        self.consumers.lock().map(|m| m.clone()).unwrap_or_default()
     }
 }
 
@@ -208,7 +329,13 @@ impl Writer {
             self.file.write_all(&record).map_err(io_err(&self.path))?;
             self.end_offset += record.len() as u64;
             pending.insert(request.agent, request.sequence);
-            replies.push((request.reply, Appended::Accepted { offset }));
+            replies.push((
+                request.reply,
+                Appended::Accepted {
+                    offset,
+                    previous_sequence: known,
+                },
+            ));
             wrote = true;
         }
         if wrote {
@@ -290,6 +417,13 @@ enum ReadOutcome {
     End,
     /// Incomplete or damaged bytes at `position`.
     Damaged(String),
+    /// A complete record whose CRC does not match: the bytes are returned so an offline
+    /// verification can name the batch; everywhere else this is damage.
+    CrcMismatch {
+        received_at_ms: i64,
+        batch: Vec<u8>,
+        len: u64,
+    },
 }
 
 fn read_record(reader: &mut impl Read) -> std::io::Result<ReadOutcome> {
@@ -321,10 +455,8 @@ fn read_record(reader: &mut impl Read) -> std::io::Result<ReadOutcome> {
             "record of {len} bytes cut short at {got}"
         )));
     }
-    if crc32fast::hash(&body) != crc {
-        return Ok(ReadOutcome::Damaged("CRC mismatch".into()));
-    }
-    if body[0] != RECORD_VERSION {
+    let crc_matches = crc32fast::hash(&body) == crc;
+    if crc_matches && body[0] != RECORD_VERSION {
         return Ok(ReadOutcome::Damaged(format!(
             "unknown record version {}",
             body[0]
@@ -333,14 +465,44 @@ fn read_record(reader: &mut impl Read) -> std::io::Result<ReadOutcome> {
     let mut ts = [0u8; 8];
     ts.copy_from_slice(&body[1..9]);
     let batch = body.split_off(RECORD_META);
-    Ok(ReadOutcome::Record {
-        received_at_ms: i64::from_be_bytes(ts),
-        batch,
-        len: (RECORD_PREFIX as u64) + u64::from(len),
+    let received_at_ms = i64::from_be_bytes(ts);
+    let len = (RECORD_PREFIX as u64) + u64::from(len);
+    Ok(if crc_matches {
+        ReadOutcome::Record {
+            received_at_ms,
+            batch,
+            len,
+        }
+    } else {
+        ReadOutcome::CrcMismatch {
+            received_at_ms,
+            batch,
+            len,
+        }
     })
 }
 
 type Recovered = (Vec<(u64, PathBuf)>, RecoveryReport, HashMap<Uuid, u64>);
+
+/// The sequences of batches whose segments retention deleted (empty when none was).
+fn read_sequence_snapshot(dir: &Path) -> Result<HashMap<Uuid, u64>> {
+    let path = dir.join(SEQUENCE_SNAPSHOT);
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let map: BTreeMap<String, u64> =
+        serde_json::from_slice(&text).map_err(|e| ArchiveError::Corrupt {
+            path: path.display().to_string(),
+            position: 0,
+            reason: e.to_string(),
+        })?;
+    Ok(map
+        .into_iter()
+        .filter_map(|(k, v)| Uuid::parse_str(&k).ok().map(|id| (id, v)))
+        .collect())
+}
 
 /// Checks every record, rebuilds the per-agent sequences, cuts a torn tail.
 fn recover(dir: &Path) -> Result<Recovered> {
@@ -349,7 +511,10 @@ fn recover(dir: &Path) -> Result<Recovered> {
         segments: segments.len(),
         ..RecoveryReport::default()
     };
-    let mut sequences: HashMap<Uuid, u64> = HashMap::new();
+    let mut sequences = read_sequence_snapshot(dir)?;
+    if let Some((first_base, _)) = segments.first() {
+        report.end_offset = *first_base;
+    }
     for (index, (base, path)) in segments.iter().enumerate() {
         let is_last = index + 1 == segments.len();
         let file = File::open(path).map_err(io_err(path))?;
@@ -366,7 +531,11 @@ fn recover(dir: &Path) -> Result<Recovered> {
                     position += len;
                     report.records += 1;
                 }
-                ReadOutcome::Damaged(reason) => {
+                damaged @ (ReadOutcome::Damaged(_) | ReadOutcome::CrcMismatch { .. }) => {
+                    let reason = match damaged {
+                        ReadOutcome::Damaged(reason) => reason,
+                        _ => "CRC mismatch".to_string(),
+                    };
                     if !is_last {
                         return Err(ArchiveError::Corrupt {
                             path: path.display().to_string(),
@@ -472,26 +641,134 @@ impl ArchiveReader {
                         reason,
                     });
                 }
+                ReadOutcome::CrcMismatch { .. } => {
+                    return Err(ArchiveError::Corrupt {
+                        path: path.display().to_string(),
+                        position: self.offset - *base,
+                        reason: "CRC mismatch".into(),
+                    });
+                }
             }
         }
     }
 
-    fn open_segment_at(&self, offset: u64) -> Result<(u64, BufReader<File>, PathBuf)> {
+    /// Opens the segment holding `offset`. An offset before the oldest kept segment
+    /// (deleted by retention) moves the reader to the oldest record still there.
+    fn open_segment_at(&mut self, offset: u64) -> Result<(u64, BufReader<File>, PathBuf)> {
         let segments = list_segments(&self.dir)?;
-        let (base, path) = segments
-            .into_iter()
+        let found = segments
+            .iter()
             .rev()
             .find(|(base, _)| *base <= offset)
-            .ok_or_else(|| ArchiveError::Corrupt {
-                path: self.dir.display().to_string(),
-                position: offset,
-                reason: "no segment holds this offset".into(),
-            })?;
+            .or_else(|| segments.first())
+            .cloned();
+        let (base, path) = found.ok_or_else(|| ArchiveError::Corrupt {
+            path: self.dir.display().to_string(),
+            position: offset,
+            reason: "no segment holds this offset".into(),
+        })?;
+        let offset = offset.max(base);
+        self.offset = offset;
         let mut file = File::open(&path).map_err(io_err(&path))?;
         file.seek(SeekFrom::Start(offset - base))
             .map_err(io_err(&path))?;
         Ok((base, BufReader::with_capacity(1 << 20, file), path))
     }
+}
+
+/// One record met by [`scan_offline`].
+#[derive(Debug)]
+pub enum ScannedRecord {
+    /// A record whose CRC matches.
+    Intact(Record),
+    /// A complete record whose CRC does not match (its bytes as found).
+    CrcMismatch(Record),
+}
+
+/// How an offline scan ended.
+#[derive(Debug, Clone, Default)]
+pub struct ScanEnd {
+    pub segments: usize,
+    pub records: u64,
+    /// Damage that stopped the reading of a segment: (segment base, position, reason).
+    /// At the very end of the newest segment this is usually a write in progress.
+    pub unreadable: Vec<(u64, u64, String)>,
+}
+
+/// Reads every record of the archive in `dir` from `from_offset` on, without a writer
+/// and without changing anything: safe while a collector runs. Records are passed to
+/// `visit` even when their CRC fails, so the caller can name the batch; `visit` returns
+/// `false` to stop the scan.
+pub fn scan_offline(
+    dir: &Path,
+    from_offset: u64,
+    mut visit: impl FnMut(ScannedRecord) -> bool,
+) -> Result<ScanEnd> {
+    let segments = list_segments(dir)?;
+    let mut end = ScanEnd::default();
+    for (index, (base, path)) in segments.iter().enumerate() {
+        let next_base = segments.get(index + 1).map(|(b, _)| *b);
+        if next_base.is_some_and(|n| n <= from_offset) {
+            continue;
+        }
+        let file = match File::open(path) {
+            Ok(f) => f,
+            // Retention removed it since the listing: nothing to verify there any more.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        end.segments += 1;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut position = 0u64;
+        loop {
+            match read_record(&mut reader).map_err(io_err(path))? {
+                ReadOutcome::End => break,
+                ReadOutcome::Record {
+                    received_at_ms,
+                    batch,
+                    len,
+                } => {
+                    let record = Record {
+                        offset: base + position,
+                        next_offset: base + position + len,
+                        received_at_ms,
+                        batch,
+                    };
+                    position += len;
+                    if record.offset >= from_offset {
+                        end.records += 1;
+                        if !visit(ScannedRecord::Intact(record)) {
+                            return Ok(end);
+                        }
+                    }
+                }
+                ReadOutcome::CrcMismatch {
+                    received_at_ms,
+                    batch,
+                    len,
+                } => {
+                    let record = Record {
+                        offset: base + position,
+                        next_offset: base + position + len,
+                        received_at_ms,
+                        batch,
+                    };
+                    position += len;
+                    if record.offset >= from_offset {
+                        end.records += 1;
+                        if !visit(ScannedRecord::CrcMismatch(record)) {
+                            return Ok(end);
+                        }
+                    }
+                }
+                ReadOutcome::Damaged(reason) => {
+                    end.unreadable.push((*base, position, reason));
+                    break;
+                }
+            }
+        }
+    }
+    Ok(end)
 }
 
 #[cfg(test)]
@@ -527,12 +804,21 @@ mod tests {
             .append(agent, 1, batch(&key, agent, 1))
             .await
             .expect("a1");
-        assert_eq!(first, Appended::Accepted { offset: 0 });
+        assert_eq!(
+            first,
+            Appended::Accepted {
+                offset: 0,
+                previous_sequence: None
+            }
+        );
         let second = archive
             .append(agent, 2, batch(&key, agent, 2))
             .await
             .expect("a2");
-        assert!(matches!(second, Appended::Accepted { offset } if offset > 0));
+        assert!(matches!(
+            second,
+            Appended::Accepted { offset, previous_sequence: Some(1) } if offset > 0
+        ));
         let replay = archive
             .append(agent, 1, batch(&key, agent, 1))
             .await
@@ -614,7 +900,91 @@ mod tests {
             .append(agent, 4, batch(&key, agent, 4))
             .await
             .expect("append");
-        assert_eq!(again, Appended::Accepted { offset: full });
+        assert_eq!(
+            again,
+            Appended::Accepted {
+                offset: full,
+                previous_sequence: Some(3)
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_old_segments_only_behind_every_consumer() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        let archive = SegmentArchive::open(dir.path(), 600).expect("open");
+        for seq in 1..=10 {
+            archive
+                .append(agent, seq, batch(&key, agent, seq))
+                .await
+                .expect("append");
+        }
+        let segments = list_segments(dir.path()).expect("ls");
+        assert!(segments.len() > 3, "rotated into several segments");
+        let policy = RetentionPolicy {
+            max_age: None,
+            max_bytes: Some(1),
+        };
+        // No consumer registered yet: nothing may go.
+        assert_eq!(
+            archive.enforce_retention(policy).expect("retention"),
+            RetentionReport::default()
+        );
+        // The consumer has passed only the first two segments.
+        archive.commit_consumer_offset("indexer", segments[2].0);
+        let report = archive.enforce_retention(policy).expect("retention");
+        assert_eq!(report.deleted_segments, 2);
+        assert!(report.held_by_consumers > 0);
+        assert_eq!(archive.first_offset().expect("first"), segments[2].0);
+        // A reader from 0 starts at the oldest kept record.
+        let records = read_all(&archive, 0);
+        assert_eq!(records[0].offset, segments[2].0);
+        drop(archive);
+        // Replay detection survives the deletion through the snapshot.
+        let archive = SegmentArchive::open(dir.path(), 600).expect("reopen");
+        assert_eq!(archive.last_sequence(agent), Some(10));
+        let replay = archive
+            .append(agent, 1, batch(&key, agent, 1))
+            .await
+            .expect("dup");
+        assert_eq!(replay, Appended::Duplicate { last_sequence: 10 });
+    }
+
+    #[tokio::test]
+    async fn offline_scan_names_a_record_whose_crc_fails() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        {
+            let archive = SegmentArchive::open(dir.path(), 1 << 20).expect("open");
+            for seq in 1..=3 {
+                archive
+                    .append(agent, seq, batch(&key, agent, seq))
+                    .await
+                    .expect("append");
+            }
+        }
+        let path = segment_path(dir.path(), 0);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let first_len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize + 8;
+        bytes[first_len + 8 + 9 + 100] ^= 0x01; // inside the second record's batch
+        std::fs::write(&path, bytes).expect("write");
+        let mut seen = Vec::new();
+        let end = scan_offline(dir.path(), 0, |r| {
+            seen.push(r);
+            true
+        })
+        .expect("scan");
+        assert_eq!(end.records, 3);
+        assert!(end.unreadable.is_empty());
+        assert!(matches!(seen[0], ScannedRecord::Intact(_)));
+        let ScannedRecord::CrcMismatch(bad) = &seen[1] else {
+            panic!("second record must fail its CRC");
+        };
+        assert_eq!(bad.offset, first_len as u64);
+        assert!(matches!(seen[2], ScannedRecord::Intact(_)));
     }
 
     #[tokio::test]

@@ -1,5 +1,8 @@
 //! Command-line interface: argument parsing (raw) and the commands (validated glue).
 
+mod bench;
+mod bench_agent;
+mod remote;
 mod search;
 mod up;
 
@@ -40,6 +43,48 @@ enum Command {
         #[command(subcommand)]
         command: ApiTokenCommand,
     },
+    /// Trace an indexed event to the agent-signed batch it came in and re-verify it.
+    Provenance {
+        /// The event's `event.id`.
+        event_id: String,
+        /// Print the whole report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+    },
+    /// The archive of signed batches.
+    Archive {
+        #[command(subcommand)]
+        command: ArchiveCommand,
+    },
+    /// Benchmarks (for docs/benchmarks.md).
+    #[command(hide = true)]
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ArchiveCommand {
+    /// Re-verify every archived batch (CRC, payload hash, signature) from the data
+    /// directory; read-only, safe while the collector runs. Exits 1 on any mismatch.
+    Verify {
+        #[command(flatten)]
+        location: DataLocation,
+        /// Only batches received after this (e.g. 24h, 7d, or an RFC 3339 time).
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Ingest throughput on loopback (verify + archive + ack, no indexing).
+    Ingest(bench::BenchIngestArgs),
+    /// Agent throughput (tail → parse → spool → ship) and idle footprint, beside rsyslog.
+    Agent(bench_agent::BenchAgentArgs),
 }
 
 /// Where the collector's data is: a config file or a data directory.
@@ -72,10 +117,24 @@ enum AgentsCommand {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// List enrolled agents.
+    /// List enrolled agents with their status, last seen, version, lag and spool (read
+    /// from the data directory; the running collector persists fleet state every few
+    /// seconds).
     List {
         #[command(flatten)]
         location: DataLocation,
+    },
+    /// Show one agent in full.
+    Show {
+        id: uuid::Uuid,
+        #[command(flatten)]
+        location: DataLocation,
+    },
+    /// Revoke an agent through the running collector's API (its batches get 401 at once).
+    Revoke {
+        id: uuid::Uuid,
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
     },
 }
 
@@ -91,7 +150,65 @@ enum TokenCommand {
         /// How long it stays valid (e.g. 30m, 24h, 7d).
         #[arg(long, default_value = "24h")]
         ttl: String,
+        /// Labels copied to every agent enrolled with it: `key=value,key=value`.
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
     },
+}
+
+/// Parses `key=value` labels.
+fn parse_labels(items: &[String]) -> anyhow::Result<yagura_collector::store::Labels> {
+    let mut labels = yagura_collector::store::Labels::new();
+    for item in items {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--labels `{item}`: expected key=value"))?;
+        let key = key.trim();
+        anyhow::ensure!(
+            !key.is_empty()
+                && key.len() <= 64
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')),
+            "--labels `{item}`: keys are 1 to 64 of [A-Za-z0-9_.-]"
+        );
+        anyhow::ensure!(
+            value.len() <= 256,
+            "--labels `{item}`: value over 256 bytes"
+        );
+        labels.insert(key.to_string(), value.trim().to_string());
+    }
+    Ok(labels)
+}
+
+fn print_agents(agents: &[yagura_collector::api::AgentView]) {
+    println!(
+        "{:<38} {:<20} {:<9} {:<8} {:<10} {:<28} {:<10} {:>10} {:>8}",
+        "ID",
+        "HOSTNAME",
+        "KIND",
+        "STATUS",
+        "CONNECTED",
+        "LAST SEEN",
+        "VERSION",
+        "LAG BYTES",
+        "SPOOL"
+    );
+    for a in agents {
+        let dash = || "-".to_string();
+        println!(
+            "{:<38} {:<20} {:<9} {:<8} {:<10} {:<28} {:<10} {:>10} {:>8}",
+            a.id,
+            a.hostname,
+            a.kind,
+            a.status,
+            a.connectivity,
+            a.last_seen_at.clone().unwrap_or_else(dash),
+            a.version,
+            a.lag_bytes.map_or_else(dash, |v| v.to_string()),
+            a.spool_batches.map_or_else(dash, |v| v.to_string()),
+        );
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,13 +243,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                             location,
                             uses,
                             ttl,
+                            labels,
                         },
                 },
         } => {
             let ttl = parse_ttl(&ttl)?;
             anyhow::ensure!(uses > 0, "--uses must be at least 1");
+            let labels = parse_labels(&labels)?;
             let store = server::open_store(&location.config()?).await?;
-            let token = store.create_enrollment_token(ttl, uses).await?;
+            let token = store.create_enrollment_token(ttl, uses, &labels).await?;
             store.close().await;
             println!("{}", token.expose());
             Ok(())
@@ -140,21 +259,47 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agents {
             command: AgentsCommand::List { location },
         } => {
-            let store = server::open_store(&location.config()?).await?;
-            let agents = store.agents().await?;
-            store.close().await;
-            println!(
-                "{:<38} {:<24} {:<10} {:<8} ENROLLED",
-                "ID", "HOSTNAME", "VERSION", "STATUS"
-            );
-            for a in agents {
-                println!(
-                    "{:<38} {:<24} {:<10} {:<8} {}",
-                    a.id, a.hostname, a.version, a.status, a.enrolled_at
-                );
-            }
+            let views = agent_views(&location).await?;
+            print_agents(&views);
             Ok(())
         }
+        Command::Agents {
+            command: AgentsCommand::Show { id, location },
+        } => {
+            let views = agent_views(&location).await?;
+            let view = views
+                .into_iter()
+                .find(|v| v.id == id.to_string())
+                .ok_or_else(|| anyhow::anyhow!("no agent {id}"))?;
+            println!("{}", serde_json::to_string_pretty(&view)?);
+            Ok(())
+        }
+        Command::Agents {
+            command: AgentsCommand::Revoke { id, remote },
+        } => {
+            let answer = remote
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/agents/{id}/revoke"),
+                )
+                .await?;
+            println!("{id}: {}", answer["status"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+        Command::Provenance {
+            event_id,
+            json,
+            remote,
+        } => provenance(&event_id, json, &remote).await,
+        Command::Archive {
+            command: ArchiveCommand::Verify { location, since },
+        } => archive_verify(&location, since.as_deref()).await,
+        Command::Bench {
+            command: BenchCommand::Ingest(args),
+        } => bench::run(args).await,
+        Command::Bench {
+            command: BenchCommand::Agent(args),
+        } => tokio::task::spawn_blocking(move || bench_agent::run(args)).await?,
         Command::ApiToken {
             command: ApiTokenCommand::Create { location, name },
         } => {
@@ -165,6 +310,130 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Agents and their persisted fleet state, read from the data directory.
+async fn agent_views(
+    location: &DataLocation,
+) -> anyhow::Result<Vec<yagura_collector::api::AgentView>> {
+    let store = server::open_store(&location.config()?).await?;
+    let agents = store.agents().await?;
+    let mut states: std::collections::HashMap<_, _> = store
+        .agent_states()
+        .await?
+        .into_iter()
+        .map(|s| (s.agent_id, s))
+        .collect();
+    store.close().await;
+    Ok(agents
+        .into_iter()
+        .map(|a| {
+            let state = states.remove(&a.id);
+            yagura_collector::api::AgentView::new(a, state)
+        })
+        .collect())
+}
+
+async fn provenance(event_id: &str, json: bool, remote: &remote::RemoteArgs) -> anyhow::Result<()> {
+    let event_id = uuid::Uuid::parse_str(event_id)
+        .map_err(|_| anyhow::anyhow!("`{event_id}` is not an event id (UUID)"))?;
+    let report = remote
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/events/{event_id}/provenance"),
+        )
+        .await?;
+    let verified = report["verified"].as_bool() == Some(true);
+    if json {
+        println!("{report}");
+    } else {
+        let batch = &report["batch"];
+        let header = &batch["header"];
+        println!("event          {event_id}");
+        println!(
+            "agent          {}  ({})",
+            header["agent_id"].as_str().unwrap_or("-"),
+            batch["agent_hostname"].as_str().unwrap_or("-")
+        );
+        println!(
+            "agent key      {}",
+            batch["agent_public_key"].as_str().unwrap_or("-")
+        );
+        println!("batch sequence {}", header["sequence"]);
+        println!(
+            "batch created  {}",
+            header["created_at"].as_str().unwrap_or("-")
+        );
+        println!("batch events   {}", header["event_count"]);
+        println!(
+            "payload sha256 {}",
+            header["payload_sha256"].as_str().unwrap_or("-")
+        );
+        println!("archive offset {}", batch["archive_offset"]);
+        println!("record CRC     {}", ok(&batch["crc_valid"]));
+        println!("payload hash   {}", ok(&batch["payload_hash_valid"]));
+        println!("signature      {}", ok(&batch["signature_valid"]));
+        println!("event in batch {}", ok(&report["event_in_payload"]));
+        for problem in batch["problems"].as_array().into_iter().flatten() {
+            println!("problem        {}", problem.as_str().unwrap_or("-"));
+        }
+        println!("verified       {}", if verified { "yes" } else { "NO" });
+    }
+    anyhow::ensure!(verified, "event {event_id} does NOT verify");
+    Ok(())
+}
+
+fn ok(value: &serde_json::Value) -> &'static str {
+    if value.as_bool() == Some(true) {
+        "ok"
+    } else {
+        "FAILED"
+    }
+}
+
+async fn archive_verify(location: &DataLocation, since: Option<&str>) -> anyhow::Result<()> {
+    let config = location.config()?;
+    let since_ms = since
+        .map(|s| yagura_collector::api::parse_since(s, chrono::Utc::now()))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--since {e}"))?
+        .map(|t| t.timestamp_millis());
+    let store = server::open_store(&config).await?;
+    let agents = store
+        .agents()
+        .await?
+        .into_iter()
+        .map(|a| (a.id, a))
+        .collect();
+    store.close().await;
+    let dir = config.archive_dir();
+    let report = tokio::task::spawn_blocking(move || {
+        yagura_collector::custody::verify_archive(&dir, &agents, since_ms)
+    })
+    .await??;
+    for failure in &report.failures {
+        println!(
+            "MISMATCH {}: {}",
+            failure.name(),
+            failure.problems.join("; ")
+        );
+    }
+    for (segment, position, reason) in &report.unreadable {
+        println!("UNREADABLE segment {segment} at byte {position}: {reason}");
+    }
+    println!(
+        "{} batches checked, {} verified, {} mismatched, {} unreadable regions",
+        report.batches_checked,
+        report.batches_verified,
+        report.failures.len(),
+        report.unreadable.len()
+    );
+    anyhow::ensure!(
+        report.failures.is_empty(),
+        "{} archived batches do not verify",
+        report.failures.len()
+    );
+    Ok(())
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
@@ -204,4 +473,20 @@ pub(crate) async fn stop_signal(shutdown: CancellationToken) {
     }
     tracing::info!("stopping");
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_key_value_pairs_with_plain_keys() {
+        let labels = parse_labels(&["site=osaka".into(), "tier = web".into()]).expect("ok");
+        assert_eq!(labels.get("site").map(String::as_str), Some("osaka"));
+        assert_eq!(labels.get("tier").map(String::as_str), Some("web"));
+        assert!(parse_labels(&["novalue".into()]).is_err());
+        assert!(parse_labels(&["=x".into()]).is_err());
+        assert!(parse_labels(&["bad key=x".into()]).is_err());
+        assert!(parse_labels(&[]).expect("empty").is_empty());
+    }
 }

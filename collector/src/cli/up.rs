@@ -70,7 +70,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if !agent_dir.join("enrollment.json").exists() {
         let store = server::open_store(&config).await?;
         let token = store
-            .create_enrollment_token(chrono::Duration::minutes(10), 1)
+            .create_enrollment_token(chrono::Duration::minutes(10), 1, &Default::default())
             .await?;
         store.close().await;
         yagura_agent::enroll(

@@ -1,17 +1,34 @@
-//! The fleet: enrolled agents and the keys that sign their batches.
+//! The fleet: enrolled agents, the keys that sign their batches, and their live state.
 //!
 //! Ingest looks up an agent's verifying key on every batch, so keys are cached in memory
-//! after the first lookup; the database stays the record. Enrollment goes through the
-//! store in one transaction (token use and agent row together).
+//! after the first lookup; the database stays the record. Revocation goes through
+//! [`AgentRegistry::revoke`] (the API route `POST /api/v1/agents/{id}/revoke`, which the
+//! CLI calls), which updates the database and drops the cached entry in the same call, so
+//! the very next batch of a revoked agent is refused. Enrollment goes through the store in
+//! one transaction (token use and agent row together).
+//!
+//! [`FleetState`] keeps what the collector sees of each agent in memory (last seen, peer,
+//! last sequence, and the figures of its latest heartbeat event); [`run_fleet_monitor`]
+//! marks agents silent for longer than `offline_after` as offline (raising an
+//! `agent_offline` event once per silence) and writes the state to the database every few
+//! seconds, so `yagura agents list` can read it offline.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use yagura_shared::VerifyingKey;
 use yagura_shared::verifying_key_from_base64;
+use yagura_shared::{Event, VerifyingKey};
 
-use crate::store::{AgentRecord, Store, StoreError, TokenRefusal};
+use crate::collector_events::CollectorEvents;
+use crate::store::{AgentRecord, AgentState, RevokeOutcome, Store, StoreError, TokenRefusal};
+
+/// Dataset of the agents' own heartbeat events.
+pub const HEARTBEAT_DATASET: &str = "yagura.agent.heartbeat";
 
 /// An agent as ingest needs it: its record and its parsed key.
 #[derive(Debug, Clone)]
@@ -76,7 +93,239 @@ impl AgentRegistry {
             .map_err(EnrollError::Refused)
     }
 
+    /// Revokes an agent in the database and drops it from the key cache.
+    pub async fn revoke(&self, id: Uuid) -> Result<RevokeOutcome, StoreError> {
+        let outcome = self.store.revoke_agent(id).await?;
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(&id);
+        }
+        Ok(outcome)
+    }
+
     pub async fn list(&self) -> Result<Vec<AgentRecord>, StoreError> {
         self.store.agents().await
+    }
+}
+
+/// Figures an agent reports in its heartbeat events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub agent_version: Option<String>,
+    pub uptime_seconds: Option<u64>,
+    pub spool_batches: Option<u64>,
+    pub spool_bytes: Option<u64>,
+    pub lag_bytes: Option<u64>,
+}
+
+impl Heartbeat {
+    /// The heartbeat figures of `event`, if it is a heartbeat event.
+    pub fn from_event(event: &Event) -> Option<Self> {
+        if event.dataset() != Some(HEARTBEAT_DATASET) {
+            return None;
+        }
+        let number = |path: &str| event.get(path).and_then(serde_json::Value::as_u64);
+        Some(Heartbeat {
+            agent_version: event.get_str("agent.version").map(str::to_string),
+            uptime_seconds: number("yagura.agent.uptime_seconds"),
+            spool_batches: number("yagura.agent.spool.batches"),
+            spool_bytes: number("yagura.agent.spool.bytes"),
+            lag_bytes: number("yagura.agent.lag_bytes"),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LiveAgent {
+    state: AgentState,
+    last_seen: DateTime<Utc>,
+    dirty: bool,
+}
+
+/// What the collector currently knows of each agent's connectivity. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct FleetState {
+    agents: Arc<Mutex<HashMap<Uuid, LiveAgent>>>,
+}
+
+impl FleetState {
+    /// Starts from the state persisted by a previous run.
+    pub fn from_persisted(states: Vec<AgentState>) -> Self {
+        let map = states
+            .into_iter()
+            .map(|state| {
+                let last_seen = DateTime::parse_from_rfc3339(&state.last_seen_at)
+                    .map(|t| t.with_timezone(&Utc))
+                    .unwrap_or_else(|_| Utc::now());
+                (
+                    state.agent_id,
+                    LiveAgent {
+                        state,
+                        last_seen,
+                        dirty: false,
+                    },
+                )
+            })
+            .collect();
+        FleetState {
+            agents: Arc::new(Mutex::new(map)),
+        }
+    }
+
+    /// An authenticated batch of `agent` arrived (accepted or acknowledged again).
+    pub fn record_batch(
+        &self,
+        agent: Uuid,
+        peer: Option<IpAddr>,
+        sequence: u64,
+        heartbeat: Option<Heartbeat>,
+    ) {
+        let now = Utc::now();
+        let Ok(mut agents) = self.agents.lock() else {
+            return;
+        };
+        let live = agents.entry(agent).or_insert_with(|| LiveAgent {
+            state: AgentState {
+                agent_id: agent,
+                ..AgentState::default()
+            },
+            last_seen: now,
+            dirty: true,
+        });
+        live.last_seen = now;
+        live.dirty = true;
+        live.state.last_seen_at = yagura_shared::event::format_timestamp(now);
+        live.state.last_peer = peer.map(|p| p.to_string()).unwrap_or_default();
+        live.state.last_sequence = live.state.last_sequence.max(sequence);
+        live.state.connectivity = "online".into();
+        if let Some(beat) = heartbeat {
+            live.state.heartbeat_at = Some(live.state.last_seen_at.clone());
+            if beat.agent_version.is_some() {
+                live.state.agent_version = beat.agent_version;
+            }
+            live.state.uptime_seconds = beat.uptime_seconds.or(live.state.uptime_seconds);
+            live.state.spool_batches = beat.spool_batches.or(live.state.spool_batches);
+            live.state.spool_bytes = beat.spool_bytes.or(live.state.spool_bytes);
+            live.state.lag_bytes = beat.lag_bytes.or(live.state.lag_bytes);
+        }
+    }
+
+    /// The state of one agent, if it ever sent a batch.
+    pub fn get(&self, agent: Uuid) -> Option<AgentState> {
+        self.agents
+            .lock()
+            .ok()?
+            .get(&agent)
+            .map(|l| l.state.clone())
+    }
+
+    /// Marks agents silent for longer than `offline_after` offline; returns them once.
+    fn mark_silent(&self, offline_after: Duration) -> Vec<(Uuid, String, u64)> {
+        let now = Utc::now();
+        let Ok(mut agents) = self.agents.lock() else {
+            return Vec::new();
+        };
+        let mut gone = Vec::new();
+        for (id, live) in agents.iter_mut() {
+            let silent = (now - live.last_seen).to_std().unwrap_or_default();
+            if live.state.connectivity != "offline" && silent > offline_after {
+                live.state.connectivity = "offline".into();
+                live.dirty = true;
+                gone.push((*id, live.state.last_seen_at.clone(), silent.as_secs()));
+            }
+        }
+        gone
+    }
+
+    /// Takes the states changed since the last call.
+    fn take_dirty(&self) -> Vec<AgentState> {
+        let Ok(mut agents) = self.agents.lock() else {
+            return Vec::new();
+        };
+        agents
+            .values_mut()
+            .filter(|l| l.dirty)
+            .map(|l| {
+                l.dirty = false;
+                l.state.clone()
+            })
+            .collect()
+    }
+}
+
+/// Every `check_interval`: marks silent agents offline (one `agent_offline` event per
+/// silence) and persists changed fleet state. Persists once more on cancellation.
+pub async fn run_fleet_monitor(
+    fleet: FleetState,
+    registry: AgentRegistry,
+    events: CollectorEvents,
+    offline_after: Duration,
+    check_interval: Duration,
+    cancel: CancellationToken,
+) {
+    let collector_id = events.collector_agent_id();
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(check_interval) => false,
+            _ = cancel.cancelled() => true,
+        };
+        if !stopping {
+            for (agent, last_seen, silent) in fleet.mark_silent(offline_after) {
+                if agent == collector_id {
+                    continue;
+                }
+                let hostname = match registry.get(agent).await {
+                    Ok(Some(known)) => known.record.hostname.clone(),
+                    _ => String::new(),
+                };
+                events.agent_offline(agent, &hostname, &last_seen, silent);
+            }
+        }
+        let dirty = fleet.take_dirty();
+        if !dirty.is_empty()
+            && let Err(error) = registry.store.save_agent_states(&dirty).await
+        {
+            tracing::error!(%error, "fleet state not persisted");
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_figures_are_read_and_silence_marks_offline_once() {
+        let mut beat = Event::new(Utc::now());
+        beat.set_str("event.dataset", HEARTBEAT_DATASET);
+        beat.set_str("agent.version", "0.2.0");
+        beat.set("yagura.agent.spool.batches", serde_json::json!(3));
+        beat.set("yagura.agent.lag_bytes", serde_json::json!(4096));
+        let figures = Heartbeat::from_event(&beat).expect("heartbeat");
+        assert_eq!(figures.spool_batches, Some(3));
+        assert_eq!(figures.lag_bytes, Some(4096));
+        assert!(Heartbeat::from_event(&Event::new(Utc::now())).is_none());
+
+        let fleet = FleetState::default();
+        let agent = Uuid::now_v7();
+        fleet.record_batch(agent, None, 4, Some(figures));
+        let state = fleet.get(agent).expect("state");
+        assert_eq!(state.agent_version.as_deref(), Some("0.2.0"));
+        assert_eq!(state.connectivity, "online");
+        assert_eq!(fleet.take_dirty().len(), 1);
+        assert!(fleet.take_dirty().is_empty());
+        assert!(fleet.mark_silent(Duration::from_secs(60)).is_empty());
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(fleet.mark_silent(Duration::from_millis(10)).len(), 1);
+        assert!(
+            fleet.mark_silent(Duration::from_millis(10)).is_empty(),
+            "once"
+        );
+        assert_eq!(fleet.get(agent).expect("state").connectivity, "offline");
+        fleet.record_batch(agent, None, 5, None);
+        assert_eq!(fleet.get(agent).expect("state").connectivity, "online");
+        assert_eq!(fleet.get(agent).expect("state").spool_batches, Some(3));
     }
 }

@@ -10,7 +10,10 @@
 //! Schema: typed keyword fields for the fields the data path relies on, `message` and
 //! `event.original` as full text, a JSON field per ECS top-level field set so any nested
 //! ECS field is searchable by its dotted name, and `_source` (the stored event) plus the
-//! provenance of each event (archive offset and batch sequence).
+//! provenance of each event (the id of the agent that signed its batch, the batch sequence
+//! and the archive offset of the batch). The indexer registers its committed offset with
+//! the archive as consumer `indexer`, so retention never deletes what it has not indexed
+//! and ingest can push back when it lags.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -90,11 +93,15 @@ const JSON_ROOTS: &[&str] = &[
     "url",
     "user",
     "user_agent",
+    "yagura",
 ];
 const TIMESTAMP: &str = "@timestamp";
 const SOURCE: &str = "_source";
 const ARCHIVE_OFFSET: &str = "_archive_offset";
 const BATCH_SEQUENCE: &str = "_batch_sequence";
+const BATCH_AGENT: &str = "_batch_agent";
+/// The consumer name the indexer commits its archive offset under.
+pub const INDEXER_CONSUMER: &str = "indexer";
 
 /// The payload written with every commit.
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -129,6 +136,7 @@ fn build_schema() -> Schema {
     builder.add_text_field(SOURCE, TextOptions::default().set_stored());
     builder.add_u64_field(ARCHIVE_OFFSET, INDEXED | FAST | STORED);
     builder.add_u64_field(BATCH_SEQUENCE, STORED);
+    builder.add_text_field(BATCH_AGENT, STRING | STORED);
     builder.build()
 }
 
@@ -187,6 +195,8 @@ fn committed_offset(index: &Index) -> Result<u64> {
 pub struct IndexerStats {
     pub events_indexed: std::sync::atomic::AtomicU64,
     pub bad_batches: std::sync::atomic::AtomicU64,
+    /// Events skipped one by one inside otherwise readable batches.
+    pub bad_events: std::sync::atomic::AtomicU64,
     pub indexed_offset: std::sync::atomic::AtomicU64,
 }
 
@@ -237,6 +247,7 @@ impl Indexer {
     ) -> Result<()> {
         let start = committed_offset(self.writer.index())?;
         tracing::info!(archive_offset = start, "indexer resuming");
+        archive.commit_consumer_offset(INDEXER_CONSUMER, start);
         let mut reader = archive.reader(start)?;
         let mut watch = reader.watch();
         let mut uncommitted = false;
@@ -255,6 +266,7 @@ impl Indexer {
             let caught_up = reader.offset() >= reader.committed_end();
             if uncommitted && (stopping || last_commit.elapsed() >= self.commit_interval) {
                 self.commit(reader.offset())?;
+                archive.commit_consumer_offset(INDEXER_CONSUMER, reader.offset());
                 uncommitted = false;
                 last_commit = Instant::now();
             }
@@ -297,9 +309,11 @@ impl Indexer {
     /// and skipped (ingest verified it, so this means a bug or damage, never a reason to
     /// stop indexing everything after it).
     fn add_record(&mut self, record: &Record) {
-        let decoded = SignedBatch::from_bytes(record.batch.clone())
-            .and_then(|b| b.events(self.max_decompressed).map(|e| (b, e)));
-        let (batch, events) = match decoded {
+        let decoded = SignedBatch::from_bytes(record.batch.clone()).and_then(|b| {
+            b.decompressed_payload(self.max_decompressed)
+                .map(|p| (b, p))
+        });
+        let (batch, payload) = match decoded {
             Ok(ok) => ok,
             Err(error) => {
                 self.stats
@@ -309,13 +323,29 @@ impl Indexer {
                 return;
             }
         };
+        // Line by line: one event that does not validate costs itself, not its batch.
+        let mut events = Vec::new();
+        for (index, line) in payload.split(|b| *b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            match Event::from_json_slice(line) {
+                Ok(event) => events.push(event),
+                Err(error) => {
+                    self.stats
+                        .bad_events
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(offset = record.offset, line = index + 1, %error, "archived event skipped by the indexer");
+                }
+            }
+        }
         let ingested = chrono::DateTime::from_timestamp_millis(record.received_at_ms)
             .map(yagura_shared::event::format_timestamp);
         for mut event in events {
             if let Some(ts) = &ingested {
                 event.set_str("event.ingested", ts.clone());
             }
-            match document(&self.schema, &event, record.offset, batch.header().sequence) {
+            match document(&self.schema, &event, record.offset, batch.header()) {
                 Ok(doc) => {
                     if let Err(error) = self.writer.add_document(doc) {
                         tracing::error!(%error, "document not added");
@@ -332,7 +362,12 @@ impl Indexer {
 }
 
 /// The tantivy document for one event and its provenance.
-fn document(schema: &Schema, event: &Event, offset: u64, sequence: u64) -> Result<TantivyDocument> {
+fn document(
+    schema: &Schema,
+    event: &Event,
+    offset: u64,
+    batch: &yagura_shared::BatchHeader,
+) -> Result<TantivyDocument> {
     let mut doc = TantivyDocument::default();
     if let Some(ts) = event.timestamp() {
         let micros = ts.timestamp_micros();
@@ -371,13 +406,16 @@ fn document(schema: &Schema, event: &Event, offset: u64, sequence: u64) -> Resul
     }
     doc.add_text(field(schema, SOURCE)?, event.to_json_line());
     doc.add_u64(field(schema, ARCHIVE_OFFSET)?, offset);
-    doc.add_u64(field(schema, BATCH_SEQUENCE)?, sequence);
+    doc.add_u64(field(schema, BATCH_SEQUENCE)?, batch.sequence);
+    doc.add_text(field(schema, BATCH_AGENT)?, batch.agent_id.to_string());
     Ok(doc)
 }
 
 /// Where an indexed event came from: the archived, signed batch that carried it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Provenance {
+    /// The agent whose key signed the batch (not merely the `agent.id` the event claims).
+    pub agent_id: String,
     pub archive_offset: u64,
     pub batch_sequence: u64,
 }
@@ -470,24 +508,31 @@ impl EventIndex {
         let top = TopDocs::with_limit(request.limit.max(1))
             .order_by_fast_field::<tantivy::DateTime>(TIMESTAMP, order);
         let (total, docs) = searcher.search(&query, &(Count, top))?;
-        let source = field(&schema, SOURCE)?;
-        let offset_field = field(&schema, ARCHIVE_OFFSET)?;
-        let sequence_field = field(&schema, BATCH_SEQUENCE)?;
         let mut hits = Vec::with_capacity(docs.len());
         for (_, address) in docs.into_iter().take(request.limit) {
-            hits.push(self.hit(&searcher, address, source, offset_field, sequence_field)?);
+            hits.push(self.hit(&searcher, address)?);
         }
         Ok(SearchResult { total, hits })
     }
 
-    fn hit(
-        &self,
-        searcher: &tantivy::Searcher,
-        address: DocAddress,
-        source: Field,
-        offset: Field,
-        sequence: Field,
-    ) -> Result<Hit> {
+    /// Every indexed copy of the event with this `event.id` (normally one).
+    pub fn find_event(&self, event_id: &str) -> Result<Vec<Hit>> {
+        let schema = self.index.schema();
+        let term = Term::from_field_text(field(&schema, "event.id")?, event_id);
+        let query = tantivy::query::TermQuery::new(term, tantivy::schema::IndexRecordOption::Basic);
+        let searcher = self.reader.searcher();
+        let docs = searcher.search(&query, &TopDocs::with_limit(16).order_by_score())?;
+        docs.into_iter()
+            .map(|(_, address)| self.hit(&searcher, address))
+            .collect()
+    }
+
+    fn hit(&self, searcher: &tantivy::Searcher, address: DocAddress) -> Result<Hit> {
+        let schema = self.index.schema();
+        let source = field(&schema, SOURCE)?;
+        let offset = field(&schema, ARCHIVE_OFFSET)?;
+        let sequence = field(&schema, BATCH_SEQUENCE)?;
+        let agent = field(&schema, BATCH_AGENT)?;
         let doc: TantivyDocument = searcher.doc(address)?;
         let event = doc
             .get_first(source)
@@ -497,6 +542,11 @@ impl EventIndex {
         Ok(Hit {
             event,
             provenance: Provenance {
+                agent_id: doc
+                    .get_first(agent)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
                 archive_offset: doc.get_first(offset).and_then(|v| v.as_u64()).unwrap_or(0),
                 batch_sequence: doc
                     .get_first(sequence)
@@ -543,6 +593,52 @@ mod tests {
             .expect("search")
     }
 
+    /// An archived batch holding one invalid event (only a buggy or hostile agent signs
+    /// one) loses that event alone; the rest of the batch is indexed and counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_invalid_event_costs_itself_not_its_batch() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = uuid::Uuid::now_v7();
+        let archive = std::sync::Arc::new(
+            SegmentArchive::open(&dir.path().join("archive"), 1 << 20).expect("archive"),
+        );
+        let mut batch_events = events(2, 0);
+        let mut no_id = batch_events[0].as_map().clone();
+        no_id.remove("event");
+        batch_events.insert(1, Event::from_map(no_id));
+        let batch = SignedBatch::seal(&key, agent, 1, Utc::now(), &batch_events).expect("seal");
+        archive
+            .append(agent, 1, batch.into_bytes())
+            .await
+            .expect("append");
+        let (indexer, search_index) = Indexer::open(
+            &dir.path().join("index"),
+            20_000_000,
+            Duration::from_millis(50),
+            1 << 24,
+        )
+        .expect("open");
+        let stats = indexer.stats();
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let shared = std::sync::Arc::clone(&archive);
+        let task = tokio::task::spawn_blocking(move || indexer.run(shared.as_ref(), runtime, stop));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel.cancel();
+        task.await.expect("join").expect("indexer");
+        assert_eq!(search(&search_index, "*").total, 2);
+        assert_eq!(
+            stats.bad_events.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            stats.bad_batches.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn indexes_the_archive_and_resumes_from_the_commit_payload() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -585,6 +681,15 @@ mod tests {
         assert_eq!(search(&search1, "source.ip:10.1.2.3").total, 30);
         let hit = &search(&search1, "\"line 25\"").hits[0];
         assert_eq!(hit.provenance.batch_sequence, 2);
+        assert_eq!(hit.provenance.agent_id, agent.to_string());
+        let event_id = hit.event["event"]["id"].as_str().expect("id");
+        let found = search1.find_event(event_id).expect("find");
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[0].provenance.archive_offset,
+            hit.provenance.archive_offset
+        );
+        assert!(archive.min_consumer_offset().is_some_and(|o| o > 0));
         assert!(hit.event["event"]["ingested"].is_string());
         drop(search1);
         // More batches, then a second indexer run: it starts at the payload offset, so
@@ -610,8 +715,15 @@ mod tests {
         for minutes_ago in [120i64, 30, 5] {
             let mut e = Event::new(now - chrono::Duration::minutes(minutes_ago));
             e.set_str("message", format!("{minutes_ago} minutes ago"));
+            let header = yagura_shared::BatchHeader {
+                agent_id: uuid::Uuid::nil(),
+                sequence: 1,
+                created_at_ms: 0,
+                event_count: 1,
+                payload_sha256: [0; 32],
+            };
             writer
-                .add_document(document(&schema, &e, 0, 1).expect("doc"))
+                .add_document(document(&schema, &e, 0, &header).expect("doc"))
                 .expect("add");
         }
         writer.commit().expect("commit");

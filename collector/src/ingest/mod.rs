@@ -1,19 +1,44 @@
 //! Ingest: the checks a batch passes before the collector takes responsibility for it.
 //!
-//! In order: structure (400), agent known and active (401), payload hash and signature
-//! (401), replay (acknowledged again, stored never twice), payload decompression under a
-//! hard limit (413) and event validation (400), then the append to the archive, which
-//! returns only once the batch is durable. Only then does the agent get its ack, so a batch
-//! is either acknowledged and on disk, or not acknowledged and still in the agent's spool.
+//! In order, each with its own answer (the HTTP layer has already refused a body larger
+//! than `max_body_bytes` from its `Content-Length`, before reading it, with 413):
+//!
+//! 1. **Backpressure** — when the slowest archive consumer (the indexer) is more than
+//!    `max_consumer_lag_bytes` behind, 429 with `Retry-After`; nothing is read.
+//! 2. **Envelope** — structure of the signed batch (400).
+//! 3. **Agent** — known (401), not revoked (401), not the collector's own identity (401).
+//! 4. **Signature** — payload hash and Ed25519 signature (401).
+//! 5. **Clock** — creation time within `max_batch_age` in the past and
+//!    `max_clock_ahead` in the future (400, the skew in the detail). The past bound is
+//!    generous on purpose: an agent re-sends batches it sealed before an outage.
+//! 6. **Sequence** — a sequence already archived is acknowledged again (`duplicate`) and
+//!    stored never twice; a sequence *below* the last one is also raised as a `replay`
+//!    security event (an agent only ever re-sends its oldest unacknowledged batch).
+//! 7. **Rate** — per-agent token bucket in events per second (429, `Retry-After`).
+//! 8. **Payload** — decompression under `min(max_decompressed_bytes, ratio × compressed)`
+//!    (decompression bomb: 413), zstd and NDJSON (400), every event valid and naming this
+//!    agent (400), count as declared (400).
+//! 9. **Archive** — append and fsync; a sequence above `last + 1` is accepted and the
+//!    missing range raised as a `yagura.collector.gap` event.
+//!
+//! Only then does the agent get its ack, so a batch is either acknowledged and on disk, or
+//! not acknowledged and still in the agent's spool. Every refusal that smells of an attack
+//! is reported to [`CollectorEvents`] (security events, aggregated there).
 
-use std::sync::Arc;
+mod payload;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use uuid::Uuid;
 use yagura_shared::{BatchError, SignedBatch};
 
 use crate::archive::{Appended, Archive};
-use crate::fleet::AgentRegistry;
+use crate::collector_events::{CollectorEvents, SecurityReport};
+use crate::fleet::{AgentRegistry, FleetState, Heartbeat};
 
 /// Limits applied to every batch.
 #[derive(Debug, Clone, Copy)]
@@ -22,21 +47,48 @@ pub struct IngestLimits {
     pub max_body_bytes: usize,
     /// Largest decompressed payload: guards against decompression bombs.
     pub max_decompressed_bytes: usize,
+    /// Largest ratio of decompressed to compressed payload size.
+    pub max_decompression_ratio: u32,
+    /// How old a batch's creation time may be.
+    pub max_batch_age: Duration,
+    /// How far in the future a batch's creation time may be.
+    pub max_clock_ahead: Duration,
+    /// Sustained events per second per agent; 0 turns the per-agent limit off.
+    pub agent_events_per_second: u32,
+    /// Events an agent may send in a burst above its sustained rate.
+    pub agent_burst_events: u32,
+    /// Archive bytes the slowest consumer may lag before ingest answers 429; 0 = no limit.
+    pub max_consumer_lag_bytes: u64,
 }
 
 /// Why a batch was refused; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum Rejection {
+    /// 400.
     #[error("{0}")]
     Malformed(String),
+    /// 400, the skew in the detail.
+    #[error("{0}")]
+    ClockSkew(String),
+    /// 401.
     #[error("unknown agent {0}")]
     UnknownAgent(Uuid),
-    #[error("agent {0} is not active")]
-    InactiveAgent(Uuid),
+    /// 401.
+    #[error("agent {0} is revoked")]
+    RevokedAgent(Uuid),
+    /// 401.
     #[error("batch does not verify: {0}")]
     Unverified(String),
+    /// 413.
     #[error("{0}")]
     TooLarge(String),
+    /// 429 with `Retry-After`.
+    #[error("{detail}")]
+    SlowDown {
+        detail: String,
+        retry_after_seconds: u64,
+    },
+    /// 503 with `Retry-After`.
     #[error("collector cannot store batches right now: {0}")]
     Unavailable(String),
 }
@@ -48,19 +100,75 @@ pub struct Ack {
     pub sequence: u64,
 }
 
+struct TokenBucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    /// Refills at `rate` per second up to `capacity`, then takes `cost` tokens; or says
+    /// in how many whole seconds (at least 1) enough tokens will be there.
+    fn take(&mut self, cost: f64, rate: f64, capacity: f64, now: Instant) -> Result<(), u64> {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(capacity);
+        self.updated = now;
+        let cost = cost.min(capacity);
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            return Ok(());
+        }
+        Err(((cost - self.tokens) / rate).ceil().max(1.0) as u64)
+    }
+}
+
+/// `Err` with the skew in words when `created_at_ms` is outside the allowed window.
+fn clock_skew(
+    created_at_ms: i64,
+    now_ms: i64,
+    max_age: Duration,
+    max_ahead: Duration,
+) -> Result<(), String> {
+    let skew_ms = created_at_ms.saturating_sub(now_ms);
+    let max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+    let max_ahead_ms = i64::try_from(max_ahead.as_millis()).unwrap_or(i64::MAX);
+    if skew_ms < -max_age_ms || skew_ms > max_ahead_ms {
+        return Err(format!(
+            "batch creation time is {:.1} s {} the collector's clock; allowed: {} s in the past, \
+             {} s in the future",
+            skew_ms.unsigned_abs() as f64 / 1000.0,
+            if skew_ms < 0 { "behind" } else { "ahead of" },
+            max_age.as_secs(),
+            max_ahead.as_secs()
+        ));
+    }
+    Ok(())
+}
+
 /// Verifies batches and appends them to the archive.
 pub struct BatchIngest<A: Archive> {
     archive: Arc<A>,
     agents: AgentRegistry,
+    fleet: FleetState,
+    events: CollectorEvents,
     limits: IngestLimits,
+    buckets: Mutex<HashMap<Uuid, TokenBucket>>,
 }
 
 impl<A: Archive> BatchIngest<A> {
-    pub fn new(archive: Arc<A>, agents: AgentRegistry, limits: IngestLimits) -> Self {
+    pub fn new(
+        archive: Arc<A>,
+        agents: AgentRegistry,
+        fleet: FleetState,
+        events: CollectorEvents,
+        limits: IngestLimits,
+    ) -> Self {
         BatchIngest {
             archive,
             agents,
+            fleet,
+            events,
             limits,
+            buckets: Mutex::default(),
         }
     }
 
@@ -68,56 +176,155 @@ impl<A: Archive> BatchIngest<A> {
         self.limits
     }
 
-    /// Runs every check on `body` and archives it; returns the ack to send.
-    pub async fn ingest(&self, body: Vec<u8>) -> Result<Ack, Rejection> {
-        let batch =
-            SignedBatch::from_bytes(body).map_err(|e| Rejection::Malformed(e.to_string()))?;
+    /// Where refusals are reported (the API reports the ones it makes itself there too).
+    pub fn collector_events(&self) -> &CollectorEvents {
+        &self.events
+    }
+
+    fn refuse(
+        &self,
+        action: &'static str,
+        peer: Option<IpAddr>,
+        agent: Option<Uuid>,
+        rejection: Rejection,
+    ) -> Rejection {
+        self.events.security(SecurityReport {
+            action,
+            peer,
+            claimed_agent: agent,
+            reason: rejection.to_string(),
+        });
+        rejection
+    }
+
+    /// Runs every check on `body` (sent from `peer`) and archives it; returns the ack.
+    pub async fn ingest(&self, body: Vec<u8>, peer: Option<IpAddr>) -> Result<Ack, Rejection> {
+        self.check_backpressure()?;
+        let batch = SignedBatch::from_bytes(body).map_err(|e| {
+            self.refuse(
+                "malformed_batch",
+                peer,
+                None,
+                Rejection::Malformed(e.to_string()),
+            )
+        })?;
         let header = batch.header().clone();
+        let claimed = Some(header.agent_id);
         let agent = self
             .agents
             .get(header.agent_id)
             .await
             .map_err(|e| Rejection::Unavailable(e.to_string()))?
-            .ok_or(Rejection::UnknownAgent(header.agent_id))?;
-        if !agent.record.is_active() {
-            return Err(Rejection::InactiveAgent(header.agent_id));
+            .ok_or_else(|| {
+                self.refuse(
+                    "unknown_agent",
+                    peer,
+                    claimed,
+                    Rejection::UnknownAgent(header.agent_id),
+                )
+            })?;
+        if agent.record.is_collector() {
+            return Err(self.refuse(
+                "impersonated_collector",
+                peer,
+                claimed,
+                Rejection::Unverified("this identity only signs inside the collector".into()),
+            ));
         }
-        batch
-            .verify(&agent.key)
-            .map_err(|e| Rejection::Unverified(e.to_string()))?;
-        if self
-            .archive
-            .last_sequence(header.agent_id)
-            .is_some_and(|last| header.sequence <= last)
+        if !agent.record.is_active() {
+            return Err(self.refuse(
+                "revoked_agent",
+                peer,
+                claimed,
+                Rejection::RevokedAgent(header.agent_id),
+            ));
+        }
+        batch.verify(&agent.key).map_err(|e| {
+            let action = match e {
+                BatchError::PayloadHashMismatch => "payload_hash_mismatch",
+                _ => "bad_signature",
+            };
+            self.refuse(action, peer, claimed, Rejection::Unverified(e.to_string()))
+        })?;
+        self.check_clock(header.created_at_ms)
+            .map_err(|r| self.refuse("clock_skew", peer, claimed, r))?;
+        if let Some(last) = self.archive.last_sequence(header.agent_id)
+            && header.sequence <= last
         {
+            if header.sequence < last {
+                self.events.security(SecurityReport {
+                    action: "replay",
+                    peer,
+                    claimed_agent: claimed,
+                    reason: format!(
+                        "sequence {} replayed after {last} was archived; acknowledged, not stored",
+                        header.sequence
+                    ),
+                });
+            }
+            self.fleet
+                .record_batch(header.agent_id, peer, header.sequence, None);
             return Ok(Ack {
                 status: "duplicate",
                 sequence: header.sequence,
             });
         }
-        let events = batch
-            .events(self.limits.max_decompressed_bytes)
-            .map_err(|e| match e {
-                BatchError::TooLarge { .. } => Rejection::TooLarge(e.to_string()),
-                other => Rejection::Malformed(other.to_string()),
-            })?;
+        self.take_rate_tokens(header.agent_id, header.event_count)?;
+        let compressed = batch.payload().len();
+        let ratio_limit = compressed
+            .saturating_mul(self.limits.max_decompression_ratio as usize)
+            .max(64 * 1024);
+        let limit = self.limits.max_decompressed_bytes.min(ratio_limit);
         let agent_id = header.agent_id.to_string();
-        if let Some(line) = events
-            .iter()
-            .position(|e| e.agent_id().is_some_and(|id| id != agent_id))
-        {
-            return Err(Rejection::Malformed(format!(
-                "event on payload line {} names another agent than the batch",
-                line + 1
-            )));
-        }
-        match self
+        let ndjson = batch
+            .decompressed_payload(limit)
+            .map_err(|e| self.payload_refusal(e, compressed, limit, peer, claimed))?;
+        let heartbeat = match payload::validate_fast(&ndjson, header.event_count, &agent_id) {
+            Some(verdict) => verdict
+                .heartbeats
+                .iter()
+                .rev()
+                .find_map(Heartbeat::from_event),
+            None => {
+                // The full check decides, with its precise error.
+                let events = batch
+                    .events(limit)
+                    .map_err(|e| self.payload_refusal(e, compressed, limit, peer, claimed))?;
+                if let Some(line) = events
+                    .iter()
+                    .position(|e| e.agent_id().is_some_and(|id| id != agent_id))
+                {
+                    return Err(self.refuse(
+                        "foreign_agent_events",
+                        peer,
+                        claimed,
+                        Rejection::Malformed(format!(
+                            "event on payload line {} names another agent than the batch",
+                            line + 1
+                        )),
+                    ));
+                }
+                events.iter().rev().find_map(Heartbeat::from_event)
+            }
+        };
+        drop(ndjson);
+        let appended = self
             .archive
             .append(header.agent_id, header.sequence, batch.into_bytes())
             .await
-            .map_err(|e| Rejection::Unavailable(e.to_string()))?
-        {
-            Appended::Accepted { offset } => {
+            .map_err(|e| Rejection::Unavailable(e.to_string()))?;
+        self.fleet
+            .record_batch(header.agent_id, peer, header.sequence, heartbeat);
+        match appended {
+            Appended::Accepted {
+                offset,
+                previous_sequence,
+            } => {
+                let expected = previous_sequence.unwrap_or(0) + 1;
+                if header.sequence > expected {
+                    self.events
+                        .gap(header.agent_id, expected, header.sequence - 1, peer);
+                }
                 tracing::debug!(agent = %header.agent_id, sequence = header.sequence, offset, "batch archived");
                 Ok(Ack {
                     status: "accepted",
@@ -129,5 +336,127 @@ impl<A: Archive> BatchIngest<A> {
                 sequence: header.sequence,
             }),
         }
+    }
+
+    fn payload_refusal(
+        &self,
+        error: BatchError,
+        compressed: usize,
+        limit: usize,
+        peer: Option<IpAddr>,
+        claimed: Option<Uuid>,
+    ) -> Rejection {
+        match error {
+            BatchError::TooLarge { .. } => self.refuse(
+                "decompression_bomb",
+                peer,
+                claimed,
+                Rejection::TooLarge(format!(
+                    "payload of {compressed} compressed bytes decompresses past {limit} bytes \
+                     (limits: {} bytes, ratio {})",
+                    self.limits.max_decompressed_bytes, self.limits.max_decompression_ratio
+                )),
+            ),
+            other => self.refuse(
+                "invalid_payload",
+                peer,
+                claimed,
+                Rejection::Malformed(other.to_string()),
+            ),
+        }
+    }
+
+    fn check_backpressure(&self) -> Result<(), Rejection> {
+        if self.limits.max_consumer_lag_bytes == 0 {
+            return Ok(());
+        }
+        let Some(slowest) = self.archive.min_consumer_offset() else {
+            return Ok(());
+        };
+        let end = *self.archive.committed().borrow();
+        let lag = end.saturating_sub(slowest);
+        if lag > self.limits.max_consumer_lag_bytes {
+            return Err(Rejection::SlowDown {
+                detail: format!(
+                    "the indexer is {lag} archive bytes behind (limit {}); retry later",
+                    self.limits.max_consumer_lag_bytes
+                ),
+                retry_after_seconds: 2,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_clock(&self, created_at_ms: i64) -> Result<(), Rejection> {
+        clock_skew(
+            created_at_ms,
+            chrono::Utc::now().timestamp_millis(),
+            self.limits.max_batch_age,
+            self.limits.max_clock_ahead,
+        )
+        .map_err(Rejection::ClockSkew)
+    }
+
+    /// Takes `events` tokens from the agent's bucket, or says when to come back.
+    fn take_rate_tokens(&self, agent: Uuid, events: u32) -> Result<(), Rejection> {
+        let rate = f64::from(self.limits.agent_events_per_second);
+        if rate <= 0.0 {
+            return Ok(());
+        }
+        let capacity = f64::from(self.limits.agent_burst_events.max(1)).max(rate);
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let bucket = buckets.entry(agent).or_insert(TokenBucket {
+            tokens: capacity,
+            updated: now,
+        });
+        let Err(wait) = bucket.take(f64::from(events.max(1)), rate, capacity, now) else {
+            return Ok(());
+        };
+        Err(Rejection::SlowDown {
+            detail: format!(
+                "agent {agent} is over its rate of {} events/s; retry in {wait} s",
+                self.limits.agent_events_per_second
+            ),
+            retry_after_seconds: wait,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_allows_bursts_then_says_when_to_retry() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket {
+            tokens: 2_000.0,
+            updated: start,
+        };
+        assert_eq!(bucket.take(1_000.0, 1_000.0, 2_000.0, start), Ok(()));
+        assert_eq!(bucket.take(1_000.0, 1_000.0, 2_000.0, start), Ok(()));
+        assert_eq!(bucket.take(1_500.0, 1_000.0, 2_000.0, start), Err(2));
+        let later = start + Duration::from_millis(1_500);
+        assert_eq!(bucket.take(1_500.0, 1_000.0, 2_000.0, later), Ok(()));
+        // A batch larger than the burst is not refused forever.
+        let much_later = later + Duration::from_secs(10);
+        assert_eq!(bucket.take(9_000.0, 1_000.0, 2_000.0, much_later), Ok(()));
+    }
+
+    #[test]
+    fn clock_window_is_generous_in_the_past_and_tight_ahead() {
+        let now = 1_800_000_000_000i64;
+        let week = Duration::from_secs(7 * 86_400);
+        let five_minutes = Duration::from_secs(300);
+        assert!(clock_skew(now - 6 * 86_400_000, now, week, five_minutes).is_ok());
+        assert!(clock_skew(now + 60_000, now, week, five_minutes).is_ok());
+        let old = clock_skew(now - 8 * 86_400_000, now, week, five_minutes).expect_err("old");
+        assert!(old.contains("691200.0 s behind"), "{old}");
+        let ahead = clock_skew(now + 600_000, now, week, five_minutes).expect_err("ahead");
+        assert!(ahead.contains("600.0 s ahead of"), "{ahead}");
+        assert!(clock_skew(i64::MIN, now, week, five_minutes).is_err());
     }
 }

@@ -1,10 +1,11 @@
-//! The collector's state database (agents, tokens), through sqlx.
+//! The collector's state database (agents, tokens, fleet state), through sqlx.
 //!
 //! SQLite in the data directory is the embedded default. Queries are written in the
 //! common subset of SQLite and PostgreSQL so that a PostgreSQL URL can take its place.
 //! Secrets are never stored: tokens are kept as their SHA-256 (they are 256-bit random
 //! values, so a fast hash is enough; passwords, later, get Argon2id).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -50,21 +51,76 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// An enrolled agent.
+/// Labels (`key=value`) put on an enrollment token and copied to its agents.
+pub type Labels = BTreeMap<String, String>;
+
+/// The `kind` of the collector's own signing identity in the agents table.
+pub const COLLECTOR_KIND: &str = "collector";
+
+/// An enrolled agent (or, with `kind == "collector"`, the collector's own identity).
 #[derive(Debug, Clone)]
 pub struct AgentRecord {
     pub id: Uuid,
     pub public_key: String,
     pub hostname: String,
     pub version: String,
+    /// `active` or `revoked`.
     pub status: String,
     pub enrolled_at: String,
+    /// `agent` or `collector`.
+    pub kind: String,
+    pub labels: Labels,
+    pub revoked_at: Option<String>,
 }
 
 impl AgentRecord {
     pub fn is_active(&self) -> bool {
         self.status == "active"
     }
+
+    /// The collector's own identity: never accepted from the network.
+    pub fn is_collector(&self) -> bool {
+        self.kind == COLLECTOR_KIND
+    }
+}
+
+/// Fleet state of one agent as persisted by the fleet monitor.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AgentState {
+    pub agent_id: Uuid,
+    pub last_seen_at: String,
+    pub last_peer: String,
+    pub last_sequence: u64,
+    /// `online` or `offline`.
+    pub connectivity: String,
+    pub agent_version: Option<String>,
+    pub uptime_seconds: Option<u64>,
+    pub spool_batches: Option<u64>,
+    pub spool_bytes: Option<u64>,
+    pub lag_bytes: Option<u64>,
+    pub heartbeat_at: Option<String>,
+}
+
+/// What a revoke found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    Revoked,
+    AlreadyRevoked,
+    NotFound,
+    /// The collector's own identity cannot be revoked.
+    Refused,
+}
+
+/// `SELECT <every agent column> FROM agents <rest>`, as a static string (sqlx refuses
+/// dynamic SQL).
+macro_rules! select_agents {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, public_key, hostname, version, status, enrolled_at, kind, labels, \
+             revoked_at FROM agents ",
+            $rest
+        )
+    };
 }
 
 /// Why an enrollment token was refused. Deliberately one message to the client.
@@ -141,18 +197,27 @@ impl Store {
         Ok(row.map(|r| r.try_get("name")).transpose()?)
     }
 
-    /// Creates an enrollment token valid for `ttl` and `uses` enrollments.
-    pub async fn create_enrollment_token(&self, ttl: Duration, uses: u32) -> Result<Secret> {
+    /// Creates an enrollment token valid for `ttl` and `uses` enrollments; every agent
+    /// enrolled with it gets `labels`.
+    pub async fn create_enrollment_token(
+        &self,
+        ttl: Duration,
+        uses: u32,
+        labels: &Labels,
+    ) -> Result<Secret> {
         let token = new_token("yge_")?;
         let now = Utc::now();
+        let labels =
+            serde_json::to_string(labels).map_err(|e| StoreError::Invalid(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO enrollment_tokens (token_hash, created_at, expires_at, uses_left) \
-             VALUES ($1, $2, $3, $4)",
+            "INSERT INTO enrollment_tokens (token_hash, created_at, expires_at, uses_left, labels) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(token_hash(token.expose()))
         .bind(now.to_rfc3339())
         .bind((now + ttl).to_rfc3339())
         .bind(i64::from(uses))
+        .bind(labels)
         .execute(&self.pool)
         .await?;
         Ok(token)
@@ -168,7 +233,7 @@ impl Store {
     ) -> Result<std::result::Result<AgentRecord, TokenRefusal>> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "SELECT expires_at, uses_left FROM enrollment_tokens WHERE token_hash = $1",
+            "SELECT expires_at, uses_left, labels FROM enrollment_tokens WHERE token_hash = $1",
         )
         .bind(token_hash(token))
         .fetch_optional(&mut *tx)
@@ -183,6 +248,8 @@ impl Store {
             return Ok(Err(TokenRefusal::Expired));
         }
         let uses_left: i64 = row.try_get("uses_left")?;
+        let labels: String = row.try_get("labels")?;
+        let labels = parse_labels(&labels)?;
         if uses_left <= 0 {
             return Ok(Err(TokenRefusal::UsedUp));
         }
@@ -197,40 +264,153 @@ impl Store {
             version: version.to_string(),
             status: "active".into(),
             enrolled_at: Utc::now().to_rfc3339(),
+            kind: "agent".into(),
+            labels,
+            revoked_at: None,
         };
-        sqlx::query(
-            "INSERT INTO agents (id, public_key, hostname, version, status, enrolled_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(agent.id.to_string())
-        .bind(&agent.public_key)
-        .bind(&agent.hostname)
-        .bind(&agent.version)
-        .bind(&agent.status)
-        .bind(&agent.enrolled_at)
-        .execute(&mut *tx)
-        .await?;
+        insert_agent(&mut tx, &agent).await?;
         tx.commit().await?;
         Ok(Ok(agent))
     }
 
-    pub async fn agent(&self, id: Uuid) -> Result<Option<AgentRecord>> {
-        let row = sqlx::query(
-            "SELECT id, public_key, hostname, version, status, enrolled_at FROM agents WHERE id = $1",
-        )
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
+    /// The collector's own signing identity: registered at first start with
+    /// `public_key`, found again at every later start. A stored identity whose key differs
+    /// from the key file is an error (the key file was replaced or the database swapped).
+    pub async fn collector_identity(&self, public_key: &str, version: &str) -> Result<AgentRecord> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(select_agents!(
+            "WHERE kind = $1 ORDER BY enrolled_at LIMIT 1"
+        ))
+        .bind(COLLECTOR_KIND)
+        .fetch_optional(&mut *tx)
         .await?;
+        if let Some(row) = row {
+            let record = agent_from_row(&row)?;
+            if record.public_key != public_key {
+                return Err(StoreError::Invalid(format!(
+                    "the collector identity {} in the database has another public key than \
+                     the collector key file",
+                    record.id
+                )));
+            }
+            return Ok(record);
+        }
+        let record = AgentRecord {
+            id: Uuid::now_v7(),
+            public_key: public_key.to_string(),
+            hostname: "yagura-collector".into(),
+            version: version.to_string(),
+            status: "active".into(),
+            enrolled_at: Utc::now().to_rfc3339(),
+            kind: COLLECTOR_KIND.into(),
+            labels: Labels::new(),
+            revoked_at: None,
+        };
+        insert_agent(&mut tx, &record).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// Marks an agent revoked; its batches are refused from then on.
+    pub async fn revoke_agent(&self, id: Uuid) -> Result<RevokeOutcome> {
+        let Some(agent) = self.agent(id).await? else {
+            return Ok(RevokeOutcome::NotFound);
+        };
+        if agent.is_collector() {
+            return Ok(RevokeOutcome::Refused);
+        }
+        if !agent.is_active() {
+            return Ok(RevokeOutcome::AlreadyRevoked);
+        }
+        sqlx::query("UPDATE agents SET status = 'revoked', revoked_at = $1 WHERE id = $2")
+            .bind(Utc::now().to_rfc3339())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(RevokeOutcome::Revoked)
+    }
+
+    pub async fn agent(&self, id: Uuid) -> Result<Option<AgentRecord>> {
+        let row = sqlx::query(select_agents!("WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| agent_from_row(&r)).transpose()
     }
 
     pub async fn agents(&self) -> Result<Vec<AgentRecord>> {
+        let rows = sqlx::query(select_agents!("ORDER BY enrolled_at"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    /// Writes the fleet state of these agents (insert or replace), in one transaction.
+    pub async fn save_agent_states(&self, states: &[AgentState]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for s in states {
+            sqlx::query(
+                "INSERT INTO agent_state (agent_id, last_seen_at, last_peer, last_sequence, \
+                 connectivity, agent_version, uptime_seconds, spool_batches, spool_bytes, \
+                 lag_bytes, heartbeat_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (agent_id) DO UPDATE SET last_seen_at = excluded.last_seen_at, \
+                 last_peer = excluded.last_peer, last_sequence = excluded.last_sequence, \
+                 connectivity = excluded.connectivity, agent_version = excluded.agent_version, \
+                 uptime_seconds = excluded.uptime_seconds, spool_batches = excluded.spool_batches, \
+                 spool_bytes = excluded.spool_bytes, lag_bytes = excluded.lag_bytes, \
+                 heartbeat_at = excluded.heartbeat_at",
+            )
+            .bind(s.agent_id.to_string())
+            .bind(&s.last_seen_at)
+            .bind(&s.last_peer)
+            .bind(to_i64(s.last_sequence))
+            .bind(&s.connectivity)
+            .bind(&s.agent_version)
+            .bind(s.uptime_seconds.map(to_i64))
+            .bind(s.spool_batches.map(to_i64))
+            .bind(s.spool_bytes.map(to_i64))
+            .bind(s.lag_bytes.map(to_i64))
+            .bind(&s.heartbeat_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The persisted fleet state of every agent that ever sent a batch.
+    pub async fn agent_states(&self) -> Result<Vec<AgentState>> {
         let rows = sqlx::query(
-            "SELECT id, public_key, hostname, version, status, enrolled_at FROM agents ORDER BY enrolled_at",
+            "SELECT agent_id, last_seen_at, last_peer, last_sequence, connectivity, \
+             agent_version, uptime_seconds, spool_batches, spool_bytes, lag_bytes, heartbeat_at \
+             FROM agent_state",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(agent_from_row).collect()
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("agent_id")?;
+                let opt = |name: &str| -> Result<Option<u64>> {
+                    let v: Option<i64> = row.try_get(name)?;
+                    Ok(v.map(|v| u64::try_from(v).unwrap_or(0)))
+                };
+                let last_sequence: i64 = row.try_get("last_sequence")?;
+                Ok(AgentState {
+                    agent_id: Uuid::parse_str(&id)
+                        .map_err(|e| StoreError::Invalid(format!("agent id: {e}")))?,
+                    last_seen_at: row.try_get("last_seen_at")?,
+                    last_peer: row.try_get("last_peer")?,
+                    last_sequence: u64::try_from(last_sequence).unwrap_or(0),
+                    connectivity: row.try_get("connectivity")?,
+                    agent_version: row.try_get("agent_version")?,
+                    uptime_seconds: opt("uptime_seconds")?,
+                    spool_batches: opt("spool_batches")?,
+                    spool_bytes: opt("spool_bytes")?,
+                    lag_bytes: opt("lag_bytes")?,
+                    heartbeat_at: row.try_get("heartbeat_at")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn close(&self) {
@@ -238,9 +418,44 @@ impl Store {
     }
 }
 
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn parse_labels(text: &str) -> Result<Labels> {
+    serde_json::from_str(text).map_err(|e| StoreError::Invalid(format!("labels: {e}")))
+}
+
+async fn insert_agent(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    agent: &AgentRecord,
+) -> Result<()> {
+    let labels =
+        serde_json::to_string(&agent.labels).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO agents (id, public_key, hostname, version, status, enrolled_at, kind, labels) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(agent.id.to_string())
+    .bind(&agent.public_key)
+    .bind(&agent.hostname)
+    .bind(&agent.version)
+    .bind(&agent.status)
+    .bind(&agent.enrolled_at)
+    .bind(&agent.kind)
+    .bind(labels)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord> {
     let id: String = row.try_get("id")?;
+    let labels: String = row.try_get("labels")?;
     Ok(AgentRecord {
+        kind: row.try_get("kind")?,
+        labels: parse_labels(&labels)?,
+        revoked_at: row.try_get("revoked_at")?,
         id: Uuid::parse_str(&id).map_err(|e| StoreError::Invalid(format!("agent id: {e}")))?,
         public_key: row.try_get("public_key")?,
         hostname: row.try_get("hostname")?,
@@ -289,7 +504,11 @@ mod tests {
     async fn enrollment_tokens_are_use_counted_and_expire() {
         let (_dir, store) = store().await;
         let token = store
-            .create_enrollment_token(Duration::hours(1), 2)
+            .create_enrollment_token(
+                Duration::hours(1),
+                2,
+                &Labels::from([("site".to_string(), "osaka".to_string())]),
+            )
             .await
             .expect("token");
         for _ in 0..2 {
@@ -298,7 +517,8 @@ mod tests {
                 .await
                 .expect("db")
                 .expect("enrolled");
-            assert!(store.agent(agent.id).await.expect("db").is_some());
+            let stored = store.agent(agent.id).await.expect("db").expect("stored");
+            assert_eq!(stored.labels.get("site").map(String::as_str), Some("osaka"));
         }
         let third = store
             .enroll_agent(token.expose(), "pk", "host", "0.1.0")
@@ -306,7 +526,7 @@ mod tests {
             .expect("db");
         assert_eq!(third.err(), Some(TokenRefusal::UsedUp));
         let expired = store
-            .create_enrollment_token(Duration::seconds(-1), 5)
+            .create_enrollment_token(Duration::seconds(-1), 5, &Labels::new())
             .await
             .expect("token");
         let refused = store
@@ -320,5 +540,62 @@ mod tests {
             .expect("db");
         assert_eq!(unknown.err(), Some(TokenRefusal::Unknown));
         assert_eq!(store.agents().await.expect("db").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn revoke_and_collector_identity() {
+        let (_dir, store) = store().await;
+        let token = store
+            .create_enrollment_token(Duration::hours(1), 1, &Labels::new())
+            .await
+            .expect("token");
+        let agent = store
+            .enroll_agent(token.expose(), "pk", "host", "0.1.0")
+            .await
+            .expect("db")
+            .expect("enrolled");
+        assert_eq!(
+            store.revoke_agent(agent.id).await.expect("db"),
+            RevokeOutcome::Revoked
+        );
+        let revoked = store.agent(agent.id).await.expect("db").expect("row");
+        assert!(!revoked.is_active() && revoked.revoked_at.is_some());
+        assert_eq!(
+            store.revoke_agent(agent.id).await.expect("db"),
+            RevokeOutcome::AlreadyRevoked
+        );
+        assert_eq!(
+            store.revoke_agent(Uuid::now_v7()).await.expect("db"),
+            RevokeOutcome::NotFound
+        );
+        let me = store.collector_identity("ck", "1").await.expect("id");
+        assert!(me.is_collector());
+        assert_eq!(
+            store.collector_identity("ck", "1").await.expect("again").id,
+            me.id
+        );
+        assert!(store.collector_identity("other", "1").await.is_err());
+        assert_eq!(
+            store.revoke_agent(me.id).await.expect("db"),
+            RevokeOutcome::Refused
+        );
+        let state = AgentState {
+            agent_id: agent.id,
+            last_seen_at: "2026-11-25T00:00:00Z".into(),
+            last_peer: "127.0.0.1".into(),
+            last_sequence: 9,
+            connectivity: "online".into(),
+            lag_bytes: Some(5),
+            ..AgentState::default()
+        };
+        store
+            .save_agent_states(std::slice::from_ref(&state))
+            .await
+            .expect("save");
+        store
+            .save_agent_states(std::slice::from_ref(&state))
+            .await
+            .expect("save again");
+        assert_eq!(store.agent_states().await.expect("load"), vec![state]);
     }
 }

@@ -1,0 +1,482 @@
+//! `yagura bench agent`: the agent's throughput and footprint, with rsyslog beside it.
+//!
+//! Measures, on one generated file of sshd-like lines (~190 bytes each):
+//! * the limit: a plain sequential read of the file (lines/s, MiB/s);
+//! * Yagura: `yagura-agent` (tail → parse `linux-auth` → durable spool → signed batches)
+//!   shipping to a real `yagura serve` on loopback: wall time until every line is acked,
+//!   the agent's CPU seconds and peak RSS (from `/proc`);
+//! * the peer, when `rsyslogd` is installed: rsyslog's `imfile` → `omfwd` TCP to a counting
+//!   sink on loopback, measured the same way;
+//! * the agent's idle footprint with 50 watched files: RSS and CPU over ten seconds.
+//!
+//! Both binaries are taken from the directory of the running `yagura`, so build with
+//! `cargo build --release --bins` and run `target/release/yagura bench agent`.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct BenchAgentArgs {
+    /// Lines in the generated file.
+    #[arg(long, default_value_t = 1_000_000)]
+    lines: u64,
+    /// Work directory (default: a new one under the system temp dir, removed at the end).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Skip the rsyslog run.
+    #[arg(long)]
+    no_rsyslog: bool,
+}
+
+/// CPU seconds and peak RSS of a process, read from `/proc` while it still runs.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    cpu_seconds: f64,
+    peak_rss_bytes: u64,
+}
+
+fn usage(pid: u32) -> anyhow::Result<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).context("utime")?.parse::<f64>()?
+        + fields.get(12).context("stime")?.parse::<f64>()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Usage {
+        cpu_seconds: ticks / 100.0,
+        peak_rss_bytes: hwm_kib * 1024,
+    })
+}
+
+fn rss_now(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// One sshd-like line of about 190 bytes, varied like real brute-force traffic.
+fn line(i: u64) -> String {
+    let users = [
+        "root", "admin", "oracle", "deploy", "test", "ubuntu", "postgres", "git",
+    ];
+    let user = users[(i % users.len() as u64) as usize];
+    let ip = format!("203.0.{}.{}", (i / 251) % 256, i % 251);
+    let port = 30_000 + (i * 7919) % 30_000;
+    let micros = i % 1_000_000;
+    let body = match i % 4 {
+        0 | 1 => format!("Failed password for invalid user {user} from {ip} port {port} ssh2"),
+        2 => format!("Accepted publickey for {user} from {ip} port {port} ssh2: RSA SHA256:Xq3b"),
+        _ => format!("Connection closed by authenticating user {user} {ip} port {port} [preauth]"),
+    };
+    let mut text = format!(
+        "2026-11-25T08:{:02}:{:02}.{micros:06}+00:00 bench-host sshd[{}]: {body}",
+        (i / 60) % 60,
+        i % 60,
+        1000 + i % 30_000
+    );
+    while text.len() < 189 {
+        text.push_str(" pad");
+    }
+    text
+}
+
+fn generate(path: &Path, lines: u64) -> anyhow::Result<u64> {
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut bytes = 0;
+    for i in 0..lines {
+        let l = line(i);
+        bytes += l.len() as u64 + 1;
+        out.write_all(l.as_bytes())?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(bytes)
+}
+
+struct Figures {
+    name: &'static str,
+    wall: Duration,
+    usage: Option<Usage>,
+}
+
+fn report(f: &Figures, lines: u64, bytes: u64) {
+    let secs = f.wall.as_secs_f64();
+    let mut row = format!(
+        "| {} | {:.0} | {:.1} | {:.2} s |",
+        f.name,
+        lines as f64 / secs,
+        bytes as f64 / secs / (1024.0 * 1024.0),
+        secs
+    );
+    match f.usage {
+        Some(u) => row.push_str(&format!(
+            " {:.2} | {:.1} MiB |",
+            u.cpu_seconds * 1_000_000.0 / lines as f64,
+            u.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+        )),
+        None => row.push_str(" – | – |"),
+    }
+    println!("{row}");
+}
+
+fn sequential_read(path: &Path) -> anyhow::Result<Figures> {
+    let start = Instant::now();
+    let mut reader = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let mut count = 0u64;
+    let mut buf = Vec::with_capacity(512);
+    while reader.read_until(b'\n', &mut buf)? > 0 {
+        count += 1;
+        buf.clear();
+    }
+    std::hint::black_box(count);
+    Ok(Figures {
+        name: "sequential read (limit)",
+        wall: start.elapsed(),
+        usage: None,
+    })
+}
+
+/// A child that is killed when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} not found next to {}: build with `cargo build --release --bins`",
+        name,
+        exe.display()
+    );
+    Ok(path)
+}
+
+fn read_line_with(
+    child: &mut Child,
+    prefix: &str,
+) -> anyhow::Result<(String, std::io::Lines<BufReader<std::process::ChildStdout>>)> {
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return Ok((rest.trim().to_string(), lines));
+        }
+    }
+    bail!("no line starting with {prefix:?}")
+}
+
+fn yagura_run(work: &Path, file: &Path, lines: u64) -> anyhow::Result<Figures> {
+    let yagura = std::env::current_exe()?;
+    let agent_bin = sibling("yagura-agent")?;
+    let cdir = work.join("collector");
+    std::fs::create_dir_all(&cdir)?;
+    let config = cdir.join("collector.toml");
+    std::fs::write(&config, "data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n")?;
+    let mut collector = Command::new(&yagura)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let (url, mut rest) = read_line_with(&mut collector, "yagura collector listening on")?;
+    let fingerprint = rest
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("certificate fingerprint (sha256):")
+                .map(|f| f.trim().to_string())
+        })
+        .context("fingerprint")?;
+    let _collector = Guard(collector);
+    let token = Command::new(&yagura)
+        .args(["agents", "token", "create", "--config"])
+        .arg(&config)
+        .output()?;
+    anyhow::ensure!(token.status.success(), "token create failed");
+    let token = String::from_utf8(token.stdout)?.trim().to_string();
+    let adir = work.join("agent");
+    std::fs::create_dir_all(&adir)?;
+    let agent_config = adir.join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "state_dir = \"{}\"\nhost_name = \"bench-host\"\nheartbeat_interval_seconds = 1\n[ship]\nbatch_max_events = 2000\nbatch_max_wait_ms = 200\n[[sources]]\npaths = [\"{}\"]\ndataset = \"bench.auth\"\nparser = \"linux-auth\"\n",
+            adir.join("state").display(),
+            file.display()
+        ),
+    )?;
+    let enrolled = Command::new(&agent_bin)
+        .args(["enroll", "--config"])
+        .arg(&agent_config)
+        .args([
+            "--collector",
+            &url,
+            "--token",
+            &token,
+            "--fingerprint",
+            &fingerprint,
+        ])
+        .stderr(Stdio::null())
+        .output()?;
+    anyhow::ensure!(enrolled.status.success(), "enroll failed");
+    let start = Instant::now();
+    let agent = Command::new(&agent_bin)
+        .args(["run", "--config"])
+        .arg(&agent_config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = agent.id();
+    let agent = Guard(agent);
+    let status_path = adir.join("state").join("status.json");
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_path)
+            && let Ok(status) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            let read = status["lines_read"].as_u64().unwrap_or(0);
+            let spooled = status["spool_batches"].as_u64().unwrap_or(u64::MAX);
+            if read >= lines && spooled == 0 {
+                break;
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "agent did not finish in 30 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The status file is refreshed every second: the wall time is accurate to that.
+    let wall = start.elapsed();
+    let used = usage(pid)?;
+    drop(agent);
+    Ok(Figures {
+        name: "yagura-agent (linux-auth, spool, signed, HTTPS)",
+        wall,
+        usage: Some(used),
+    })
+}
+
+fn rsyslog_run(work: &Path, file: &Path, lines: u64) -> anyhow::Result<Figures> {
+    let rsyslogd = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .context("rsyslogd is not installed (apt-get install rsyslog)")?;
+    let sink = TcpListener::bind("127.0.0.1:0")?;
+    let port = sink.local_addr()?.port();
+    let received = Arc::new(AtomicU64::new(0));
+    {
+        let received = Arc::clone(&received);
+        std::thread::spawn(move || {
+            for stream in sink.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let received = Arc::clone(&received);
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let lines = buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+                        received.fetch_add(lines, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+    }
+    let rdir = work.join("rsyslog");
+    std::fs::create_dir_all(&rdir)?;
+    let conf = rdir.join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "global(workDirectory=\"{dir}\")\nmodule(load=\"imfile\" mode=\"inotify\")\n\
+             input(type=\"imfile\" File=\"{file}\" Tag=\"bench\" ruleset=\"fwd\" freshStartTail=\"off\")\n\
+             ruleset(name=\"fwd\") {{ action(type=\"omfwd\" target=\"127.0.0.1\" port=\"{port}\" protocol=\"tcp\") }}\n",
+            dir = rdir.display(),
+            file = file.display(),
+        ),
+    )?;
+    let start = Instant::now();
+    let child = Command::new(&rsyslogd)
+        .args(["-n", "-f"])
+        .arg(&conf)
+        .arg("-i")
+        .arg(rdir.join("rsyslogd.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let child = Guard(child);
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while received.load(Ordering::Relaxed) < lines {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "rsyslog did not finish in 30 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wall = start.elapsed();
+    let used = usage(pid)?;
+    drop(child);
+    Ok(Figures {
+        name: "rsyslog imfile → omfwd TCP (no parsing, no spool, no signing)",
+        wall,
+        usage: Some(used),
+    })
+}
+
+/// RSS and CPU share of an idle agent tailing 50 files.
+fn idle_footprint(work: &Path) -> anyhow::Result<(u64, f64)> {
+    let agent_bin = sibling("yagura-agent")?;
+    let yagura = std::env::current_exe()?;
+    let logs = work.join("idle-logs");
+    std::fs::create_dir_all(&logs)?;
+    for i in 0..50 {
+        std::fs::write(
+            logs.join(format!("app{i}.log")),
+            (0..10)
+                .map(|j| format!("{}\n", line(j)))
+                .collect::<String>(),
+        )?;
+    }
+    // An idle agent still needs an enrollment; reuse the bench collector's flow briefly.
+    let cdir = work.join("idle-collector");
+    std::fs::create_dir_all(&cdir)?;
+    let config = cdir.join("collector.toml");
+    std::fs::write(&config, "data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n")?;
+    let mut collector = Command::new(&yagura)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let (url, mut rest) = read_line_with(&mut collector, "yagura collector listening on")?;
+    let fingerprint = rest
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("certificate fingerprint (sha256):")
+                .map(|f| f.trim().to_string())
+        })
+        .context("fingerprint")?;
+    let _collector = Guard(collector);
+    let token = Command::new(&yagura)
+        .args(["agents", "token", "create", "--config"])
+        .arg(&config)
+        .output()?;
+    let token = String::from_utf8(token.stdout)?.trim().to_string();
+    let adir = work.join("idle-agent");
+    std::fs::create_dir_all(&adir)?;
+    let agent_config = adir.join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "state_dir = \"{}\"\n[[sources]]\npaths = [\"{}/*.log\"]\n",
+            adir.join("state").display(),
+            logs.display()
+        ),
+    )?;
+    let enrolled = Command::new(&agent_bin)
+        .args(["enroll", "--config"])
+        .arg(&agent_config)
+        .args([
+            "--collector",
+            &url,
+            "--token",
+            &token,
+            "--fingerprint",
+            &fingerprint,
+        ])
+        .stderr(Stdio::null())
+        .output()?;
+    anyhow::ensure!(enrolled.status.success(), "enroll failed");
+    let agent = Command::new(&agent_bin)
+        .args(["run", "--config"])
+        .arg(&agent_config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = agent.id();
+    let _agent = Guard(agent);
+    std::thread::sleep(Duration::from_secs(5));
+    let before = usage(pid)?;
+    let window = Duration::from_secs(10);
+    std::thread::sleep(window);
+    let after = usage(pid)?;
+    let cpu_share = (after.cpu_seconds - before.cpu_seconds) / window.as_secs_f64();
+    Ok((rss_now(pid), cpu_share))
+}
+
+pub fn run(args: BenchAgentArgs) -> anyhow::Result<()> {
+    let (work, remove) = match args.dir {
+        Some(dir) => (dir, false),
+        None => (
+            std::env::temp_dir().join(format!("yagura-bench-agent-{}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&work)?;
+    let file = work.join("bench.log");
+    let bytes = generate(&file, args.lines)?;
+    println!(
+        "{} lines, {:.1} MiB, {} cores",
+        args.lines,
+        bytes as f64 / (1024.0 * 1024.0),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("| pipeline | lines/s | MiB/s | wall | CPU s per 1M lines | peak RSS |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    report(&sequential_read(&file)?, args.lines, bytes);
+    report(&yagura_run(&work, &file, args.lines)?, args.lines, bytes);
+    if !args.no_rsyslog {
+        match rsyslog_run(&work, &file, args.lines) {
+            Ok(f) => report(&f, args.lines, bytes),
+            Err(e) => println!("| rsyslog | not measured: {e:#} |"),
+        }
+    }
+    let (rss, cpu) = idle_footprint(&work)?;
+    println!(
+        "idle, 50 watched files: RSS {:.1} MiB, CPU {:.2}% of a core",
+        rss as f64 / (1024.0 * 1024.0),
+        cpu * 100.0
+    );
+    if remove {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(())
+}
