@@ -780,6 +780,16 @@ impl Joiner {
             Joiner::Audit(assembler) => assembler.pending_first().map(|l| l.offset),
         }
     }
+
+    /// Forgets the waiting event (its lines will be read again).
+    fn reset(&mut self) {
+        match self {
+            Joiner::Pattern(joiner) => joiner.group = None,
+            Joiner::Audit(assembler) => {
+                let _ = assembler.flush();
+            }
+        }
+    }
 }
 
 /// One line holding an auditd event's records, joined with `\n` (the `auditd` parser
@@ -972,6 +982,41 @@ impl TailedFile {
         if !self.still_same(size)? {
             return Ok(ReadEnd::Truncated);
         }
+        let handed_out = out.len();
+        let end = self.read_available(max_lines, max_line_bytes, out)?;
+        // A copytruncate between the check above and the reads would have handed us the
+        // new content's bytes at the old offsets. Its head tells: then nothing read in
+        // this call is kept, and the old content's rest is read from the rotated copy.
+        if self.head_len > 0
+            && head_hash(&self.file, self.head_len)?.as_ref() != Some(&self.head_hash)
+        {
+            out.truncate(handed_out);
+            let earliest = self
+                .joiner
+                .as_mut()
+                .and_then(|j| {
+                    let pending = j.pending_offset();
+                    j.reset();
+                    pending
+                })
+                .unwrap_or(self.offset);
+            self.offset = self.offset.min(earliest);
+            self.line.clear();
+            self.line_len = 0;
+            self.chunk.clear();
+            self.chunk_pos = 0;
+            return Ok(ReadEnd::Truncated);
+        }
+        Ok(end)
+    }
+
+    /// Reads complete lines until `out` holds `max_lines` or the file is exhausted.
+    fn read_available(
+        &mut self,
+        max_lines: usize,
+        max_line_bytes: usize,
+        out: &mut Vec<Line>,
+    ) -> io::Result<ReadEnd> {
         loop {
             while out.len() < max_lines && self.chunk_pos < self.chunk.len() {
                 let rest = &self.chunk[self.chunk_pos..];

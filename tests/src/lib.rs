@@ -26,6 +26,8 @@ pub fn binaries() -> &'static Binaries {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let mut command = Command::new(cargo);
+        // Inherited, CARGO_MANIFEST_DIR makes build scripts (ring's) see a changed input.
+        command.env_remove("CARGO_MANIFEST_DIR");
         command.current_dir(&workspace).args([
             "build",
             "--bins",
