@@ -194,10 +194,18 @@ fn read_line_with(
     bail!("no line starting with {prefix:?}")
 }
 
-fn yagura_run(work: &Path, file: &Path, lines: u64) -> anyhow::Result<Figures> {
+/// A collector in `work/<name>-collector` and an agent enrolled with it in
+/// `work/<name>-agent`, configured with `agent_toml` (after its `state_dir` line).
+struct BenchStack {
+    _collector: Guard,
+    agent_config: PathBuf,
+    state_dir: PathBuf,
+}
+
+fn start_stack(work: &Path, name: &str, agent_toml: &str) -> anyhow::Result<BenchStack> {
     let yagura = std::env::current_exe()?;
     let agent_bin = sibling("yagura-agent")?;
-    let cdir = work.join("collector");
+    let cdir = work.join(format!("{name}-collector"));
     std::fs::create_dir_all(&cdir)?;
     let config = cdir.join("collector.toml");
     std::fs::write(&config, "data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n")?;
@@ -217,23 +225,20 @@ fn yagura_run(work: &Path, file: &Path, lines: u64) -> anyhow::Result<Figures> {
                 .map(|f| f.trim().to_string())
         })
         .context("fingerprint")?;
-    let _collector = Guard(collector);
+    let collector = Guard(collector);
     let token = Command::new(&yagura)
         .args(["agents", "token", "create", "--config"])
         .arg(&config)
         .output()?;
     anyhow::ensure!(token.status.success(), "token create failed");
     let token = String::from_utf8(token.stdout)?.trim().to_string();
-    let adir = work.join("agent");
+    let adir = work.join(format!("{name}-agent"));
     std::fs::create_dir_all(&adir)?;
+    let state_dir = adir.join("state");
     let agent_config = adir.join("agent.toml");
     std::fs::write(
         &agent_config,
-        format!(
-            "state_dir = \"{}\"\nhost_name = \"bench-host\"\nheartbeat_interval_seconds = 1\n[ship]\nbatch_max_events = 2000\nbatch_max_wait_ms = 200\n[[sources]]\npaths = [\"{}\"]\ndataset = \"bench.auth\"\nparser = \"linux-auth\"\n",
-            adir.join("state").display(),
-            file.display()
-        ),
+        format!("state_dir = \"{}\"\n{agent_toml}", state_dir.display()),
     )?;
     let enrolled = Command::new(&agent_bin)
         .args(["enroll", "--config"])
@@ -249,17 +254,38 @@ fn yagura_run(work: &Path, file: &Path, lines: u64) -> anyhow::Result<Figures> {
         .stderr(Stdio::null())
         .output()?;
     anyhow::ensure!(enrolled.status.success(), "enroll failed");
-    let start = Instant::now();
-    let agent = Command::new(&agent_bin)
+    Ok(BenchStack {
+        _collector: collector,
+        agent_config,
+        state_dir,
+    })
+}
+
+/// Starts `yagura-agent run` for a stack; returns the guard and the pid.
+fn run_agent(stack: &BenchStack) -> anyhow::Result<(Guard, u32)> {
+    let agent = Command::new(sibling("yagura-agent")?)
         .args(["run", "--config"])
-        .arg(&agent_config)
+        .arg(&stack.agent_config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     let pid = agent.id();
-    let agent = Guard(agent);
-    let status_path = adir.join("state").join("status.json");
+    Ok((Guard(agent), pid))
+}
+
+fn yagura_run(work: &Path, file: &Path, lines: u64) -> anyhow::Result<Figures> {
+    let stack = start_stack(
+        work,
+        "throughput",
+        &format!(
+            "host_name = \"bench-host\"\nheartbeat_interval_seconds = 1\n[ship]\nbatch_max_events = 2000\nbatch_max_wait_ms = 200\n[[sources]]\npaths = [\"{}\"]\ndataset = \"bench.auth\"\nparser = \"linux-auth\"\n",
+            file.display()
+        ),
+    )?;
+    let start = Instant::now();
+    let (agent, pid) = run_agent(&stack)?;
+    let status_path = stack.state_dir.join("status.json");
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         if let Ok(text) = std::fs::read_to_string(&status_path)
@@ -360,79 +386,18 @@ fn rsyslog_run(work: &Path, file: &Path, lines: u64) -> anyhow::Result<Figures> 
 
 /// RSS and CPU share of an idle agent tailing 50 files.
 fn idle_footprint(work: &Path) -> anyhow::Result<(u64, f64)> {
-    let agent_bin = sibling("yagura-agent")?;
-    let yagura = std::env::current_exe()?;
     let logs = work.join("idle-logs");
     std::fs::create_dir_all(&logs)?;
     for i in 0..50 {
-        std::fs::write(
-            logs.join(format!("app{i}.log")),
-            (0..10)
-                .map(|j| format!("{}\n", line(j)))
-                .collect::<String>(),
-        )?;
+        let content: String = (0..10).map(|j| format!("{}\n", line(j))).collect();
+        std::fs::write(logs.join(format!("app{i}.log")), content)?;
     }
-    // An idle agent still needs an enrollment; reuse the bench collector's flow briefly.
-    let cdir = work.join("idle-collector");
-    std::fs::create_dir_all(&cdir)?;
-    let config = cdir.join("collector.toml");
-    std::fs::write(&config, "data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n")?;
-    let mut collector = Command::new(&yagura)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let (url, mut rest) = read_line_with(&mut collector, "yagura collector listening on")?;
-    let fingerprint = rest
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.strip_prefix("certificate fingerprint (sha256):")
-                .map(|f| f.trim().to_string())
-        })
-        .context("fingerprint")?;
-    let _collector = Guard(collector);
-    let token = Command::new(&yagura)
-        .args(["agents", "token", "create", "--config"])
-        .arg(&config)
-        .output()?;
-    let token = String::from_utf8(token.stdout)?.trim().to_string();
-    let adir = work.join("idle-agent");
-    std::fs::create_dir_all(&adir)?;
-    let agent_config = adir.join("agent.toml");
-    std::fs::write(
-        &agent_config,
-        format!(
-            "state_dir = \"{}\"\n[[sources]]\npaths = [\"{}/*.log\"]\n",
-            adir.join("state").display(),
-            logs.display()
-        ),
+    let stack = start_stack(
+        work,
+        "idle",
+        &format!("[[sources]]\npaths = [\"{}/*.log\"]\n", logs.display()),
     )?;
-    let enrolled = Command::new(&agent_bin)
-        .args(["enroll", "--config"])
-        .arg(&agent_config)
-        .args([
-            "--collector",
-            &url,
-            "--token",
-            &token,
-            "--fingerprint",
-            &fingerprint,
-        ])
-        .stderr(Stdio::null())
-        .output()?;
-    anyhow::ensure!(enrolled.status.success(), "enroll failed");
-    let agent = Command::new(&agent_bin)
-        .args(["run", "--config"])
-        .arg(&agent_config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let pid = agent.id();
-    let _agent = Guard(agent);
+    let (_agent, pid) = run_agent(&stack)?;
     std::thread::sleep(Duration::from_secs(5));
     let before = usage(pid)?;
     let window = Duration::from_secs(10);

@@ -26,7 +26,7 @@ pub struct RemoteArgs {
 }
 
 impl RemoteArgs {
-    fn client(&self) -> anyhow::Result<reqwest::Client> {
+    pub(super) fn client(&self) -> anyhow::Result<reqwest::Client> {
         let fingerprint = match &self.fingerprint {
             Some(f) => f.clone(),
             None => {

@@ -1,8 +1,5 @@
 //! `yagura search`: the analyst's query from a terminal, through the HTTPS API.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use anyhow::Context as _;
 use clap::Args;
 use serde_json::Value;
@@ -23,36 +20,12 @@ pub struct SearchArgs {
     /// Print each event as one JSON line.
     #[arg(long)]
     json: bool,
-    /// Collector API URL.
-    #[arg(long, env = "YAGURA_URL", default_value = "https://127.0.0.1:8443")]
-    url: String,
-    /// API token (printed at the collector's first start, or `yagura api-token create`).
-    #[arg(long, env = "YAGURA_TOKEN", hide_env_values = true)]
-    token: String,
-    /// SHA-256 fingerprint of the collector certificate; read from the data directory
-    /// when not given.
-    #[arg(long, env = "YAGURA_FINGERPRINT")]
-    fingerprint: Option<String>,
-    /// The collector data directory, to read the certificate from.
-    #[arg(long, default_value = super::up::DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    remote: super::remote::RemoteArgs,
 }
 
 pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
-    let fingerprint = match args.fingerprint {
-        Some(f) => f,
-        None => {
-            let cert = args.data_dir.join("tls").join("collector.crt");
-            yagura_collector::tls::fingerprint_of_pem_file(&cert).with_context(|| {
-                format!(
-                    "no --fingerprint given and {} is not readable",
-                    cert.display()
-                )
-            })?
-        }
-    };
-    let (client, _) = yagura_agent::tls::pinned_client(Some(&fingerprint), Duration::from_secs(60))
-        .context("building the HTTPS client")?;
+    let client = args.remote.client()?;
     let mut query: Vec<(&str, String)> = vec![
         ("q", args.query.clone()),
         ("limit", args.limit.to_string()),
@@ -64,10 +37,10 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
     if let Some(since) = &args.since {
         query.push(("since", since.clone()));
     }
-    let url = format!("{}/api/v1/search", args.url.trim_end_matches('/'));
+    let url = format!("{}/api/v1/search", args.remote.url.trim_end_matches('/'));
     let response = client
         .get(&url)
-        .bearer_auth(&args.token)
+        .bearer_auth(&args.remote.token)
         .query(&query)
         .send()
         .await
