@@ -251,6 +251,30 @@ impl Collector {
         Ok(client)
     }
 
+    /// `POST /api/v1/ingest` with raw batch bytes, as an agent sends them: the status, the
+    /// JSON body (`Null` when there is none) and the content type.
+    pub async fn post_ingest(&self, body: Vec<u8>) -> anyhow::Result<(u16, Value, String)> {
+        let response = self
+            .client()?
+            .post(format!("{}/api/v1/ingest", self.url))
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        Ok((
+            status,
+            response.json().await.unwrap_or(Value::Null),
+            content_type,
+        ))
+    }
+
     /// `GET /api/v1/search`.
     pub async fn search(&self, query: &str, limit: usize) -> anyhow::Result<Value> {
         let response = self

@@ -47,28 +47,6 @@ fn forge(key: &AgentKey, agent: Uuid, sequence: u64, count: u32, payload: &[u8])
     bytes
 }
 
-async fn post(collector: &Collector, body: Vec<u8>) -> anyhow::Result<(u16, Value, String)> {
-    let response = collector
-        .client()?
-        .post(format!("{}/api/v1/ingest", collector.url))
-        .header("content-type", "application/octet-stream")
-        .body(body)
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    Ok((
-        status,
-        response.json().await.unwrap_or(Value::Null),
-        content_type,
-    ))
-}
-
 async fn enroll_key(collector: &Collector, key: &AgentKey, host: &str) -> anyhow::Result<Uuid> {
     let enrolled: Value = collector
         .client()?
@@ -150,7 +128,7 @@ async fn twelve_kinds_of_bad_batch_are_refused_and_raise_security_events() -> an
     // that is revoked below (so its key is cached by the running collector).
     for seq in 1..=2 {
         let good = SignedBatch::seal(&key, agent, seq, now, &events("good-batch", agent, 3))?;
-        let (status, ack, _) = post(&collector, good.into_bytes()).await?;
+        let (status, ack, _) = collector.post_ingest(good.into_bytes()).await?;
         assert_eq!((status, &ack["status"]), (200, &json!("accepted")), "{ack}");
     }
     let before = SignedBatch::seal(
@@ -160,7 +138,7 @@ async fn twelve_kinds_of_bad_batch_are_refused_and_raise_security_events() -> an
         now,
         &events("good-doomed", doomed, 2),
     )?;
-    assert_eq!(post(&collector, before.into_bytes()).await?.0, 200);
+    assert_eq!(collector.post_ingest(before.into_bytes()).await?.0, 200);
     let revoke = {
         let mut args = vec!["agents".to_string(), "revoke".into(), doomed.to_string()];
         args.extend(remote_args(&collector));
@@ -260,7 +238,7 @@ async fn twelve_kinds_of_bad_batch_are_refused_and_raise_security_events() -> an
         ("garbage bytes", garbage, 400),
     ];
     for (name, body, expected) in cases {
-        let (status, answer, content_type) = post(&collector, body).await?;
+        let (status, answer, content_type) = collector.post_ingest(body).await?;
         assert_eq!(status, expected, "{name}: {answer}");
         if expected == 200 {
             assert_eq!(answer["status"], json!("duplicate"), "{name}: {answer}");
@@ -280,7 +258,7 @@ async fn twelve_kinds_of_bad_batch_are_refused_and_raise_security_events() -> an
 
     // A jump from 2 to 5 is accepted and recorded as a gap of 3..=4.
     let jump = SignedBatch::seal(&key, agent, 5, now, &events("good-after-gap", agent, 2))?;
-    assert_eq!(post(&collector, jump.into_bytes()).await?.0, 200);
+    assert_eq!(collector.post_ingest(jump.into_bytes()).await?.0, 200);
 
     let expected: BTreeSet<&str> = [
         "bad_signature",
@@ -417,7 +395,7 @@ async fn torn_archive_tail_is_recovered_with_a_report() -> anyhow::Result<()> {
             chrono::Utc::now(),
             &events("torn-kept", agent, 4),
         )?;
-        assert_eq!(post(&collector, batch.into_bytes()).await?.0, 200);
+        assert_eq!(collector.post_ingest(batch.into_bytes()).await?.0, 200);
     }
     collector
         .wait_for_total("message:\"torn-kept\"", 20, Duration::from_secs(30))
@@ -478,7 +456,7 @@ async fn torn_archive_tail_is_recovered_with_a_report() -> anyhow::Result<()> {
     collector
         .wait_for_total("message:\"torn-kept\"", 20, Duration::from_secs(30))
         .await?;
-    let (status, ack, _) = post(&collector, sixth).await?;
+    let (status, ack, _) = collector.post_ingest(sixth).await?;
     assert_eq!((status, &ack["status"]), (200, &json!("accepted")), "{ack}");
     collector
         .wait_for_total("message:\"torn-lost\"", 4, Duration::from_secs(30))
@@ -621,7 +599,7 @@ async fn heartbeats_update_fleet_state_and_silence_raises_agent_offline() -> any
     beat.set("yagura.agent.spool.bytes", json!(654_321));
     beat.set("yagura.agent.lag_bytes", json!(4096));
     let batch = SignedBatch::seal(&key, agent, 1, chrono::Utc::now(), &[beat])?;
-    assert_eq!(post(&collector, batch.into_bytes()).await?.0, 200);
+    assert_eq!(collector.post_ingest(batch.into_bytes()).await?.0, 200);
 
     let view = |list: &Value| {
         list.as_array()

@@ -113,25 +113,6 @@ fn events(marker: &str, agent: &str, n: usize) -> Vec<Event> {
         .collect()
 }
 
-async fn post_batch(collector: &Collector, body: Vec<u8>) -> anyhow::Result<(u16, Value, String)> {
-    let response = collector
-        .client()?
-        .post(format!("{}/api/v1/ingest", collector.url))
-        .header("content-type", "application/octet-stream")
-        .body(body)
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let body = response.json().await.unwrap_or(Value::Null);
-    Ok((status, body, content_type))
-}
-
 /// Forged, tampered, unknown-agent, malformed and oversized batches are refused with
 /// 401/401/401/400/413 and a problem document, and none of their events is indexed; a
 /// replayed batch is acknowledged again but indexed once.
@@ -206,7 +187,7 @@ async fn bad_batches_are_refused_and_never_indexed() -> anyhow::Result<()> {
         ("oversized", oversized.into_bytes(), 413),
     ];
     for (name, body, expected) in cases {
-        let (status, problem, content_type) = post_batch(&collector, body).await?;
+        let (status, problem, content_type) = collector.post_ingest(body).await?;
         assert_eq!(status, expected, "{name}: {problem}");
         assert_eq!(content_type, "application/problem+json", "{name}");
         assert_eq!(problem["status"], json!(expected), "{name}: {problem}");
@@ -218,9 +199,9 @@ async fn bad_batches_are_refused_and_never_indexed() -> anyhow::Result<()> {
 
     // A good batch, then its exact replay: both acknowledged, indexed once.
     let good = SignedBatch::seal(&key, agent, 1, now, &events("good-batch", &agent_str, 3))?;
-    let (status, ack, _) = post_batch(&collector, good.as_bytes().to_vec()).await?;
+    let (status, ack, _) = collector.post_ingest(good.as_bytes().to_vec()).await?;
     assert_eq!((status, &ack["status"]), (200, &json!("accepted")), "{ack}");
-    let (status, ack, _) = post_batch(&collector, good.as_bytes().to_vec()).await?;
+    let (status, ack, _) = collector.post_ingest(good.as_bytes().to_vec()).await?;
     assert_eq!(
         (status, &ack["status"]),
         (200, &json!("duplicate")),
