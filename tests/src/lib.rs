@@ -431,3 +431,17 @@ pub fn append_lines(
     file.write_all(chunk.as_bytes())?;
     Ok(())
 }
+
+/// `len` pseudo-random lowercase letters (xorshift, fixed seed): text zstd cannot shrink
+/// much, so a batch carrying it really is as large on the wire as it looks.
+pub fn incompressible_text(len: usize) -> String {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'a' + (state % 26) as u8)
+        })
+        .collect()
+}

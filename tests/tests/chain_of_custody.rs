@@ -205,15 +205,7 @@ async fn twelve_kinds_of_bad_batch_are_refused_and_raise_security_events() -> an
         bomb.as_bytes().len() < 64 * 1024,
         "a bomb is small on the wire"
     );
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let noise: String = (0..3_000_000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            char::from(b'a' + (state % 26) as u8)
-        })
-        .collect();
+    let noise = yagura_e2e::incompressible_text(3_000_000);
     let mut big = Event::new(now);
     big.set_str("message", format!("evil-oversized {noise}"));
     big.set_str("agent.id", agent.to_string());

@@ -165,15 +165,7 @@ async fn bad_batches_are_refused_and_never_indexed() -> anyhow::Result<()> {
     let malformed = b"{\"message\":\"evil-malformed\"}".to_vec();
     let mut big = Event::new(now);
     // Random-looking text does not compress, so the body really is over the limit.
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let noise: String = (0..3_000_000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            char::from(b'a' + (state % 26) as u8)
-        })
-        .collect();
+    let noise = yagura_e2e::incompressible_text(3_000_000);
     big.set_str("message", format!("evil-oversized {noise}"));
     big.set_str("agent.id", &agent_str);
     let oversized = SignedBatch::seal(&key, agent, 1, now, &[big])?;

@@ -721,49 +721,42 @@ pub fn scan_offline(
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut position = 0u64;
         loop {
-            match read_record(&mut reader).map_err(io_err(path))? {
-                ReadOutcome::End => break,
-                ReadOutcome::Record {
-                    received_at_ms,
-                    batch,
-                    len,
-                } => {
-                    let record = Record {
-                        offset: base + position,
-                        next_offset: base + position + len,
+            // An intact record and one whose CRC fails are read the same way; only what the
+            // visitor is told differs.
+            let (received_at_ms, batch, len, intact) =
+                match read_record(&mut reader).map_err(io_err(path))? {
+                    ReadOutcome::End => break,
+                    ReadOutcome::Record {
                         received_at_ms,
                         batch,
-                    };
-                    position += len;
-                    if record.offset >= from_offset {
-                        end.records += 1;
-                        if !visit(ScannedRecord::Intact(record)) {
-                            return Ok(end);
-                        }
-                    }
-                }
-                ReadOutcome::CrcMismatch {
-                    received_at_ms,
-                    batch,
-                    len,
-                } => {
-                    let record = Record {
-                        offset: base + position,
-                        next_offset: base + position + len,
+                        len,
+                    } => (received_at_ms, batch, len, true),
+                    ReadOutcome::CrcMismatch {
                         received_at_ms,
                         batch,
-                    };
-                    position += len;
-                    if record.offset >= from_offset {
-                        end.records += 1;
-                        if !visit(ScannedRecord::CrcMismatch(record)) {
-                            return Ok(end);
-                        }
+                        len,
+                    } => (received_at_ms, batch, len, false),
+                    ReadOutcome::Damaged(reason) => {
+                        end.unreadable.push((*base, position, reason));
+                        break;
                     }
-                }
-                ReadOutcome::Damaged(reason) => {
-                    end.unreadable.push((*base, position, reason));
-                    break;
+                };
+            let record = Record {
+                offset: base + position,
+                next_offset: base + position + len,
+                received_at_ms,
+                batch,
+            };
+            position += len;
+            if record.offset >= from_offset {
+                end.records += 1;
+                let scanned = if intact {
+                    ScannedRecord::Intact(record)
+                } else {
+                    ScannedRecord::CrcMismatch(record)
+                };
+                if !visit(scanned) {
+                    return Ok(end);
                 }
             }
         }

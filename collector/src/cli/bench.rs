@@ -37,6 +37,28 @@ pub struct BenchIngestArgs {
     dir: Option<std::path::PathBuf>,
 }
 
+/// Sequences 1..=`count` of `agent`, sealed before any clock starts (sealing is the
+/// agent's cost, not ingest's); `stride` and `client` vary the generated events.
+fn seal_batches(
+    agent: uuid::Uuid,
+    key: &AgentKey,
+    count: usize,
+    batch_events: usize,
+    stride: usize,
+    client: usize,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let id = agent.to_string();
+    (1..=count)
+        .map(|seq| {
+            let events = sample_events(&id, seq * stride + client, batch_events);
+            Ok(
+                SignedBatch::seal(key, agent, seq as u64, chrono::Utc::now(), &events)?
+                    .into_bytes(),
+            )
+        })
+        .collect()
+}
+
 fn sample_events(agent: &str, batch: usize, n: usize) -> Vec<Event> {
     (0..n)
         .map(|i| {
@@ -230,15 +252,7 @@ pub async fn run(args: BenchIngestArgs) -> anyhow::Result<()> {
         let mut per_client = Vec::with_capacity(clients);
         for c in 0..clients {
             let (agent, key) = &agents[next_agent + c];
-            let id = agent.to_string();
-            let mut batches = Vec::with_capacity(per);
-            for seq in 1..=per {
-                let events = sample_events(&id, seq * 131 + c, args.batch_events);
-                let batch =
-                    SignedBatch::seal(key, *agent, seq as u64, chrono::Utc::now(), &events)?;
-                batches.push(batch.into_bytes());
-            }
-            per_client.push(batches);
+            per_client.push(seal_batches(*agent, key, per, args.batch_events, 131, c)?);
         }
         next_agent += clients;
         let all: Vec<&Vec<u8>> = per_client.iter().flatten().collect();
@@ -276,16 +290,7 @@ pub async fn run(args: BenchIngestArgs) -> anyhow::Result<()> {
     let mut per_client = Vec::with_capacity(clients);
     for c in 0..clients {
         let (agent, key) = &agents[next_agent + c];
-        let id = agent.to_string();
-        let mut batches = Vec::with_capacity(per);
-        for seq in 1..=per {
-            let events = sample_events(&id, seq * 17 + c, args.batch_events);
-            batches.push(
-                SignedBatch::seal(key, *agent, seq as u64, chrono::Utc::now(), &events)?
-                    .into_bytes(),
-            );
-        }
-        per_client.push(batches);
+        per_client.push(seal_batches(*agent, key, per, args.batch_events, 17, c)?);
     }
     let m = drive(
         &started.url,
