@@ -1,9 +1,10 @@
 //! Lines per second of each parser, on one core.
 //!
-//! `parse_into/*`: the whole step the agent runs per line — the tailer's event (cloned
-//! from a template with the tailer's fields, as `Line::into_event` makes it) filled by
-//! `parse_into`. `baseline/clone_event` is the clone alone, to separate the cost of the
-//! event map from parsing. `extract/*` runs only the borrowed parse (no event, no
+//! `parse_into/*`: the whole step the agent runs per line — the tailer's event
+//! (`Line::write_event`: id, times, message, original, file, host and agent fields) filled
+//! by `parse_flat`, as the agent's producer does it. `to_ndjson/*` adds writing the event
+//! into the batch's NDJSON (what gets compressed and signed). `baseline/tailer_event` is
+//! the tailer's event alone. `extract/*` runs only the borrowed parse (no event, no
 //! allocation), the ceiling of the nom layer.
 //!
 //! Inputs: the loghub samples in `tests/fixtures/loghub` (OpenSSH, Linux, Apache error)
@@ -14,8 +15,12 @@ use std::hint::black_box;
 
 use chrono::{DateTime, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use yagura_agent::parse::{ParseContext, ParserKind, parse_into, syslog, web};
-use yagura_shared::Event;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use yagura_agent::parse::{ParseContext, ParserKind, parse_flat, syslog, web};
+use yagura_agent::tail::{EventContext, Line};
+use yagura_shared::{EventLines, FlatEvent};
 
 fn fixture(path: &str) -> Vec<String> {
     let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -109,17 +114,28 @@ fn generated_syslog(n: usize) -> Vec<String> {
         .collect()
 }
 
-fn tailer_template() -> Event {
-    let mut e = Event::new(Utc::now());
-    e.set_str("event.dataset", "bench");
-    e.set_str("log.file.path", "/var/log/auth.log");
-    e.set("log.offset", serde_json::Value::from(1234u64));
-    e.set_str("host.name", "agent-host");
-    e.set_str("host.hostname", "agent-host");
-    e.set_str("agent.id", "0190b5d2-7f3e-7c4c-9b1a-2c3d4e5f6a7b");
-    e.set_str("agent.type", "yagura-agent");
-    e.set_str("agent.version", "0.1.0");
-    e
+fn tailer_lines(texts: &[String]) -> Vec<Line> {
+    let dataset: Arc<str> = Arc::from("bench");
+    let path: Arc<str> = Arc::from("/var/log/auth.log");
+    let labels = Arc::new(BTreeMap::new());
+    let mut offset = 0u64;
+    texts
+        .iter()
+        .map(|text| {
+            let line = Line {
+                source: 0,
+                dataset: dataset.clone(),
+                labels: labels.clone(),
+                path: path.clone(),
+                offset,
+                text: text.clone(),
+                invalid_utf8: false,
+                truncated: false,
+            };
+            offset += text.len() as u64 + 1;
+            line
+        })
+        .collect()
 }
 
 fn bench_parsers(c: &mut Criterion) {
@@ -128,7 +144,10 @@ fn bench_parsers(c: &mut Criterion) {
             .expect("time")
             .with_timezone(&Utc),
     );
-    let template = tailer_template();
+    let context = EventContext {
+        host_name: "agent-host".into(),
+        agent_id: uuid::Uuid::now_v7(),
+    };
     let openssh = fixture("OpenSSH/OpenSSH_2k.log");
     let linux = fixture("Linux/Linux_2k.log");
     let apache = fixture("Apache/Apache_2k.log");
@@ -180,14 +199,20 @@ fn bench_parsers(c: &mut Criterion) {
         ("auto/loghub_openssh", ParserKind::Auto, openssh.clone()),
     ];
 
+    let cases: Vec<(&str, ParserKind, Vec<Line>)> = cases
+        .into_iter()
+        .map(|(name, kind, texts)| (name, kind, tailer_lines(&texts)))
+        .collect();
+    let mut event = FlatEvent::new();
     let mut group = c.benchmark_group("parse_into");
     for (name, kind, lines) in &cases {
         group.throughput(Throughput::Elements(lines.len() as u64));
         group.bench_function(*name, |b| {
             b.iter(|| {
                 for line in lines {
-                    let mut event = template.clone();
-                    parse_into(*kind, black_box(line), &ctx, &mut event);
+                    event.clear();
+                    line.write_event(&context, &mut event);
+                    parse_flat(*kind, black_box(&line.text), &ctx, &mut event);
                     black_box(&event);
                 }
             })
@@ -195,12 +220,34 @@ fn bench_parsers(c: &mut Criterion) {
     }
     group.finish();
 
+    let mut batch = EventLines::default();
+    let mut group = c.benchmark_group("to_ndjson");
+    for (name, kind, lines) in &cases {
+        group.throughput(Throughput::Elements(lines.len() as u64));
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                batch.clear();
+                for line in lines {
+                    event.clear();
+                    line.write_event(&context, &mut event);
+                    parse_flat(*kind, black_box(&line.text), &ctx, &mut event);
+                    batch.push_flat(&mut event);
+                }
+                black_box(batch.bytes());
+            })
+        });
+    }
+    group.finish();
+
+    let openssh_lines = tailer_lines(&openssh);
     let mut group = c.benchmark_group("baseline");
     group.throughput(Throughput::Elements(openssh.len() as u64));
-    group.bench_function("clone_event", |b| {
+    group.bench_function("tailer_event", |b| {
         b.iter(|| {
-            for _ in &openssh {
-                black_box(template.clone());
+            for line in &openssh_lines {
+                event.clear();
+                line.write_event(&context, &mut event);
+                black_box(&event);
             }
         })
     });

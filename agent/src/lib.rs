@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use yagura_shared::{AgentKey, Event};
+use yagura_shared::{AgentKey, Event, EventLines, FlatEvent};
 
 pub use config::{
     AgentConfig, ConfigError, MultilineConfig, MultilineMode, ShipConfig, SourceConfig,
@@ -219,7 +219,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                     host_name,
                     agent_id,
                 },
-                pending: Vec::new(),
+                pending: EventLines::default(),
+                scratch: FlatEvent::new(),
                 first_pending_at: None,
                 parsers,
                 max_events: ship_config.batch_max_events,
@@ -366,7 +367,9 @@ struct Producer {
     tailer: tail::Tailer,
     watcher: Option<tail::DirWatcher>,
     context: tail::EventContext,
-    pending: Vec<Event>,
+    pending: EventLines,
+    /// The event being built for each line, reused (its buffers stay allocated).
+    scratch: FlatEvent,
     first_pending_at: Option<Instant>,
     /// Per source: its parser and parse context.
     parsers: Vec<(parse::ParserKind, parse::ParseContext)>,
@@ -419,27 +422,22 @@ impl Producer {
                 context.reference_time = now;
             }
             for line in lines {
-                let parser = self.parsers.get(line.source);
-                let event = match parser {
+                let event = &mut self.scratch;
+                event.clear();
+                line.write_event(&self.context, event);
+                match self.parsers.get(line.source) {
                     Some((parse::ParserKind::Auditd, _)) => {
                         // The tailer joined the records of one audit event with `\n`.
                         let group = parse::AuditdGroup {
                             first: (),
                             lines: line.text.split('\n').map(str::to_string).collect(),
                         };
-                        let mut event = line.into_event(&self.context);
-                        group.write_into(&mut event);
-                        event
+                        group.write_into_flat(event);
                     }
-                    Some((kind, context)) if *kind != parse::ParserKind::Raw => {
-                        let text = line.text.clone();
-                        let mut event = line.into_event(&self.context);
-                        parse::parse_into(*kind, &text, context, &mut event);
-                        event
-                    }
-                    _ => line.into_event(&self.context),
-                };
-                self.pending.push(event);
+                    Some((kind, context)) => parse::parse_flat(*kind, &line.text, context, event),
+                    None => {}
+                }
+                self.pending.push_flat(event);
             }
         }
         let due = self
@@ -517,12 +515,15 @@ impl Producer {
             return;
         }
         for lost in &tail_losses {
-            self.pending.push(loss::from_tail(lost, &self.context));
+            self.pending
+                .push_event(&loss::from_tail(lost, &self.context));
         }
         for lost in spool_losses {
             let events = loss::from_spool(lost, &self.context);
             self.count_lost(&events);
-            self.pending.extend(events);
+            for event in &events {
+                self.pending.push_event(event);
+            }
         }
         self.first_pending_at.get_or_insert_with(Instant::now);
     }
@@ -543,7 +544,9 @@ impl Producer {
                 Ok(Some(lost)) => {
                     let events = loss::from_spool(lost, &self.context);
                     self.count_lost(&events);
-                    self.pending.extend(events);
+                    for event in &events {
+                        self.pending.push_event(event);
+                    }
                     self.first_pending_at.get_or_insert_with(Instant::now);
                 }
                 Ok(None) => break,
@@ -598,7 +601,7 @@ impl Producer {
         if let Err(e) = status.write(&self.health.state_dir) {
             tracing::warn!(error = %e, "cannot write the status file");
         }
-        self.pending.push(status.heartbeat(&self.context));
+        self.pending.push_event(&status.heartbeat(&self.context));
         self.first_pending_at.get_or_insert_with(Instant::now);
     }
 
@@ -628,7 +631,8 @@ mod tests {
                 host_name: "test-host".into(),
                 agent_id: Uuid::now_v7(),
             },
-            pending: Vec::new(),
+            pending: EventLines::default(),
+            scratch: FlatEvent::new(),
             first_pending_at: None,
             parsers: vec![(parse::ParserKind::Raw, parse::ParseContext::default())],
             max_events,

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-use yagura_shared::{AgentKey, BatchError, Event, SignedBatch};
+use yagura_shared::{AgentKey, BatchError, Event, EventLines, SignedBatch};
 
 use crate::durable;
 use crate::tail::Checkpoint;
@@ -232,13 +232,13 @@ impl Spool {
     /// which must cover exactly these events and all earlier ones.
     pub fn seal(
         &mut self,
-        events: &[Event],
+        events: &EventLines,
         checkpoints: &[Checkpoint],
         key: &AgentKey,
         agent_id: Uuid,
     ) -> Result<SpooledBatch, SpoolError> {
         let sequence = self.next_sequence;
-        let batch = SignedBatch::seal(key, agent_id, sequence, Utc::now(), events)
+        let batch = SignedBatch::seal_lines(key, agent_id, sequence, Utc::now(), events)
             .map_err(SpoolError::Seal)?;
         let event_count = batch.header().event_count;
         let header = FileHeader {
@@ -565,6 +565,14 @@ mod tests {
     use super::*;
     use yagura_shared::verifying_key_from_base64;
 
+    fn lines(n: usize) -> EventLines {
+        let mut lines = EventLines::default();
+        for event in events(n) {
+            lines.push_event(&event);
+        }
+        lines
+    }
+
     fn events(n: usize) -> Vec<Event> {
         (0..n)
             .map(|i| {
@@ -594,10 +602,10 @@ mod tests {
         assert_eq!(spool.next_sequence(), 1);
         assert!(spool.oldest().expect("oldest").is_none());
         let a = spool
-            .seal(&events(3), &[cp("/a", 10)], &key, agent)
+            .seal(&lines(3), &[cp("/a", 10)], &key, agent)
             .expect("seal");
         let b = spool
-            .seal(&events(2), &[cp("/a", 20)], &key, agent)
+            .seal(&lines(2), &[cp("/a", 20)], &key, agent)
             .expect("seal");
         assert_eq!((a.sequence, b.sequence), (1, 2));
         assert_eq!(spool.len(), 2);
@@ -637,10 +645,10 @@ mod tests {
         let (first, second) = {
             let mut spool = Spool::open(dir.path()).expect("open");
             let first = spool
-                .seal(&events(2), &[cp("/a", 5)], &key, agent)
+                .seal(&lines(2), &[cp("/a", 5)], &key, agent)
                 .expect("seal");
             let second = spool
-                .seal(&events(2), &[cp("/a", 9), cp("/b", 1)], &key, agent)
+                .seal(&lines(2), &[cp("/a", 9), cp("/b", 1)], &key, agent)
                 .expect("seal");
             (first, second)
         };
@@ -662,7 +670,7 @@ mod tests {
             let mut spool = Spool::open(dir.path()).expect("open");
             for i in 1..=3 {
                 spool
-                    .seal(&events(1), &[cp("/a", i)], &key, agent)
+                    .seal(&lines(1), &[cp("/a", i)], &key, agent)
                     .expect("seal");
             }
             for i in 1..=3 {
@@ -674,7 +682,7 @@ mod tests {
         assert_eq!(spool.next_sequence(), 4);
         assert_eq!(spool.checkpoints(), &[cp("/a", 3)]);
         let next = spool
-            .seal(&events(1), &[cp("/a", 4)], &key, agent)
+            .seal(&lines(1), &[cp("/a", 4)], &key, agent)
             .expect("seal");
         assert_eq!(next.sequence, 4);
     }
@@ -686,7 +694,7 @@ mod tests {
         let agent = Uuid::now_v7();
         let mut spool = Spool::open(dir.path()).expect("open");
         spool
-            .seal(&events(1), &[cp("/a", 1)], &key, agent)
+            .seal(&lines(1), &[cp("/a", 1)], &key, agent)
             .expect("seal");
         let path = spool.batch_path(1);
         let copy = std::fs::read(&path).expect("read");
@@ -707,7 +715,7 @@ mod tests {
         let good = {
             let mut spool = Spool::open(dir.path()).expect("open");
             spool
-                .seal(&events(1), &[cp("/a", 7)], &key, agent)
+                .seal(&lines(1), &[cp("/a", 7)], &key, agent)
                 .expect("seal")
         };
         let spool_dir = dir.path().join("spool");
@@ -738,7 +746,7 @@ mod tests {
         {
             let mut spool = Spool::open(dir.path()).expect("open");
             spool
-                .seal(&events(5), &[cp("/a", 1)], &key, agent)
+                .seal(&lines(5), &[cp("/a", 1)], &key, agent)
                 .expect("seal");
         }
         let path = dir.path().join("spool").join(batch_file_name(1));
@@ -757,7 +765,7 @@ mod tests {
         let agent = Uuid::now_v7();
         let mut spool = Spool::open(dir.path()).expect("open");
         spool
-            .seal(&events(1), &[cp("/a", 3)], &key, agent)
+            .seal(&lines(1), &[cp("/a", 3)], &key, agent)
             .expect("seal");
         let moved = spool.reject(1).expect("reject");
         assert!(moved.starts_with(dir.path().join("spool").join("rejected")));
@@ -775,7 +783,7 @@ mod tests {
         spool.set_max_bytes(1);
         assert!(!spool.is_full());
         spool
-            .seal(&events(1), &[], &key, Uuid::now_v7())
+            .seal(&lines(1), &[], &key, Uuid::now_v7())
             .expect("seal");
         assert!(spool.is_full());
         spool.ack(1).expect("ack");
@@ -790,11 +798,11 @@ mod tests {
         {
             let mut spool = Spool::open(dir.path()).expect("open");
             spool
-                .seal(&events(1), &[cp("/a", 3)], &key, agent)
+                .seal(&lines(1), &[cp("/a", 3)], &key, agent)
                 .expect("seal");
             spool.ack(1).expect("ack");
             spool
-                .seal(&events(1), &[cp("/a", 8)], &key, agent)
+                .seal(&lines(1), &[cp("/a", 8)], &key, agent)
                 .expect("seal");
         }
         assert_eq!(retire_for_new_identity(dir.path()).expect("retire"), 1);

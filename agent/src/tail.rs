@@ -48,9 +48,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
-use yagura_shared::Event;
+use yagura_shared::{Event, FlatEvent};
 
 use crate::config::{MultilineConfig, MultilineMode, SourceConfig, StartAt};
 
@@ -180,9 +179,17 @@ pub struct EventContext {
 impl EventContext {
     /// Stamps who the event is from: `host.name`, `host.hostname`, `agent.*`.
     pub fn stamp(&self, event: &mut Event) {
-        event.set_str("host.name", self.host_name.clone());
-        event.set_str("host.hostname", self.host_name.clone());
-        event.set_str("agent.id", self.agent_id.to_string());
+        let mut flat = FlatEvent::from_event(event);
+        self.stamp_flat(&mut flat);
+        *event = flat.to_event();
+    }
+
+    /// [`EventContext::stamp`] on the agent's [`FlatEvent`].
+    pub fn stamp_flat(&self, event: &mut FlatEvent) {
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        event.set_str("host.name", &self.host_name);
+        event.set_str("host.hostname", &self.host_name);
+        event.set_str("agent.id", self.agent_id.hyphenated().encode_lower(&mut id));
         event.set_str("agent.type", "yagura-agent");
         event.set_str("agent.version", crate::VERSION);
     }
@@ -192,15 +199,22 @@ impl Line {
     /// The line as an ECS event: `message`, `event.original`, `event.dataset`,
     /// `log.file.path`, `log.offset`, `host.*`, `agent.*` and the tags.
     pub fn into_event(self, context: &EventContext) -> Event {
-        let mut event = Event::new(Utc::now());
-        event.set_str("event.original", self.text.clone());
-        event.set_str("message", self.text);
-        event.set_str("event.dataset", &*self.dataset);
-        event.set_str("log.file.path", &*self.path);
-        event.set("log.offset", Value::from(self.offset));
-        context.stamp(&mut event);
+        let mut event = FlatEvent::new();
+        self.write_event(context, &mut event);
+        event.to_event()
+    }
+
+    /// [`Line::into_event`] into a (cleared) [`FlatEvent`]: the agent's per-line path.
+    pub fn write_event(&self, context: &EventContext, event: &mut FlatEvent) {
+        event.start(Utc::now());
+        event.set_str("event.original", &self.text);
+        event.set_str("message", &self.text);
+        event.set_str("event.dataset", &self.dataset);
+        event.set_str("log.file.path", &self.path);
+        event.set_u64("log.offset", self.offset);
+        context.stamp_flat(event);
         for (key, value) in self.labels.iter() {
-            event.set(&format!("labels.{key}"), Value::String(value.clone()));
+            event.set_str_at(&format!("labels.{key}"), value);
         }
         if self.invalid_utf8 {
             event.add_tag("invalid_utf8");
@@ -208,7 +222,6 @@ impl Line {
         if self.truncated {
             event.add_tag("truncated");
         }
-        event
     }
 }
 

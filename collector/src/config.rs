@@ -100,6 +100,10 @@ pub struct FleetConfig {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IndexConfig {
+    /// `false` makes an ingest-only node: batches are verified, archived and acknowledged,
+    /// and nothing is indexed or searchable here (search answers 404).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
     #[serde(default = "default_writer_memory_bytes")]
@@ -121,6 +125,9 @@ pub struct ArchiveConfig {
     pub retention_check_interval_seconds: u64,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8443))
 }
@@ -197,6 +204,7 @@ impl Default for FleetConfig {
 impl Default for IndexConfig {
     fn default() -> Self {
         IndexConfig {
+            enabled: true,
             commit_interval_ms: default_commit_interval_ms(),
             writer_memory_bytes: default_writer_memory_bytes(),
         }

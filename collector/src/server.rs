@@ -63,7 +63,12 @@ pub async fn run(
     started: oneshot::Sender<Started>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    run_with(config, started, shutdown, RunMode::Full).await
+    let mode = if config.index.enabled {
+        RunMode::Full
+    } else {
+        RunMode::IngestOnly
+    };
+    run_with(config, started, shutdown, mode).await
 }
 
 /// [`run`], choosing what runs.

@@ -79,6 +79,51 @@ impl BatchHeader {
     }
 }
 
+/// The events of a batch being gathered, already written as NDJSON lines: the agent
+/// serializes each event once, as it is made, and keeps only these bytes until it seals.
+#[derive(Debug, Clone, Default)]
+pub struct EventLines {
+    ndjson: Vec<u8>,
+    count: usize,
+}
+
+impl EventLines {
+    pub fn push_event(&mut self, event: &Event) {
+        // Writing a map of JSON values into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.ndjson, event.as_map());
+        self.ndjson.push(b'\n');
+        self.count += 1;
+    }
+
+    pub fn push_flat(&mut self, event: &mut crate::flat::FlatEvent) {
+        event.write_json_line(&mut self.ndjson);
+        self.count += 1;
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Size of the NDJSON so far.
+    pub fn bytes(&self) -> usize {
+        self.ndjson.len()
+    }
+
+    /// Empties the lines; a buffer grown far beyond a usual batch is given back.
+    pub fn clear(&mut self) {
+        self.ndjson.clear();
+        self.count = 0;
+        if self.ndjson.capacity() > 16 << 20 {
+            self.ndjson.shrink_to(1 << 20);
+        }
+    }
+}
+
 /// A batch in its wire form, with its header parsed. Holding one says nothing about its
 /// authenticity until [`SignedBatch::verify`] succeeds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,17 +141,26 @@ impl SignedBatch {
         created_at: DateTime<Utc>,
         events: &[Event],
     ) -> Result<Self, BatchError> {
-        let mut ndjson = Vec::with_capacity(events.len() * 256);
+        let mut lines = EventLines::default();
         for event in events {
-            serde_json::to_writer(&mut ndjson, event.as_map())
-                .map_err(|e| BatchError::Compression(e.to_string()))?;
-            ndjson.push(b'\n');
+            lines.push_event(event);
         }
-        let payload =
-            zstd::bulk::compress(&ndjson, 3).map_err(|e| BatchError::Compression(e.to_string()))?;
+        SignedBatch::seal_lines(key, agent_id, sequence, created_at, &lines)
+    }
+
+    /// Compresses, hashes and signs events already written as NDJSON.
+    pub fn seal_lines(
+        key: &AgentKey,
+        agent_id: Uuid,
+        sequence: u64,
+        created_at: DateTime<Utc>,
+        lines: &EventLines,
+    ) -> Result<Self, BatchError> {
+        let payload = zstd::bulk::compress(&lines.ndjson, 3)
+            .map_err(|e| BatchError::Compression(e.to_string()))?;
         let payload_len = u32::try_from(payload.len())
             .map_err(|_| BatchError::Compression("payload larger than 4 GiB".into()))?;
-        let event_count = u32::try_from(events.len())
+        let event_count = u32::try_from(lines.count)
             .map_err(|_| BatchError::Compression("more than 2^32 events".into()))?;
         let payload_sha256: [u8; 32] = Sha256::digest(&payload).into();
         let header = BatchHeader {

@@ -9,12 +9,17 @@
 //!   signature over a canonical encoding of all of them. The collector archives these
 //!   bytes exactly as received, so any event can later be re-verified against the agent
 //!   key that signed it.
+//!
+//! [`FlatEvent`] is the agent's fast way to build an [`Event`]'s JSON line.
 
 pub mod batch;
 pub mod event;
+pub mod flat;
 
 pub use batch::{
-    AgentKey, BatchError, BatchHeader, SignedBatch, parse_header, verifying_key_from_base64,
+    AgentKey, BatchError, BatchHeader, EventLines, SignedBatch, parse_header,
+    verifying_key_from_base64,
 };
 pub use ed25519_dalek::VerifyingKey;
 pub use event::{Event, EventError};
+pub use flat::{FieldRef, FlatEvent, Mark, Occupant};

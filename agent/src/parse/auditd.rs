@@ -43,7 +43,7 @@ use nom::bytes::complete::{tag, take_till1, take_while1};
 use nom::combinator::opt;
 use nom::sequence::{delimited, terminated};
 use serde_json::{Map, Value};
-use yagura_shared::Event;
+use yagura_shared::{Event, FlatEvent};
 
 use super::{Fields, Outcome};
 
@@ -333,19 +333,27 @@ impl<T> AuditdGroup<T> {
     /// `\n`; every record's fields are written as for one event. A group whose lines are
     /// not audit records (a stray line) is tagged `unparsed`, like any line.
     pub fn write_into(&self, event: &mut Event) {
+        let mut flat = FlatEvent::from_event(event);
+        self.write_into_flat(&mut flat);
+        *event = flat.to_event();
+    }
+
+    /// [`AuditdGroup::write_into`] on the agent's [`FlatEvent`].
+    pub fn write_into_flat(&self, event: &mut FlatEvent) {
         let joined = self.lines.join("\n");
-        event.set_str("event.original", joined.clone());
-        event.set_str("message", joined);
+        event.set_str("event.original", &joined);
+        event.set_str("message", &joined);
         let records: Vec<AuditRecord<'_>> =
             self.lines.iter().filter_map(|l| parse_record(l)).collect();
         if records.is_empty() {
             event.add_tag("unparsed");
             return;
         }
-        let taken = std::mem::replace(event, Event::from_map(Map::new()));
-        let mut out = Fields::new(taken.into_map());
+        let mut out = Fields {
+            event: std::mem::take(event),
+        };
         write_records(&records, &mut out);
-        *event = Event::from_map(out.into_map());
+        *event = out.event;
     }
 }
 

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use super::syslog;
 use super::time::{digits, fraction_micros, hms, local_to_utc, month_from_abbr, naive};
-use super::{Fields, ParseContext};
+use super::{Fields, ParseContext, Side};
 
 pub(crate) fn is_dns_program(app: &str) -> bool {
     matches!(app, "dnsmasq" | "named")
@@ -131,7 +131,7 @@ fn write_bind(q: &BindQuery<'_>, out: &mut Fields) {
     out.source_address(q.client_ip);
     out.port("source.port", q.client_port);
     if let Some(s) = q.server {
-        out.endpoint("destination", s);
+        out.endpoint(Side::Destination, s);
     }
 }
 
@@ -202,7 +202,7 @@ fn write_dnsmasq(m: &DnsmasqMessage<'_>, out: &mut Fields) {
             out.classify("dns_forward", "network", "protocol");
             out.str("dns.type", "query");
             out.str("dns.question.name", name);
-            out.endpoint("destination", server);
+            out.endpoint(Side::Destination, server);
         }
         DnsmasqMessage::Answer { source, name, data } => {
             out.classify("dns_answer", "network", "protocol");

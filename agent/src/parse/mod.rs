@@ -40,9 +40,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, FixedOffset, Offset, Utc};
-use serde_json::{Map, Value};
-use yagura_shared::Event;
-use yagura_shared::event::format_timestamp;
+use serde_json::Value;
+use yagura_shared::{Event, FlatEvent};
 
 pub use auditd::{AuditdAssembler, AuditdGroup};
 
@@ -167,12 +166,26 @@ pub struct JsonOptions {
 /// Fills the fields `line` carries into `event`. See the module docs for the guarantees:
 /// never panics; a line the parser cannot read gets the tag `unparsed` and is otherwise
 /// left as it was.
+///
+/// The agent itself builds events as [`FlatEvent`]s and calls [`parse_flat`]; this form
+/// (used by `yagura-agent parse` and tests) runs the same parser through a conversion.
 pub fn parse_into(kind: ParserKind, line: &str, ctx: &ParseContext, event: &mut Event) {
     if kind == ParserKind::Raw {
         return;
     }
-    let taken = std::mem::replace(event, Event::from_map(Map::new()));
-    let mut out = Fields::new(taken.into_map());
+    let mut flat = FlatEvent::from_event(event);
+    parse_flat(kind, line, ctx, &mut flat);
+    *event = flat.to_event();
+}
+
+/// [`parse_into`] on the agent's [`FlatEvent`]: the per-line hot path.
+pub fn parse_flat(kind: ParserKind, line: &str, ctx: &ParseContext, event: &mut FlatEvent) {
+    if kind == ParserKind::Raw {
+        return;
+    }
+    let mut out = Fields {
+        event: std::mem::take(event),
+    };
     let parsed = match kind {
         ParserKind::Raw => true,
         ParserKind::Syslog => syslog::parse_line(line, ctx, &mut out),
@@ -185,11 +198,10 @@ pub fn parse_into(kind: ParserKind, line: &str, ctx: &ParseContext, event: &mut 
         ParserKind::Json => json::parse_line(line, &ctx.json, &mut out),
         ParserKind::Auto => parse_auto(line, ctx, &mut out),
     };
-    let mut parsed_event = Event::from_map(out.into_map());
+    *event = out.event;
     if !parsed {
-        parsed_event.add_tag("unparsed");
+        event.add_tag("unparsed");
     }
-    *event = parsed_event;
 }
 
 /// `auto`: picks the parser from the line's shape, falling back to plain syslog; a line
@@ -244,72 +256,45 @@ fn parse_auto_syslog(line: &str, ctx: &ParseContext, out: &mut Fields) -> bool {
     true
 }
 
-/// The event's map being filled, with cheap dotted-path setters (no per-call allocation
-/// beyond the keys and values actually inserted).
-#[derive(Debug)]
+/// The event being filled, with the setters parsers share. Parsers only write: fields are
+/// written once the line has been read successfully (see the module docs).
+#[derive(Debug, Default)]
 pub(crate) struct Fields {
-    map: Map<String, Value>,
+    pub(crate) event: FlatEvent,
 }
 
 impl Fields {
-    pub(crate) fn new(map: Map<String, Value>) -> Self {
-        Fields { map }
+    /// A field's value, objects included (tests).
+    #[cfg(test)]
+    pub(crate) fn get(&self, path: &str) -> Option<Value> {
+        self.event.clone().to_event().get(path).cloned()
     }
 
-    pub(crate) fn into_map(self) -> Map<String, Value> {
-        self.map
-    }
-
-    pub(crate) fn map_mut(&mut self) -> &mut Map<String, Value> {
-        &mut self.map
-    }
-
-    pub(crate) fn get(&self, path: &str) -> Option<&Value> {
-        let mut current = &self.map;
-        let mut rest = path;
-        loop {
-            match rest.split_once('.') {
-                None => return current.get(rest),
-                Some((head, tail)) => {
-                    current = current.get(head)?.as_object()?;
-                    rest = tail;
-                }
-            }
-        }
-    }
-
+    /// Any JSON value under a run-time path.
     pub(crate) fn set(&mut self, path: &str, value: Value) {
-        insert_path(&mut self.map, path, value);
+        self.event.set_value(path, value);
     }
 
-    pub(crate) fn str(&mut self, path: &str, value: &str) {
-        self.set(path, Value::String(value.to_string()));
+    pub(crate) fn str(&mut self, path: &'static str, value: &str) {
+        self.event.set_str(path, value);
     }
 
-    pub(crate) fn opt_str(&mut self, path: &str, value: Option<&str>) {
+    pub(crate) fn opt_str(&mut self, path: &'static str, value: Option<&str>) {
         if let Some(v) = value {
             self.str(path, v);
         }
     }
 
-    pub(crate) fn num(&mut self, path: &str, value: i64) {
-        self.set(path, Value::from(value));
+    pub(crate) fn num(&mut self, path: &'static str, value: i64) {
+        self.event.set_i64(path, value);
     }
 
-    pub(crate) fn strs(&mut self, path: &str, values: &[&str]) {
-        self.set(
-            path,
-            Value::Array(
-                values
-                    .iter()
-                    .map(|v| Value::String((*v).to_string()))
-                    .collect(),
-            ),
-        );
+    pub(crate) fn strs(&mut self, path: &'static str, values: &[&str]) {
+        self.event.set_strs(path, values);
     }
 
     pub(crate) fn timestamp(&mut self, t: DateTime<Utc>) {
-        self.set("@timestamp", Value::String(format_timestamp(t)));
+        self.event.set_timestamp("@timestamp", t);
     }
 
     /// `event.category`, `event.type` (ECS arrays) and `event.action`.
@@ -325,51 +310,41 @@ impl Fields {
 
     /// `source.address`, plus `source.ip` when it is an IP address, or `source.domain`.
     pub(crate) fn source_address(&mut self, address: &str) {
-        self.endpoint("source", address);
+        self.endpoint(Side::Source, address);
     }
 
-    pub(crate) fn endpoint(&mut self, side: &str, address: &str) {
+    pub(crate) fn endpoint(&mut self, side: Side, address: &str) {
         if address.is_empty() || address == "?" || address == "-" {
             return;
         }
-        let mut path = String::with_capacity(side.len() + 8);
-        path.push_str(side);
-        path.push_str(".address");
-        self.str(&path, address);
-        path.truncate(side.len());
+        let (address_path, ip_path, domain_path) = match side {
+            Side::Source => ("source.address", "source.ip", "source.domain"),
+            Side::Destination => (
+                "destination.address",
+                "destination.ip",
+                "destination.domain",
+            ),
+        };
+        self.str(address_path, address);
         if address.parse::<std::net::IpAddr>().is_ok() {
-            path.push_str(".ip");
+            self.str(ip_path, address);
         } else {
-            path.push_str(".domain");
+            self.str(domain_path, address);
         }
-        self.str(&path, address);
     }
 
-    pub(crate) fn port(&mut self, path: &str, port: &str) {
+    pub(crate) fn port(&mut self, path: &'static str, port: &str) {
         if let Ok(p) = port.parse::<u16>() {
             self.num(path, i64::from(p));
         }
     }
 }
 
-fn insert_path(map: &mut Map<String, Value>, path: &str, value: Value) {
-    match path.split_once('.') {
-        None => match map.get_mut(path) {
-            // Replacing a value keeps the key: no allocation for it.
-            Some(slot) => *slot = value,
-            None => {
-                map.insert(path.to_string(), value);
-            }
-        },
-        Some((head, rest)) => {
-            if !matches!(map.get(head), Some(Value::Object(_))) {
-                map.insert(head.to_string(), Value::Object(Map::new()));
-            }
-            if let Some(Value::Object(child)) = map.get_mut(head) {
-                insert_path(child, rest, value);
-            }
-        }
-    }
+/// Which end of a connection an address names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Source,
+    Destination,
 }
 
 /// `event.outcome`.

@@ -474,21 +474,21 @@ mod tests {
         assert_eq!(r.proc_id, None);
         assert_eq!(r.msg_id, Some("ID47"));
         assert_eq!(r.message, "An application event");
-        let mut out = Fields::new(Map::new());
+        let mut out = Fields::default();
         write(&r, &mut out);
         assert_eq!(
             out.get("log.syslog.structured_data"),
             Some(
-                &serde_json::json!({"exampleSDID@32473": {"iut": "3", "eventSource": "Appl\"ication"}, "x@1": {"a": "]"}})
+                serde_json::json!({"exampleSDID@32473": {"iut": "3", "eventSource": "Appl\"ication"}, "x@1": {"a": "]"}})
             )
         );
         assert_eq!(
             out.get("log.syslog.facility.name"),
-            Some(&serde_json::json!("local4"))
+            Some(serde_json::json!("local4"))
         );
         assert_eq!(
             out.get("log.syslog.severity.name"),
-            Some(&serde_json::json!("notice"))
+            Some(serde_json::json!("notice"))
         );
     }
 

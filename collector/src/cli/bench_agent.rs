@@ -198,17 +198,26 @@ fn read_line_with(
 /// `work/<name>-agent`, configured with `agent_toml` (after its `state_dir` line).
 struct BenchStack {
     _collector: Guard,
+    collector_pid: u32,
     agent_config: PathBuf,
     state_dir: PathBuf,
 }
 
-fn start_stack(work: &Path, name: &str, agent_toml: &str) -> anyhow::Result<BenchStack> {
+fn start_stack(
+    work: &Path,
+    name: &str,
+    collector_toml: &str,
+    agent_toml: &str,
+) -> anyhow::Result<BenchStack> {
     let yagura = std::env::current_exe()?;
     let agent_bin = sibling("yagura-agent")?;
     let cdir = work.join(format!("{name}-collector"));
     std::fs::create_dir_all(&cdir)?;
     let config = cdir.join("collector.toml");
-    std::fs::write(&config, "data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n")?;
+    std::fs::write(
+        &config,
+        format!("data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n{collector_toml}"),
+    )?;
     let mut collector = Command::new(&yagura)
         .args(["serve", "--config"])
         .arg(&config)
@@ -225,6 +234,7 @@ fn start_stack(work: &Path, name: &str, agent_toml: &str) -> anyhow::Result<Benc
                 .map(|f| f.trim().to_string())
         })
         .context("fingerprint")?;
+    let collector_pid = collector.id();
     let collector = Guard(collector);
     let token = Command::new(&yagura)
         .args(["agents", "token", "create", "--config"])
@@ -256,6 +266,7 @@ fn start_stack(work: &Path, name: &str, agent_toml: &str) -> anyhow::Result<Benc
     anyhow::ensure!(enrolled.status.success(), "enroll failed");
     Ok(BenchStack {
         _collector: collector,
+        collector_pid,
         agent_config,
         state_dir,
     })
@@ -274,10 +285,22 @@ fn run_agent(stack: &BenchStack) -> anyhow::Result<(Guard, u32)> {
     Ok((Guard(agent), pid))
 }
 
-fn yagura_run(work: &Path, file: &Path, lines: u64) -> anyhow::Result<Figures> {
+/// The agent's run; `index`: whether the collector also indexes (otherwise it verifies,
+/// archives with fsync and acknowledges: an ingest-only node, the counterpart of the
+/// peer's counting sink).
+fn yagura_run(work: &Path, file: &Path, lines: u64, index: bool) -> anyhow::Result<Figures> {
     let stack = start_stack(
         work,
-        "throughput",
+        if index {
+            "throughput-indexed"
+        } else {
+            "throughput"
+        },
+        if index {
+            ""
+        } else {
+            "[index]\nenabled = false\n"
+        },
         &format!(
             "host_name = \"bench-host\"\nheartbeat_interval_seconds = 1\n[ship]\nbatch_max_events = 2000\nbatch_max_wait_ms = 200\n[[sources]]\npaths = [\"{}\"]\ndataset = \"bench.auth\"\nparser = \"linux-auth\"\n",
             file.display()
@@ -286,31 +309,56 @@ fn yagura_run(work: &Path, file: &Path, lines: u64) -> anyhow::Result<Figures> {
     let start = Instant::now();
     let (agent, pid) = run_agent(&stack)?;
     let status_path = stack.state_dir.join("status.json");
+    let spool_dir = stack.state_dir.join("spool");
+    let collector_before = usage(stack.collector_pid)?;
     let deadline = Instant::now() + Duration::from_secs(1800);
+    // Done when the status (refreshed every second) says every line was read and then
+    // the spool directory holds no batch: a batch file is deleted when its ack arrives,
+    // so the end is seen to within one 10 ms poll.
+    let mut all_read = false;
     loop {
-        if let Ok(text) = std::fs::read_to_string(&status_path)
+        if !all_read
+            && let Ok(text) = std::fs::read_to_string(&status_path)
             && let Ok(status) = serde_json::from_str::<serde_json::Value>(&text)
         {
-            let read = status["lines_read"].as_u64().unwrap_or(0);
-            let spooled = status["spool_batches"].as_u64().unwrap_or(u64::MAX);
-            if read >= lines && spooled == 0 {
-                break;
-            }
+            all_read = status["lines_read"].as_u64().unwrap_or(0) >= lines;
+        }
+        if all_read && spooled_batches(&spool_dir) == 0 {
+            break;
         }
         anyhow::ensure!(
             Instant::now() < deadline,
             "agent did not finish in 30 minutes"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(10));
     }
-    // The status file is refreshed every second: the wall time is accurate to that.
     let wall = start.elapsed();
     let used = usage(pid)?;
+    let collector_after = usage(stack.collector_pid)?;
+    println!(
+        "(collector during the run: {:.2} CPU s, peak RSS {:.1} MiB)",
+        collector_after.cpu_seconds - collector_before.cpu_seconds,
+        collector_after.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+    );
     drop(agent);
     Ok(Figures {
-        name: "yagura-agent (linux-auth, spool, signed, HTTPS)",
+        name: if index {
+            "yagura-agent (linux-auth, spool, signed, HTTPS) → collector archiving and indexing"
+        } else {
+            "yagura-agent (linux-auth, spool, signed, HTTPS) → collector archiving (ingest only)"
+        },
         wall,
         usage: Some(used),
+    })
+}
+
+/// Sealed batches waiting in an agent's spool directory (`<sequence>.batch` files).
+fn spooled_batches(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(usize::MAX, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".batch"))
+            .count()
     })
 }
 
@@ -395,6 +443,7 @@ fn idle_footprint(work: &Path) -> anyhow::Result<(u64, f64)> {
     let stack = start_stack(
         work,
         "idle",
+        "",
         &format!("[[sources]]\npaths = [\"{}/*.log\"]\n", logs.display()),
     )?;
     let (_agent, pid) = run_agent(&stack)?;
@@ -427,7 +476,16 @@ pub fn run(args: BenchAgentArgs) -> anyhow::Result<()> {
     println!("| pipeline | lines/s | MiB/s | wall | CPU s per 1M lines | peak RSS |");
     println!("| --- | --- | --- | --- | --- | --- |");
     report(&sequential_read(&file)?, args.lines, bytes);
-    report(&yagura_run(&work, &file, args.lines)?, args.lines, bytes);
+    report(
+        &yagura_run(&work, &file, args.lines, false)?,
+        args.lines,
+        bytes,
+    );
+    report(
+        &yagura_run(&work, &file, args.lines, true)?,
+        args.lines,
+        bytes,
+    );
     if !args.no_rsyslog {
         match rsyslog_run(&work, &file, args.lines) {
             Ok(f) => report(&f, args.lines, bytes),
