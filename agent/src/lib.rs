@@ -475,15 +475,17 @@ impl Producer {
             return true;
         }
         let checkpoints = self.tailer.checkpoints();
-        let result = {
-            let mut spool = self.spool.lock().unwrap_or_else(|p| p.into_inner());
-            spool.seal(
+        // Compressing, signing and syncing happen outside the spool's lock, so the
+        // shipper's acks (which take it) never wait for a seal.
+        let sealer = self.lock_spool().sealer();
+        let result = sealer
+            .seal(
                 &self.pending,
                 &checkpoints,
                 &self.key,
                 self.context.agent_id,
             )
-        };
+            .and_then(|written| self.lock_spool().commit(written));
         match result {
             Ok(batch) => {
                 tracing::debug!(

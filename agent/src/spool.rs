@@ -120,6 +120,68 @@ pub struct Spool {
     losses: Vec<SpoolLoss>,
 }
 
+/// Seals the next batch outside the spool's lock ([`Spool::sealer`]).
+#[derive(Debug, Clone)]
+pub struct Sealer {
+    dir: PathBuf,
+    sequence: u64,
+}
+
+/// A batch file written and synced by a [`Sealer`], waiting for [`Spool::commit`].
+#[derive(Debug)]
+pub struct WrittenBatch {
+    batch: SpooledBatch,
+    file_bytes: u64,
+    checkpoints: Vec<Checkpoint>,
+}
+
+impl Sealer {
+    /// Compresses, signs and durably writes `events` with `checkpoints` (which must cover
+    /// exactly these events and all earlier ones) as the batch file of the next sequence.
+    /// A crash after this leaves a complete batch that [`Spool::open`] takes in.
+    pub fn seal(
+        &self,
+        events: &EventLines,
+        checkpoints: &[Checkpoint],
+        key: &AgentKey,
+        agent_id: Uuid,
+    ) -> Result<WrittenBatch, SpoolError> {
+        let sequence = self.sequence;
+        let batch = SignedBatch::seal_lines(key, agent_id, sequence, Utc::now(), events)
+            .map_err(SpoolError::Seal)?;
+        let event_count = batch.header().event_count;
+        let header = FileHeader {
+            sequence,
+            checkpoints: checkpoints.to_vec(),
+        };
+        let header_json = serde_json::to_vec(&header).map_err(|e| SpoolError::Corrupt {
+            path: self.dir.clone(),
+            reason: format!("cannot encode header: {e}"),
+        })?;
+        let header_len = u32::try_from(header_json.len()).map_err(|_| SpoolError::Corrupt {
+            path: self.dir.clone(),
+            reason: "checkpoint header larger than 4 GiB".into(),
+        })?;
+        let bytes = batch.into_bytes();
+        let mut file = Vec::with_capacity(8 + header_json.len() + bytes.len());
+        file.extend_from_slice(FILE_MAGIC);
+        file.extend_from_slice(&header_len.to_be_bytes());
+        file.extend_from_slice(&header_json);
+        file.extend_from_slice(&bytes);
+        let path = self.dir.join(batch_file_name(sequence));
+        durable::write_atomic(&path, &file, 0o600).map_err(io_err(&path))?;
+        Ok(WrittenBatch {
+            batch: SpooledBatch {
+                sequence,
+                event_count,
+                bytes,
+            },
+            file_bytes: file.len() as u64,
+            checkpoints: header.checkpoints,
+        })
+    }
+}
+
 /// Events that left the spool without reaching the collector.
 #[derive(Debug, Clone)]
 pub struct SpoolLoss {
@@ -237,46 +299,46 @@ impl Spool {
         key: &AgentKey,
         agent_id: Uuid,
     ) -> Result<SpooledBatch, SpoolError> {
-        let sequence = self.next_sequence;
-        let batch = SignedBatch::seal_lines(key, agent_id, sequence, Utc::now(), events)
-            .map_err(SpoolError::Seal)?;
-        let event_count = batch.header().event_count;
-        let header = FileHeader {
-            sequence,
-            checkpoints: checkpoints.to_vec(),
-        };
-        let header_json = serde_json::to_vec(&header).map_err(|e| SpoolError::Corrupt {
-            path: self.dir.clone(),
-            reason: format!("cannot encode header: {e}"),
-        })?;
-        let header_len = u32::try_from(header_json.len()).map_err(|_| SpoolError::Corrupt {
-            path: self.dir.clone(),
-            reason: "checkpoint header larger than 4 GiB".into(),
-        })?;
-        let bytes = batch.into_bytes();
-        let mut file = Vec::with_capacity(8 + header_json.len() + bytes.len());
-        file.extend_from_slice(FILE_MAGIC);
-        file.extend_from_slice(&header_len.to_be_bytes());
-        file.extend_from_slice(&header_json);
-        file.extend_from_slice(&bytes);
-        let path = self.batch_path(sequence);
-        durable::write_atomic(&path, &file, 0o600).map_err(io_err(&path))?;
-        // Only now is the sequence spent: a failed write leaves no file behind to clash.
+        let written = self.sealer().seal(events, checkpoints, key, agent_id)?;
+        self.commit(written)
+    }
+
+    /// What the one producer needs to seal the next batch without holding the spool:
+    /// compressing, signing and the fsync then never block the shipper's acks.
+    pub fn sealer(&self) -> Sealer {
+        Sealer {
+            dir: self.dir.clone(),
+            sequence: self.next_sequence,
+        }
+    }
+
+    /// Takes a batch written by [`Sealer::seal`] into the spool. Its sequence must still be
+    /// the next one (there is one producer; anything else is a bug, and the file is
+    /// removed so that it cannot clash later).
+    pub fn commit(&mut self, written: WrittenBatch) -> Result<SpooledBatch, SpoolError> {
+        let path = self.batch_path(written.batch.sequence);
+        if written.batch.sequence != self.next_sequence {
+            let _ = std::fs::remove_file(&path);
+            return Err(SpoolError::Corrupt {
+                path,
+                reason: format!(
+                    "batch sealed as sequence {} but the next sequence is {}",
+                    written.batch.sequence, self.next_sequence
+                ),
+            });
+        }
+        // Only now is the sequence spent: a failed write left no file behind to clash.
         self.next_sequence += 1;
-        self.bytes += file.len() as u64;
+        self.bytes += written.file_bytes;
         self.batches.insert(
-            sequence,
+            written.batch.sequence,
             BatchMeta {
-                file_bytes: file.len() as u64,
-                checkpoints: header.checkpoints,
+                file_bytes: written.file_bytes,
+                checkpoints: written.checkpoints.clone(),
             },
         );
-        self.checkpoints = checkpoints.to_vec();
-        Ok(SpooledBatch {
-            sequence,
-            event_count,
-            bytes,
-        })
+        self.checkpoints = written.checkpoints;
+        Ok(written.batch)
     }
 
     /// The oldest spooled batch, read from disk. A file that no longer parses is

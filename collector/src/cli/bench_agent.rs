@@ -296,10 +296,12 @@ fn yagura_run(work: &Path, file: &Path, lines: u64, index: bool) -> anyhow::Resu
         } else {
             "throughput"
         },
+        // The per-agent rate limit (a policy against a runaway agent, 50,000 events/s by
+        // default) is off: the run measures capacity.
         if index {
-            ""
+            "[ingest]\nagent_events_per_second = 0\n"
         } else {
-            "[index]\nenabled = false\n"
+            "[ingest]\nagent_events_per_second = 0\n[index]\nenabled = false\n"
         },
         &format!(
             "host_name = \"bench-host\"\nheartbeat_interval_seconds = 1\n[ship]\nbatch_max_events = 2000\nbatch_max_wait_ms = 200\n[[sources]]\npaths = [\"{}\"]\ndataset = \"bench.auth\"\nparser = \"linux-auth\"\n",
