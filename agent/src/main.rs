@@ -94,7 +94,12 @@ fn init_logging() {
 }
 
 fn execute(cli: Cli) -> anyhow::Result<()> {
+    // One async worker is plenty (the heavy work — reading, parsing, sealing — runs on
+    // the blocking pool, one step at a time); a worker per core would cost every thread's
+    // stack and allocator arena on a many-core server for nothing.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(8)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
