@@ -14,6 +14,7 @@
 //! batch_max_wait_ms = 250
 //! max_backoff_ms = 5000
 //! request_timeout_ms = 10000
+//! batches_in_flight = 8
 //!
 //! [spool]
 //! max_bytes = 268435456
@@ -104,6 +105,9 @@ pub struct ShipConfig {
     pub max_backoff_ms: u64,
     /// Timeout of one HTTP request to the collector. Default 10000.
     pub request_timeout_ms: u64,
+    /// Most unacknowledged batches sent at once, in one request (acknowledged in order).
+    /// 1 sends one batch per request. Default 8, at most 64.
+    pub batches_in_flight: usize,
 }
 
 impl Default for ShipConfig {
@@ -114,6 +118,7 @@ impl Default for ShipConfig {
             batch_max_bytes: 4 << 20,
             max_backoff_ms: 5000,
             request_timeout_ms: 10_000,
+            batches_in_flight: 8,
         }
     }
 }
@@ -379,6 +384,12 @@ impl AgentConfig {
                 "must be at least 1",
             ));
         }
+        if !(1..=yagura_shared::bundle::MAX_BUNDLE_BATCHES).contains(&self.ship.batches_in_flight) {
+            return Err(invalid(
+                "ship.batches_in_flight".into(),
+                "must be between 1 and 64",
+            ));
+        }
         if self.spool.max_bytes == 0 {
             return Err(invalid("spool.max_bytes".into(), "must be at least 1"));
         }
@@ -600,6 +611,8 @@ start_at = "end"
         let err =
             parse("state_dir = \"/s\"\n[[sources]]\npaths = [\"rel.log\"]\n").expect_err("rel");
         assert!(err.to_string().contains("absolute"), "{err}");
+        let err = parse("state_dir = \"/s\"\n[ship]\nbatches_in_flight = 65\n").expect_err("65");
+        assert!(err.to_string().contains("ship.batches_in_flight"), "{err}");
         let err = parse("state_dir = \"/s\"\n[ship]\nbatch_max_events = 0\n").expect_err("zero");
         assert!(err.to_string().contains("ship.batch_max_events"), "{err}");
     }

@@ -1,4 +1,5 @@
-//! The shipper: sends spooled batches to the collector, oldest first, one at a time.
+//! The shipper: sends spooled batches to the collector, oldest first — up to
+//! `batches_in_flight` of them in one request (a bundle), acknowledged in order.
 //!
 //! Guarantees:
 //!
@@ -11,6 +12,10 @@
 //!   `max_backoff_ms`), or after `Retry-After` seconds when the collector sends one.
 //! * 401/403 (agent unknown, revoked, or key mismatch) and other unexpected statuses are
 //!   logged as errors and retried every 30 seconds: nothing is dropped because of them.
+//! * In a bundle, each batch gets the answer it would have had alone, and they are settled
+//!   in order up to the first one to retry; the collector stops at that one too, so no
+//!   batch is archived ahead of an earlier one still to come. A collector that does not
+//!   know bundles (404) is sent one batch per request.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +26,8 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use yagura_shared::bundle::{BUNDLE_CONTENT_TYPE, BatchResult, BundleAnswer, encode_bundle};
+
 use crate::config::ShipConfig;
 use crate::enroll::Enrollment;
 use crate::spool::{Spool, SpooledBatch};
@@ -28,6 +35,8 @@ use crate::{Error, blocking, tls};
 
 /// First retry delay ceiling.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Most bytes of batches sent in one request (the collector takes 16 MiB by default).
+pub const MAX_BUNDLE_BYTES: usize = 8 << 20;
 /// Pause between retries when the collector refuses the agent itself.
 pub const UNAUTHORIZED_RETRY: Duration = Duration::from_secs(30);
 /// The longest `Retry-After` honoured; longer values are cut to this.
@@ -187,6 +196,10 @@ pub struct Shipper {
     space_freed: Arc<Notify>,
     max_backoff: Duration,
     stats: Arc<crate::health::AgentStats>,
+    bundle_url: String,
+    batches_in_flight: usize,
+    /// Cleared when the collector does not know bundles (404/405): one batch per request.
+    bundles: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Shipper {
@@ -222,6 +235,9 @@ impl Shipper {
         Ok(Shipper {
             client,
             ingest_url: format!("{}/api/v1/ingest", enrollment.collector_url),
+            bundle_url: format!("{}/api/v1/ingest/bundle", enrollment.collector_url),
+            batches_in_flight: config.batches_in_flight.max(1),
+            bundles: std::sync::atomic::AtomicBool::new(true),
             spool,
             batch_sealed,
             space_freed,
@@ -245,10 +261,15 @@ impl Shipper {
                 return;
             }
             let spool = Arc::clone(&self.spool);
-            let next = blocking(move || lock(&spool).oldest()).await;
-            let batch = match next {
-                Ok(Ok(Some(batch))) => batch,
-                Ok(Ok(None)) => {
+            let count = if self.bundles.load(std::sync::atomic::Ordering::Relaxed) {
+                self.batches_in_flight
+            } else {
+                1
+            };
+            let next = blocking(move || lock(&spool).oldest_batches(count, MAX_BUNDLE_BYTES)).await;
+            let batches = match next {
+                Ok(Ok(batches)) if !batches.is_empty() => batches,
+                Ok(Ok(_)) => {
                     if drain.is_cancelled() {
                         return;
                     }
@@ -274,10 +295,75 @@ impl Shipper {
                     continue;
                 }
             };
-            if !self.ship_one(&batch, &mut backoff, &stop).await {
+            let shipped = if batches.len() == 1 {
+                self.ship_one(&batches[0], &mut backoff, &stop).await
+            } else {
+                self.ship_bundle(&batches, &mut backoff, &stop).await
+            };
+            if !shipped {
                 return;
             }
         }
+    }
+
+    /// Sends several batches in one request and settles them in order, up to the first
+    /// one that must be retried (after its delay; the loop then resends from there).
+    /// Returns false when stopped.
+    async fn ship_bundle(
+        &self,
+        batches: &[SpooledBatch],
+        backoff: &mut Backoff,
+        stop: &CancellationToken,
+    ) -> bool {
+        let body = encode_bundle(batches.iter().map(|b| b.bytes.as_slice()));
+        let sent = tokio::select! {
+            sent = self.post(&self.bundle_url, BUNDLE_CONTENT_TYPE, body) => sent,
+            _ = stop.cancelled() => return false,
+        };
+        let outcomes: Vec<Outcome> = match sent {
+            Err(outcome) => vec![outcome],
+            Ok((status, _, _))
+                if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED =>
+            {
+                tracing::info!(
+                    "the collector does not take bundles; sending one batch per request"
+                );
+                self.bundles
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                return true;
+            }
+            Ok((status, _, _)) if status == StatusCode::PAYLOAD_TOO_LARGE => {
+                // The bundle is over this collector's limit: the first batch alone says
+                // whether it is the batch itself.
+                return self.ship_one(&batches[0], backoff, stop).await;
+            }
+            Ok((status, retry_after, body)) if status.is_success() => {
+                match serde_json::from_str::<BundleAnswer>(&body) {
+                    Ok(answer) => answer
+                        .results
+                        .iter()
+                        .zip(batches)
+                        .map(|(result, batch)| batch_outcome(result, batch.sequence))
+                        .collect(),
+                    Err(e) => vec![Outcome::Retry {
+                        after: retry_after.as_deref().and_then(parse_retry_after),
+                        reason: format!("unreadable bundle answer: {e}"),
+                    }],
+                }
+            }
+            Ok((status, retry_after, body)) => vec![classify(
+                status,
+                retry_after.as_deref(),
+                &body,
+                batches[0].sequence,
+            )],
+        };
+        for (batch, outcome) in batches.iter().zip(outcomes) {
+            if let Some(delay) = self.settle(batch, outcome, backoff).await {
+                return sleep_or_stop(delay, stop).await;
+            }
+        }
+        true
     }
 
     /// Sends one batch until it is settled. Returns false when stopped.
@@ -287,79 +373,13 @@ impl Shipper {
         backoff: &mut Backoff,
         stop: &CancellationToken,
     ) -> bool {
-        let sequence = batch.sequence;
         loop {
             let outcome = tokio::select! {
                 outcome = self.send(batch) => outcome,
                 _ = stop.cancelled() => return false,
             };
-            let delay = match outcome {
-                Outcome::Acked { duplicate } => {
-                    tracing::debug!(
-                        sequence,
-                        events = batch.event_count,
-                        duplicate,
-                        "batch acknowledged"
-                    );
-                    let spool = Arc::clone(&self.spool);
-                    match blocking(move || lock(&spool).ack(sequence)).await {
-                        Ok(Ok(())) => {
-                            use std::sync::atomic::Ordering::Relaxed;
-                            self.stats.batches_shipped.fetch_add(1, Relaxed);
-                            self.stats
-                                .events_shipped
-                                .fetch_add(u64::from(batch.event_count), Relaxed);
-                            self.stats.set_ship_error(None);
-                            backoff.reset();
-                            self.space_freed.notify_one();
-                            return true;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::error!(sequence, error = %e, "cannot record the ack; will resend")
-                        }
-                        Err(e) => {
-                            tracing::error!(sequence, error = %e, "ack task failed; will resend")
-                        }
-                    }
-                    backoff.next_delay()
-                }
-                Outcome::Rejected { reason } => {
-                    let spool = Arc::clone(&self.spool);
-                    match blocking(move || lock(&spool).reject(sequence)).await {
-                        Ok(Ok(path)) => {
-                            tracing::error!(
-                                sequence,
-                                events = batch.event_count,
-                                path = %path.display(),
-                                %reason,
-                                "collector rejected the batch for good; set aside"
-                            );
-                            self.space_freed.notify_one();
-                            return true;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::error!(sequence, error = %e, "cannot set the rejected batch aside")
-                        }
-                        Err(e) => tracing::error!(sequence, error = %e, "reject task failed"),
-                    }
-                    backoff.next_delay()
-                }
-                Outcome::Refused { reason } => {
-                    self.stats
-                        .set_ship_error(Some(format!("collector refuses this agent: {reason}")));
-                    tracing::error!(
-                        sequence,
-                        %reason,
-                        "COLLECTOR REFUSES THIS AGENT (unknown, revoked or key mismatch?); retrying in 30 s"
-                    );
-                    UNAUTHORIZED_RETRY
-                }
-                Outcome::Retry { after, reason } => {
-                    self.stats.set_ship_error(Some(reason.clone()));
-                    let delay = after.unwrap_or_else(|| backoff.next_delay());
-                    tracing::warn!(sequence, %reason, retry_in_ms = delay.as_millis() as u64, "send failed; retrying");
-                    delay
-                }
+            let Some(delay) = self.settle(batch, outcome, backoff).await else {
+                return true;
             };
             if !sleep_or_stop(delay, stop).await {
                 return false;
@@ -367,23 +387,121 @@ impl Shipper {
         }
     }
 
+    /// Acts on the collector's answer for `batch`: deletes it from the spool when acked,
+    /// sets it aside when rejected for good. Returns the delay before sending it again, or
+    /// `None` when it is settled.
+    async fn settle(
+        &self,
+        batch: &SpooledBatch,
+        outcome: Outcome,
+        backoff: &mut Backoff,
+    ) -> Option<Duration> {
+        let sequence = batch.sequence;
+        Some(match outcome {
+            Outcome::Acked { duplicate } => {
+                tracing::debug!(
+                    sequence,
+                    events = batch.event_count,
+                    duplicate,
+                    "batch acknowledged"
+                );
+                let spool = Arc::clone(&self.spool);
+                match blocking(move || lock(&spool).ack(sequence)).await {
+                    Ok(Ok(())) => {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        self.stats.batches_shipped.fetch_add(1, Relaxed);
+                        self.stats
+                            .events_shipped
+                            .fetch_add(u64::from(batch.event_count), Relaxed);
+                        self.stats.set_ship_error(None);
+                        backoff.reset();
+                        self.space_freed.notify_one();
+                        return None;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(sequence, error = %e, "cannot record the ack; will resend")
+                    }
+                    Err(e) => {
+                        tracing::error!(sequence, error = %e, "ack task failed; will resend")
+                    }
+                }
+                backoff.next_delay()
+            }
+            Outcome::Rejected { reason } => {
+                let spool = Arc::clone(&self.spool);
+                match blocking(move || lock(&spool).reject(sequence)).await {
+                    Ok(Ok(path)) => {
+                        tracing::error!(
+                            sequence,
+                            events = batch.event_count,
+                            path = %path.display(),
+                            %reason,
+                            "collector rejected the batch for good; set aside"
+                        );
+                        self.space_freed.notify_one();
+                        return None;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(sequence, error = %e, "cannot set the rejected batch aside")
+                    }
+                    Err(e) => tracing::error!(sequence, error = %e, "reject task failed"),
+                }
+                backoff.next_delay()
+            }
+            Outcome::Refused { reason } => {
+                self.stats
+                    .set_ship_error(Some(format!("collector refuses this agent: {reason}")));
+                tracing::error!(
+                    sequence,
+                    %reason,
+                    "COLLECTOR REFUSES THIS AGENT (unknown, revoked or key mismatch?); retrying in 30 s"
+                );
+                UNAUTHORIZED_RETRY
+            }
+            Outcome::Retry { after, reason } => {
+                self.stats.set_ship_error(Some(reason.clone()));
+                let delay = after.unwrap_or_else(|| backoff.next_delay());
+                tracing::warn!(sequence, %reason, retry_in_ms = delay.as_millis() as u64, "send failed; retrying");
+                delay
+            }
+        })
+    }
+
     async fn send(&self, batch: &SpooledBatch) -> Outcome {
+        match self
+            .post(
+                &self.ingest_url,
+                "application/octet-stream",
+                batch.bytes.clone(),
+            )
+            .await
+        {
+            Ok((status, retry_after, body)) => {
+                classify(status, retry_after.as_deref(), &body, batch.sequence)
+            }
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Posts `body`; the status, `Retry-After` and body of the answer, or the retry a
+    /// transport failure calls for.
+    async fn post(
+        &self,
+        url: &str,
+        content_type: &'static str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Option<String>, String), Outcome> {
         let response = self
             .client
-            .post(&self.ingest_url)
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .body(batch.bytes.clone())
+            .post(url)
+            .header(CONTENT_TYPE, content_type)
+            .body(body)
             .send()
-            .await;
-        let response = match response {
-            Ok(r) => r,
-            Err(e) => {
-                return Outcome::Retry {
-                    after: None,
-                    reason: ErrorChain(&e).to_string(),
-                };
-            }
-        };
+            .await
+            .map_err(|e| Outcome::Retry {
+                after: None,
+                reason: ErrorChain(&e).to_string(),
+            })?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -398,14 +516,26 @@ impl Shipper {
                 String::new()
             }
             Err(e) => {
-                return Outcome::Retry {
+                return Err(Outcome::Retry {
                     after: None,
                     reason: format!("{status}, body unreadable: {e}"),
-                };
+                });
             }
         };
-        classify(status, retry_after.as_deref(), &body, batch.sequence)
+        Ok((status, retry_after, body))
     }
+}
+
+/// The outcome of one batch of a bundle, read as if it had been sent alone.
+pub fn batch_outcome(result: &BatchResult, sequence: u64) -> Outcome {
+    let status = StatusCode::from_u16(result.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = if status.is_success() {
+        serde_json::json!({"status": result.outcome, "sequence": result.sequence})
+    } else {
+        serde_json::json!({"detail": result.detail})
+    };
+    let retry_after = result.retry_after_seconds.map(|s| s.to_string());
+    classify(status, retry_after.as_deref(), &body.to_string(), sequence)
 }
 
 /// Displays an error with all its sources (`a: b: c`).
@@ -480,6 +610,41 @@ mod tests {
         assert_eq!(parse_retry_after("86400"), Some(MAX_RETRY_AFTER));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
         assert_eq!(parse_retry_after("-1"), None);
+    }
+
+    #[test]
+    fn bundle_results_read_as_single_answers() {
+        let result = |status: u16, sequence: Option<u64>, outcome: Option<&str>| BatchResult {
+            status,
+            sequence,
+            outcome: outcome.map(str::to_string),
+            detail: Some("why".into()),
+            retry_after_seconds: Some(3),
+        };
+        assert_eq!(
+            batch_outcome(&result(200, Some(4), Some("duplicate")), 4),
+            Outcome::Acked { duplicate: true }
+        );
+        // An ack naming another sequence is not an ack of this batch.
+        assert!(matches!(
+            batch_outcome(&result(200, Some(5), Some("accepted")), 4),
+            Outcome::Retry { .. }
+        ));
+        assert_eq!(
+            batch_outcome(&result(429, Some(4), None), 4),
+            Outcome::Retry {
+                after: Some(Duration::from_secs(3)),
+                reason: "429 Too Many Requests: why".into()
+            }
+        );
+        assert!(matches!(
+            batch_outcome(&result(400, None, None), 4),
+            Outcome::Rejected { .. }
+        ));
+        assert!(matches!(
+            batch_outcome(&result(401, None, None), 4),
+            Outcome::Refused { .. }
+        ));
     }
 
     #[test]

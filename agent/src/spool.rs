@@ -114,7 +114,8 @@ pub struct Spool {
     last_acked_sequence: u64,
     /// The checkpoints after the newest committed line (spooled or acked).
     checkpoints: Vec<Checkpoint>,
-    /// The batch the shipper is sending: never dropped to make room.
+    /// The batches the shipper is sending (all those up to this sequence): never dropped
+    /// to make room.
     in_flight: Option<u64>,
     /// Batches lost since the last [`Spool::take_losses`] (quarantined files).
     losses: Vec<SpoolLoss>,
@@ -344,23 +345,51 @@ impl Spool {
     /// The oldest spooled batch, read from disk. A file that no longer parses is
     /// quarantined and the next one returned.
     pub fn oldest(&mut self) -> Result<Option<SpooledBatch>, SpoolError> {
-        while let Some((&sequence, _)) = self.batches.iter().next() {
+        Ok(self.oldest_batches(1, usize::MAX)?.into_iter().next())
+    }
+
+    /// The oldest spooled batches, up to `count` of them and `max_bytes` together (at
+    /// least one, whatever its size), read from disk and marked in flight. Files that no
+    /// longer parse are quarantined and skipped.
+    pub fn oldest_batches(
+        &mut self,
+        count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SpooledBatch>, SpoolError> {
+        let mut found: Vec<SpooledBatch> = Vec::new();
+        let mut bytes = 0usize;
+        let mut after: Option<u64> = None;
+        while found.len() < count {
+            let next = match after {
+                None => self.batches.keys().next(),
+                Some(a) => self.batches.range(a + 1..).map(|(k, _)| k).next(),
+            };
+            let Some(&sequence) = next else { break };
+            after = Some(sequence);
             let path = self.batch_path(sequence);
             match read_batch_file(&path) {
                 Ok((_, batch)) => {
-                    self.in_flight = Some(sequence);
-                    return Ok(Some(SpooledBatch {
+                    let batch = SpooledBatch {
                         sequence,
                         event_count: batch.header().event_count,
                         bytes: batch.into_bytes(),
-                    }));
+                    };
+                    if !found.is_empty() && bytes + batch.bytes.len() > max_bytes {
+                        break;
+                    }
+                    bytes += batch.bytes.len();
+                    self.in_flight = Some(sequence);
+                    found.push(batch);
                 }
                 Err(SpoolError::Io { cause, .. }) if cause.kind() == io::ErrorKind::NotFound => {
                     tracing::error!(sequence, path = %path.display(), "spooled batch vanished");
                     self.forget(sequence);
                 }
                 Err(SpoolError::Io { cause, .. }) => {
-                    return Err(SpoolError::Io { path, cause });
+                    if found.is_empty() {
+                        return Err(SpoolError::Io { path, cause });
+                    }
+                    break;
                 }
                 Err(e) => {
                     quarantine(&self.dir, &path, &e.to_string());
@@ -373,7 +402,7 @@ impl Spool {
                 }
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// Drops the oldest batch that is not being sent, to make room under `drop_oldest`.
@@ -384,7 +413,7 @@ impl Spool {
             .batches
             .keys()
             .copied()
-            .find(|s| Some(*s) != self.in_flight)
+            .find(|s| self.in_flight.is_none_or(|last| *s > last))
         else {
             return Ok(None);
         };
@@ -881,5 +910,41 @@ mod tests {
         assert_eq!(sequence_of_name("x.batch"), None);
         assert_eq!(sequence_of_name(".batch"), None);
         assert_eq!(sequence_of_name("1.batch.tmp"), None);
+    }
+
+    #[test]
+    fn several_oldest_batches_go_in_flight_and_are_never_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        let mut spool = Spool::open(dir.path()).expect("open");
+        for i in 1..=5 {
+            spool
+                .seal(&lines(2), &[cp("/a", i)], &key, agent)
+                .expect("seal");
+        }
+        let one = spool.oldest_batches(1, usize::MAX).expect("read")[0]
+            .bytes
+            .len();
+        // Byte bound: at least one batch, then as many as fit.
+        let sent = spool.oldest_batches(3, one * 2 + 1).expect("read");
+        assert_eq!(sent.iter().map(|b| b.sequence).collect::<Vec<_>>(), [1, 2]);
+        let sent = spool.oldest_batches(3, usize::MAX).expect("read");
+        assert_eq!(
+            sent.iter().map(|b| b.sequence).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        let dropped = spool.drop_oldest_unsent().expect("drop").expect("some");
+        assert_eq!(dropped.sequence, 4, "batches in flight are never dropped");
+        spool.ack(1).expect("ack");
+        spool.ack(2).expect("ack");
+        spool.ack(3).expect("ack");
+        assert_eq!(
+            spool
+                .drop_oldest_unsent()
+                .expect("drop")
+                .map(|l| l.sequence),
+            Some(5)
+        );
     }
 }

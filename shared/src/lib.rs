@@ -13,6 +13,7 @@
 //! [`FlatEvent`] is the agent's fast way to build an [`Event`]'s JSON line.
 
 pub mod batch;
+pub mod bundle;
 pub mod event;
 pub mod flat;
 
@@ -20,6 +21,7 @@ pub use batch::{
     AgentKey, BatchError, BatchHeader, EventLines, SignedBatch, parse_header,
     verifying_key_from_base64,
 };
+pub use bundle::{BatchResult, BundleAnswer, decode_bundle, encode_bundle};
 pub use ed25519_dalek::VerifyingKey;
 pub use event::{Event, EventError};
 pub use flat::{FieldRef, FlatEvent, Mark, Occupant};

@@ -254,10 +254,30 @@ impl Collector {
     /// `POST /api/v1/ingest` with raw batch bytes, as an agent sends them: the status, the
     /// JSON body (`Null` when there is none) and the content type.
     pub async fn post_ingest(&self, body: Vec<u8>) -> anyhow::Result<(u16, Value, String)> {
+        self.post_body("/api/v1/ingest", "application/octet-stream", body)
+            .await
+    }
+
+    /// `POST /api/v1/ingest/bundle` with a bundle of batches (see [`Self::post_ingest`]).
+    pub async fn post_bundle(&self, body: Vec<u8>) -> anyhow::Result<(u16, Value, String)> {
+        self.post_body(
+            "/api/v1/ingest/bundle",
+            yagura_shared::bundle::BUNDLE_CONTENT_TYPE,
+            body,
+        )
+        .await
+    }
+
+    async fn post_body(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<(u16, Value, String)> {
         let response = self
             .client()?
-            .post(format!("{}/api/v1/ingest", self.url))
-            .header("content-type", "application/octet-stream")
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
             .body(body)
             .send()
             .await?;

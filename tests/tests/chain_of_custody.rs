@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 use uuid::Uuid;
 use yagura_e2e::{Agent, Collector, append_lines, binaries};
-use yagura_shared::{AgentKey, Event, SignedBatch};
+use yagura_shared::{AgentKey, Event, SignedBatch, encode_bundle};
 
 fn events(marker: &str, agent: Uuid, n: usize) -> Vec<Event> {
     (0..n)
@@ -655,6 +655,90 @@ async fn heartbeats_update_fleet_state_and_silence_raises_agent_offline() -> any
     assert!(
         row.contains("offline") && row.contains("9.8.7") && row.contains("4096"),
         "{text}"
+    );
+    Ok(())
+}
+
+/// A bundle is taken strictly in order: a batch refused for good (400) does not stop it,
+/// the first batch to be retried (429 here, from the per-agent rate limit) ends it, and
+/// nothing after that one is archived, so it can never overtake an earlier batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_are_taken_in_order_up_to_the_first_batch_to_retry() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let collector = Collector::start(
+        &tmp.path().join("collector"),
+        "[ingest]\nagent_events_per_second = 1\nagent_burst_events = 10\n",
+    )?;
+    let key = AgentKey::generate()?;
+    let agent = enroll_key(&collector, &key, "bundle-client").await?;
+    let now = chrono::Utc::now();
+    let batch = |seq: u64, marker: &str| -> anyhow::Result<Vec<u8>> {
+        Ok(SignedBatch::seal(&key, agent, seq, now, &events(marker, agent, 3))?.into_bytes())
+    };
+    let bad_payload = forge(&key, agent, 2, 1, b"not zstd");
+    let bundle = encode_bundle([
+        batch(1, "bundle-one")?.as_slice(),
+        bad_payload.as_slice(),
+        batch(2, "bundle-two")?.as_slice(),
+        batch(3, "bundle-three")?.as_slice(),
+        batch(4, "bundle-four")?.as_slice(),
+    ]);
+    let (status, answer, _) = collector.post_bundle(bundle).await?;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().cloned().unwrap_or_default();
+    let summary: Vec<(u64, u64)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["status"].as_u64().unwrap_or(0),
+                r["sequence"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    // 10 events of burst: batches 1, 2 and 3 (3 events each) and the bad one (which
+    // declares 1) fit; 4 is over the limit.
+    assert_eq!(
+        summary,
+        vec![(200, 1), (400, 2), (200, 2), (200, 3), (429, 4)],
+        "{answer}"
+    );
+    assert_eq!(results[0]["outcome"], json!("accepted"));
+    assert!(
+        results[4]["retry_after_seconds"]
+            .as_u64()
+            .is_some_and(|s| s >= 1)
+    );
+
+    // The first batch to retry being the bundle's first, its error is the answer.
+    let (status, answer, content_type) = collector
+        .post_bundle(encode_bundle([batch(4, "bundle-four")?.as_slice()]))
+        .await?;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (429, "application/problem+json"),
+        "{answer}"
+    );
+
+    // Framing errors are 400 with a problem body.
+    let (status, answer, _) = collector.post_bundle(b"YGN1\0\0\0\x09abc".to_vec()).await?;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("bundle")),
+        "{answer}"
+    );
+
+    for marker in ["bundle-one", "bundle-two", "bundle-three"] {
+        collector
+            .wait_for_total(&format!("message:\"{marker}\""), 3, Duration::from_secs(30))
+            .await?;
+    }
+    let four = collector.search("message:\"bundle-four\"", 10).await?;
+    assert_eq!(
+        four["total"],
+        json!(0),
+        "batch 4 must not be archived: {four}"
     );
     Ok(())
 }

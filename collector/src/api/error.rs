@@ -72,6 +72,17 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// This error as the result of one batch of a bundle.
+    pub fn to_batch_result(&self, sequence: Option<u64>) -> yagura_shared::BatchResult {
+        yagura_shared::BatchResult {
+            status: self.status.as_u16(),
+            sequence,
+            outcome: None,
+            detail: Some(self.detail.clone()),
+            retry_after_seconds: self.retry_after_seconds,
+        }
+    }
 }
 
 impl IntoResponse for ApiError {

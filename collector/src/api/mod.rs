@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         ));
     let ingest = Router::new()
         .route("/api/v1/ingest", post(ingest))
+        .route("/api/v1/ingest/bundle", post(ingest_bundle))
         .layer(DefaultBodyLimit::max(max_batch));
     let enroll = Router::new()
         .route("/api/v1/enroll", post(enroll))
@@ -117,15 +118,83 @@ async fn require_api_token(
     }
 }
 
-/// `POST /api/v1/ingest`. The body size is checked from `Content-Length` before a byte
-/// of it is read (413), and again while reading (a body without, or lying about, its
-/// length); then [`BatchIngest`] runs its checks.
+/// `POST /api/v1/ingest`: one signed batch. See [`read_ingest_body`] for the size checks;
+/// then [`BatchIngest`] runs its checks.
 async fn ingest(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let peer = Some(peer.ip());
+    let body = read_ingest_body(&state, peer, request).await?;
+    match state.ingest.ingest(body.to_vec(), peer).await {
+        Ok(ack) => Ok(Json(ack).into_response()),
+        Err(rejection) => Err(rejection_error(rejection)),
+    }
+}
+
+/// `POST /api/v1/ingest/bundle`: several batches of one agent, taken strictly in order
+/// (see `yagura_shared::bundle`). Each batch gets every check a single upload gets; the
+/// first one that is to be retried (anything but 2xx, 400 and 413, which the agent
+/// settles for good) ends the bundle, so no batch is archived ahead of an earlier one
+/// still to come. When that is the first batch, its error is the answer; otherwise 200
+/// with one result per batch looked at.
+async fn ingest_bundle(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let peer = Some(peer.ip());
+    let body = read_ingest_body(&state, peer, request).await?;
+    let batches = yagura_shared::decode_bundle(&body).map_err(|e| {
+        state.ingest.collector_events().security(SecurityReport {
+            action: "malformed_batch",
+            peer,
+            claimed_agent: None,
+            reason: e.to_string(),
+        });
+        ApiError::bad_request(e.to_string())
+    })?;
+    let mut results = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let sequence = yagura_shared::parse_header(batch)
+            .ok()
+            .map(|header| header.sequence);
+        match state.ingest.ingest(batch.to_vec(), peer).await {
+            Ok(ack) => results.push(yagura_shared::BatchResult {
+                status: StatusCode::OK.as_u16(),
+                sequence: Some(ack.sequence),
+                outcome: Some(ack.status.to_string()),
+                detail: None,
+                retry_after_seconds: None,
+            }),
+            Err(rejection) => {
+                let error = rejection_error(rejection);
+                let settled = matches!(
+                    error.status(),
+                    StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE
+                );
+                if !settled && results.is_empty() {
+                    return Err(error);
+                }
+                results.push(error.to_batch_result(sequence));
+                if !settled {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(Json(yagura_shared::BundleAnswer { results }).into_response())
+}
+
+/// Reads an ingest body under the configured limit: checked from `Content-Length` before
+/// a byte of it is read (413), and again while reading (a body without, or lying about,
+/// its length). Oversized bodies are reported as security events.
+async fn read_ingest_body(
+    state: &AppState,
+    peer: Option<std::net::IpAddr>,
+    request: Request,
+) -> Result<axum::body::Bytes, ApiError> {
     let max = state.ingest.limits().max_body_bytes;
     let oversized = |detail: String| {
         state.ingest.collector_events().security(SecurityReport {
@@ -145,40 +214,39 @@ async fn ingest(
         && length > max as u64
     {
         return Err(oversized(format!(
-            "batch of {length} bytes exceeds the collector's limit of {max} bytes"
+            "body of {length} bytes exceeds the collector's limit of {max} bytes"
         )));
     }
-    let body = match axum::body::to_bytes(request.into_body(), max).await {
-        Ok(body) => body,
+    match axum::body::to_bytes(request.into_body(), max).await {
+        Ok(body) => Ok(body),
         Err(error) => {
             let too_large = std::error::Error::source(&error)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            return Err(if too_large {
-                oversized(format!(
-                    "batch exceeds the collector's limit of {max} bytes"
-                ))
+            Err(if too_large {
+                oversized(format!("body exceeds the collector's limit of {max} bytes"))
             } else {
-                ApiError::bad_request(format!("reading the batch: {error}"))
-            });
+                ApiError::bad_request(format!("reading the body: {error}"))
+            })
         }
-    };
-    match state.ingest.ingest(body.to_vec(), peer).await {
-        Ok(ack) => Ok(Json(ack).into_response()),
-        Err(rejection) => Err(match rejection {
-            Rejection::Malformed(d) | Rejection::ClockSkew(d) => ApiError::bad_request(d),
-            Rejection::UnknownAgent(_) | Rejection::RevokedAgent(_) | Rejection::Unverified(_) => {
-                ApiError::unauthorized(rejection.to_string())
-            }
-            Rejection::TooLarge(d) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, d),
-            Rejection::SlowDown {
-                detail,
-                retry_after_seconds,
-            } => ApiError::too_many_requests(detail, retry_after_seconds),
-            Rejection::Unavailable(cause) => {
-                tracing::error!(%cause, "batch could not be stored");
-                ApiError::unavailable(5)
-            }
-        }),
+    }
+}
+
+/// The HTTP answer to a batch ingest refused.
+fn rejection_error(rejection: Rejection) -> ApiError {
+    match rejection {
+        Rejection::Malformed(d) | Rejection::ClockSkew(d) => ApiError::bad_request(d),
+        Rejection::UnknownAgent(_) | Rejection::RevokedAgent(_) | Rejection::Unverified(_) => {
+            ApiError::unauthorized(rejection.to_string())
+        }
+        Rejection::TooLarge(d) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, d),
+        Rejection::SlowDown {
+            detail,
+            retry_after_seconds,
+        } => ApiError::too_many_requests(detail, retry_after_seconds),
+        Rejection::Unavailable(cause) => {
+            tracing::error!(%cause, "batch could not be stored");
+            ApiError::unavailable(5)
+        }
     }
 }
 
