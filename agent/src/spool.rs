@@ -923,11 +923,18 @@ mod tests {
                 .seal(&lines(2), &[cp("/a", i)], &key, agent)
                 .expect("seal");
         }
-        let one = spool.oldest_batches(1, usize::MAX).expect("read")[0]
-            .bytes
-            .len();
+        let sizes: Vec<usize> = spool
+            .oldest_batches(5, usize::MAX)
+            .expect("read")
+            .iter()
+            .map(|b| b.bytes.len())
+            .collect();
         // Byte bound: at least one batch, then as many as fit.
-        let sent = spool.oldest_batches(3, one * 2 + 1).expect("read");
+        let sent = spool.oldest_batches(3, 1).expect("read");
+        assert_eq!(sent.iter().map(|b| b.sequence).collect::<Vec<_>>(), [1]);
+        let sent = spool
+            .oldest_batches(3, sizes[0] + sizes[1] + sizes[2] - 1)
+            .expect("read");
         assert_eq!(sent.iter().map(|b| b.sequence).collect::<Vec<_>>(), [1, 2]);
         let sent = spool.oldest_batches(3, usize::MAX).expect("read");
         assert_eq!(

@@ -60,14 +60,14 @@ struct Field {
     val: Val,
 }
 
-/// A field's value as read back with [`FlatEvent::get`].
+/// A field's value as read back with [`FlatEvent::get`]; lists of strings are read with
+/// [`FlatEvent::get_value`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FieldRef<'a> {
     Str(&'a str),
     I64(i64),
     U64(u64),
     Bool(bool),
-    Strs(&'a [u8]),
     Json(&'a Value),
 }
 
@@ -306,7 +306,8 @@ impl FlatEvent {
             .find(|f| paths_overlap(self.key(f.key), path))
     }
 
-    /// A leaf field's value (`None` for objects and for what a later write replaced).
+    /// A leaf field's value, borrowed (`None` for objects, for lists of strings — see
+    /// [`FlatEvent::get_value`] — and for what a later write replaced).
     pub fn get(&self, path: &str) -> Option<FieldRef<'_>> {
         let field = self.latest_touching(path)?;
         if self.key(field.key) != path {
@@ -317,9 +318,8 @@ impl FlatEvent {
             Val::I64(i) => FieldRef::I64(i),
             Val::U64(u) => FieldRef::U64(u),
             Val::Bool(b) => FieldRef::Bool(b),
-            Val::Strs { .. } => FieldRef::Strs(&[]),
             Val::Json(i) => FieldRef::Json(self.json.get(i as usize)?),
-            Val::Cleared => return None,
+            Val::Strs { .. } | Val::Cleared => return None,
         })
     }
 
