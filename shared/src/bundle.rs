@@ -106,7 +106,7 @@ mod tests {
         for bad in [
             &b""[..],
             b"YGN1",
-            b"XXXX\0\0\0\0",
+            b"YGB1\0\0\0\0",
             b"YGN1\0\0\0",
             b"YGN1\0\0\0\x05abc",
         ] {
