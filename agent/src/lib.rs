@@ -659,20 +659,10 @@ mod tests {
 
     /// The messages of all spooled batches, in sequence order.
     fn spooled_messages(dir: &Path) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut files: Vec<_> = std::fs::read_dir(dir.join("spool"))
-            .expect("dir")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "batch"))
-            .collect();
-        files.sort();
-        for file in files {
-            let (_, batch) = spool::read_batch_file(&file).expect("batch");
-            for e in batch.events(1 << 24).expect("events") {
-                out.push(e.message().expect("message").to_string());
-            }
-        }
-        out
+        spooled_events(dir)
+            .iter()
+            .map(|e| e.message().expect("message").to_string())
+            .collect()
     }
 
     fn spooled_events(dir: &Path) -> Vec<Event> {

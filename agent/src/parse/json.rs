@@ -121,13 +121,18 @@ struct Sink<'a> {
 impl Sink<'_> {
     /// Keeps the value when it is one of the time or message fields.
     fn capture(&mut self, path: &str, value: &Value) {
-        for (field, slot) in self.time_fields.iter().zip(&mut self.times) {
-            if slot.is_none() && *field == path {
-                *slot = Some(value.clone());
-            }
-        }
+        self.capture_time(path, || value.clone());
         if let Value::String(text) = value {
             self.capture_message(path, text);
+        }
+    }
+
+    /// Keeps the value (made only when needed) when `path` is one of the time fields.
+    fn capture_time(&mut self, path: &str, value: impl Fn() -> Value) {
+        for (field, slot) in self.time_fields.iter().zip(&mut self.times) {
+            if slot.is_none() && *field == path {
+                *slot = Some(value());
+            }
         }
     }
 
@@ -172,11 +177,7 @@ impl Sink<'_> {
     fn leaf_str(&mut self, text: &str) {
         let path = std::mem::take(&mut self.path);
         self.capture_message(&path, text);
-        for (field, slot) in self.time_fields.iter().zip(&mut self.times) {
-            if slot.is_none() && *field == path {
-                *slot = Some(Value::String(text.to_string()));
-            }
-        }
+        self.capture_time(&path, || Value::String(text.to_string()));
         if self.writable_leaf(&path) {
             self.out.event.set_str_at(&path, text);
         } else {

@@ -31,7 +31,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, FixedOffset, Utc};
 use serde::Deserialize;
 
-use super::time::{digits, fraction_micros, hms, local_to_utc, naive};
+use super::time::{date_time_prefix, digits, local_to_utc};
 use super::{Fields, Outcome, ParseContext};
 
 /// One log line, borrowed where the format allows.
@@ -67,15 +67,7 @@ pub(crate) fn parse_line(line: &str, ctx: &ParseContext, out: &mut Fields) -> bo
 /// `2026-11-25 08:01:02.123 UTC`: the time and the bytes it took (zone included).
 fn pg_time(s: &str, tz: FixedOffset) -> Option<(DateTime<Utc>, usize)> {
     let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' {
-        return None;
-    }
-    let year = digits(b, 4)? as i32;
-    let month = digits(&b[5..], 2)?;
-    let day = digits(&b[8..], 2)?;
-    let time = hms(&b[11..])?;
-    let (micros, used) = fraction_micros(&b[19..]);
-    let mut pos = 19 + used;
+    let (local, mut pos) = date_time_prefix(b, b" ")?;
     let mut zone = tz;
     if b.get(pos) == Some(&b' ') {
         let rest = &s[pos + 1..];
@@ -89,10 +81,7 @@ fn pg_time(s: &str, tz: FixedOffset) -> Option<(DateTime<Utc>, usize)> {
         };
         pos += 1 + end;
     }
-    Some((
-        local_to_utc(naive(year, month, day, time, micros)?, zone)?,
-        pos,
-    ))
+    Some((local_to_utc(local, zone)?, pos))
 }
 
 /// `+09`, `-0330`, `+05:30`.

@@ -123,9 +123,10 @@ pub(crate) fn infer_year(
 
 /// An RFC 3339 timestamp at the start of `s` (`2026-11-24T00:32:37.604537+00:00`, `Z`,
 /// a space instead of `T`): the time and the number of bytes it took.
-pub(crate) fn rfc3339_prefix(s: &str) -> Option<(DateTime<Utc>, usize)> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || (b[10] != b'T' && b[10] != b't') {
+/// `YYYY-MM-DD?HH:MM:SS[.fraction]`, with `?` one of `separators`: the local date and
+/// time, and where they end (the zone, if any, follows).
+pub(crate) fn date_time_prefix(b: &[u8], separators: &[u8]) -> Option<(NaiveDateTime, usize)> {
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !separators.contains(&b[10]) {
         return None;
     }
     let year = digits(b, 4)? as i32;
@@ -133,7 +134,12 @@ pub(crate) fn rfc3339_prefix(s: &str) -> Option<(DateTime<Utc>, usize)> {
     let day = digits(&b[8..], 2)?;
     let time = hms(&b[11..])?;
     let (micros, used) = fraction_micros(&b[19..]);
-    let mut pos = 19 + used;
+    Some((naive(year, month, day, time, micros)?, 19 + used))
+}
+
+pub(crate) fn rfc3339_prefix(s: &str) -> Option<(DateTime<Utc>, usize)> {
+    let b = s.as_bytes();
+    let (local, mut pos) = date_time_prefix(b, b"Tt")?;
     let offset_seconds: i32 = match b.get(pos)? {
         b'Z' | b'z' => {
             pos += 1;
@@ -150,8 +156,7 @@ pub(crate) fn rfc3339_prefix(s: &str) -> Option<(DateTime<Utc>, usize)> {
         _ => return None,
     };
     let tz = FixedOffset::east_opt(offset_seconds)?;
-    let t = local_to_utc(naive(year, month, day, time, micros)?, tz)?;
-    Some((t, pos))
+    Some((local_to_utc(local, tz)?, pos))
 }
 
 #[cfg(test)]
