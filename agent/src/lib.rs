@@ -26,6 +26,7 @@ pub mod enroll;
 pub mod health;
 pub mod loss;
 pub mod parse;
+mod seal;
 pub mod ship;
 pub mod spool;
 pub mod tail;
@@ -40,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use yagura_shared::{AgentKey, Event, EventLines, FlatEvent};
+use yagura_shared::{Event, EventLines, FlatEvent};
 
 pub use config::{
     AgentConfig, ConfigError, MultilineConfig, MultilineMode, ShipConfig, SourceConfig,
@@ -237,9 +238,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                 max_wait: Duration::from_millis(ship_config.batch_max_wait_ms),
                 last_rescan: Instant::now(),
                 seal_retry_at: None,
+                sealing: seal::SealPipeline::new(Arc::clone(&spool), key, agent_id, batch_sealed),
                 spool,
-                key,
-                batch_sealed,
             }
         }
     })
@@ -359,10 +359,11 @@ struct StepOutcome {
 
 /// The synchronous half of the agent: tailer plus the pending (not yet sealed) batch.
 ///
-/// Invariant: every line the tailer has handed out is either in `pending` or in a sealed
-/// batch. The tailer is asked for at most `max_events - pending.len()` lines, and a seal
-/// always takes all of `pending`, so the tailer's checkpoints at seal time cover exactly
-/// the lines of that batch and all earlier ones — never a line still only in memory.
+/// Invariant: every line the tailer has handed out is in `pending`, in the batch being
+/// sealed (or waiting to be sealed again) by `sealing`, or in a sealed batch. The tailer is
+/// asked for at most `max_events - pending.len()` lines, and a seal always takes all of
+/// `pending` with the tailer's checkpoints of that moment, so a batch's checkpoints cover
+/// exactly its lines and all earlier ones — never a line still only in memory.
 struct Producer {
     tailer: tail::Tailer,
     watcher: Option<tail::DirWatcher>,
@@ -382,13 +383,14 @@ struct Producer {
     max_wait: Duration,
     last_rescan: Instant,
     seal_retry_at: Option<Instant>,
+    /// Seals full batches on a thread of their own while the next one is read.
+    sealing: seal::SealPipeline,
     spool: Arc<Mutex<spool::Spool>>,
-    key: Arc<AgentKey>,
-    batch_sealed: Arc<Notify>,
 }
 
 impl Producer {
     fn step(&mut self, force_rescan: bool) -> StepOutcome {
+        self.sealing.poll();
         let now = Instant::now();
         if force_rescan || now.duration_since(self.last_rescan) >= RESCAN_INTERVAL {
             self.tailer.rescan();
@@ -447,8 +449,9 @@ impl Producer {
         self.heartbeat_if_due();
         let full_batch =
             self.pending.len() >= self.max_events || self.pending_bytes >= self.max_bytes;
-        if !self.pending.is_empty() && retry_ok && (full_batch || due) {
-            let sealed = self.seal_pending();
+        let failed = self.sealing.has_failed();
+        if retry_ok && (failed || (!self.pending.is_empty() && (full_batch || due))) {
+            let sealed = self.start_seal();
             // The batch filled up (lines plus loss events): more lines may be waiting.
             if sealed && full_batch {
                 more_ready = true;
@@ -458,10 +461,14 @@ impl Producer {
             // Offsets hold until the shipper frees space; the loop wakes on `space_freed`.
             more_ready = false;
         }
-        let seal_deadline = self.first_pending_at.map(|t| {
-            let at = t + self.max_wait;
-            self.seal_retry_at.map_or(at, |r| at.max(r))
-        });
+        let seal_deadline = match self.first_pending_at {
+            Some(t) => {
+                let at = t + self.max_wait;
+                Some(self.seal_retry_at.map_or(at, |r| at.max(r)))
+            }
+            None if self.sealing.has_failed() => self.seal_retry_at,
+            None => None,
+        };
         StepOutcome {
             more_ready,
             seal_deadline,
@@ -470,43 +477,30 @@ impl Producer {
 
     /// Seals all pending events with the tailer's current checkpoints. Returns whether the
     /// pending batch is now empty.
-    fn seal_pending(&mut self) -> bool {
+    /// Hands the pending batch to the sealing thread, after the batch before it is
+    /// sealed. False when a batch whose seal failed is still waiting (retried later).
+    fn start_seal(&mut self) -> bool {
+        if !self.sealing.wait_idle() {
+            self.seal_retry_at = Some(Instant::now() + SEAL_RETRY);
+            return false;
+        }
+        self.seal_retry_at = None;
         if self.pending.is_empty() {
             return true;
         }
-        let checkpoints = self.tailer.checkpoints();
-        // Compressing, signing and syncing happen outside the spool's lock, so the
-        // shipper's acks (which take it) never wait for a seal.
-        let sealer = self.lock_spool().sealer();
-        let result = sealer
-            .seal(
-                &self.pending,
-                &checkpoints,
-                &self.key,
-                self.context.agent_id,
-            )
-            .and_then(|written| self.lock_spool().commit(written));
-        match result {
-            Ok(batch) => {
-                tracing::debug!(
-                    sequence = batch.sequence,
-                    events = batch.event_count,
-                    bytes = batch.bytes.len(),
-                    "batch sealed"
-                );
-                self.pending.clear();
-                self.pending_bytes = 0;
-                self.first_pending_at = None;
-                self.seal_retry_at = None;
-                self.batch_sealed.notify_one();
-                true
-            }
-            Err(e) => {
-                tracing::error!(error = %e, events = self.pending.len(), "could not seal a batch; will retry");
-                self.seal_retry_at = Some(Instant::now() + SEAL_RETRY);
-                false
-            }
-        }
+        let lines = std::mem::replace(&mut self.pending, self.sealing.take_spare());
+        self.sealing.submit(seal::SealJob {
+            lines,
+            checkpoints: self.tailer.checkpoints(),
+        });
+        self.pending_bytes = 0;
+        self.first_pending_at = None;
+        true
+    }
+
+    /// Seals everything pending and waits until it is in the spool (shutdown, tests).
+    fn seal_pending(&mut self) -> bool {
+        self.start_seal() && self.sealing.wait_idle()
     }
 
     /// Turns the tailer's and the spool's losses into loss events in the pending batch.
@@ -618,6 +612,7 @@ mod tests {
     use std::io::Write;
     use std::path::Path;
     use uuid::Uuid;
+    use yagura_shared::AgentKey;
 
     fn producer(state_dir: &Path, log: &Path, max_events: usize) -> Producer {
         let source = SourceConfig {
@@ -626,12 +621,14 @@ mod tests {
         };
         let spool = spool::Spool::open(state_dir).expect("spool");
         let checkpoints = spool.checkpoints().to_vec();
+        let spool = Arc::new(Mutex::new(spool));
+        let agent_id = Uuid::now_v7();
         Producer {
             tailer: tail::Tailer::new(&[source], checkpoints),
             watcher: None,
             context: tail::EventContext {
                 host_name: "test-host".into(),
-                agent_id: Uuid::now_v7(),
+                agent_id,
             },
             pending: EventLines::default(),
             scratch: FlatEvent::new(),
@@ -651,9 +648,13 @@ mod tests {
             max_wait: Duration::from_secs(3600),
             last_rescan: Instant::now(),
             seal_retry_at: None,
-            spool: Arc::new(Mutex::new(spool)),
-            key: Arc::new(AgentKey::generate().expect("key")),
-            batch_sealed: Arc::new(Notify::new()),
+            sealing: seal::SealPipeline::new(
+                Arc::clone(&spool),
+                Arc::new(AgentKey::generate().expect("key")),
+                agent_id,
+                Arc::new(Notify::new()),
+            ),
+            spool,
         }
     }
 
@@ -856,7 +857,7 @@ mod run_tests {
     use std::io::Write;
     use std::path::Path;
     use std::sync::atomic::AtomicUsize;
-    use yagura_shared::{SignedBatch, parse_header};
+    use yagura_shared::{AgentKey, SignedBatch, parse_header};
 
     /// A collector that enrolls anyone and answers ingest with `ingest(n, request)`, `n`
     /// counting ingest requests from 0.

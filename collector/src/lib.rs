@@ -17,6 +17,7 @@ pub mod custody;
 pub mod fleet;
 pub mod index;
 pub mod ingest;
+pub mod search;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -232,6 +232,7 @@ fn indexed_events(collector: &Collector, query: &str) -> anyhow::Result<Vec<Valu
         since: None,
         limit: 1_000_000,
         oldest_first: true,
+        aggs: Vec::new(),
     })?;
     anyhow::ensure!(
         result.hits.len() == result.total,

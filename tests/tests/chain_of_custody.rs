@@ -40,9 +40,9 @@ fn forge(key: &AgentKey, agent: Uuid, sequence: u64, count: u32, payload: &[u8])
     bytes.extend_from_slice(&count.to_be_bytes());
     bytes.extend_from_slice(&sha2::Sha256::digest(payload));
     bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    bytes.extend_from_slice(payload);
-    let mut message = b"yagura signed batch v1\0".to_vec();
+    let mut message = b"yagura signed batch header v1\0".to_vec();
     message.extend_from_slice(&bytes);
+    bytes.extend_from_slice(payload);
     bytes.extend_from_slice(&signing.sign(&message).to_bytes());
     bytes
 }

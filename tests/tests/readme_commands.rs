@@ -87,6 +87,64 @@ async fn up_serves_searchable_demo_events_and_stops_cleanly_on_ctrl_c() -> anyho
             "{event}"
         );
     }
+    // Aggregations through the CLI (docs/query-language.md): counted over every match.
+    let output = std::process::Command::new(&binaries().collector)
+        .args([
+            "search",
+            "event.dataset:yagura.demo",
+            "--limit",
+            "1",
+            "--json",
+            "--agg",
+            "terms:event.dataset",
+        ])
+        .args(["--url", &url, "--data-dir", &data_arg])
+        .env("YAGURA_TOKEN", &token)
+        .output()?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout)?;
+    let aggregation: Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v.get("terms:event.dataset").is_some())
+        .ok_or_else(|| anyhow::anyhow!("no aggregation line in {stdout}"))?;
+    let buckets = &aggregation["terms:event.dataset"]["buckets"];
+    assert_eq!(buckets[0]["key"], "yagura.demo", "{aggregation}");
+    assert!(buckets[0]["doc_count"].as_u64().unwrap_or(0) >= 1);
+
+    // A query that does not parse: 400 with the column and what was expected there, in
+    // the API's problem document and under a caret in the CLI.
+    let problem = client
+        .get(format!("{url}/api/v1/search"))
+        .bearer_auth(&token)
+        .query(&[("q", "user.name:admin AND (source.ip:10.0.0.0/8")])
+        .send()
+        .await?;
+    assert_eq!(problem.status().as_u16(), 400);
+    let problem: Value = problem.json().await?;
+    assert_eq!(problem["column"], 42, "{problem}");
+    assert_eq!(
+        problem["expected"], "`)` to close the `(` at column 21",
+        "{problem}"
+    );
+    let output = std::process::Command::new(&binaries().collector)
+        .args(["search", "user.name:"])
+        .args(["--url", &url, "--data-dir", &data_arg])
+        .env("YAGURA_TOKEN", &token)
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("400")
+            && stderr.contains("column 11")
+            && stderr.contains("  user.name:\n            ^"),
+        "{stderr}"
+    );
+
     // A wrong token is refused with the collector's problem detail.
     let refused = std::process::Command::new(&binaries().collector)
         .args([

@@ -13,6 +13,18 @@ pub struct ApiError {
     status: StatusCode,
     detail: String,
     retry_after_seconds: Option<u64>,
+    /// Where in a query the problem is, for a client to point at.
+    query_position: Option<QueryPosition>,
+}
+
+/// The place of a query error: RFC 9457 extension members of the problem document.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryPosition {
+    /// 1-based character column in the query text.
+    pub column: usize,
+    /// What the parser expected there (syntax errors only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -22,6 +34,8 @@ struct Problem<'a> {
     title: &'a str,
     status: u16,
     detail: &'a str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    position: Option<&'a QueryPosition>,
 }
 
 impl ApiError {
@@ -30,6 +44,15 @@ impl ApiError {
             status,
             detail: detail.into(),
             retry_after_seconds: None,
+            query_position: None,
+        }
+    }
+
+    /// 400 for a query that does not parse or cannot run, with its position.
+    pub fn bad_query(detail: impl Into<String>, position: QueryPosition) -> Self {
+        ApiError {
+            query_position: Some(position),
+            ..Self::bad_request(detail)
         }
     }
 
@@ -51,6 +74,7 @@ impl ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             detail: "the collector cannot take this request right now; retry later".into(),
             retry_after_seconds: Some(retry_after_seconds),
+            query_position: None,
         }
     }
 
@@ -60,6 +84,7 @@ impl ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             detail: detail.into(),
             retry_after_seconds: Some(retry_after_seconds),
+            query_position: None,
         }
     }
 
@@ -93,6 +118,7 @@ impl IntoResponse for ApiError {
             title,
             status: self.status.as_u16(),
             detail: &self.detail,
+            position: self.query_position.as_ref(),
         };
         let mut response = (self.status, Json(body)).into_response();
         response.headers_mut().insert(

@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-pub use error::ApiError;
+pub use error::{ApiError, QueryPosition};
 
 use crate::archive::SegmentArchive;
 use crate::collector_events::SecurityReport;
@@ -309,6 +309,8 @@ struct SearchParams {
     since: Option<String>,
     limit: Option<usize>,
     order: Option<String>,
+    /// Aggregations, comma-separated (`terms:source.ip,date_histogram:@timestamp`).
+    agg: Option<String>,
 }
 
 /// Parses a relative time such as `15m`, `1h`, `7d` or `30s` into "now minus that".
@@ -368,7 +370,10 @@ async fn search(
             )));
         }
     };
+    let aggs = crate::search::aggs::parse_aggs(params.agg.as_deref().unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(format!("aggregation: {e}")))?;
     let request = SearchRequest {
+        aggs,
         query: params.q.unwrap_or_default(),
         since,
         limit,
@@ -384,6 +389,23 @@ async fn search(
     match result {
         Ok(found) => Ok(Json(found).into_response()),
         Err(IndexError::Query(detail)) => Err(ApiError::bad_request(format!("query: {detail}"))),
+        Err(IndexError::Aggregation(detail)) => {
+            Err(ApiError::bad_request(format!("aggregation: {detail}")))
+        }
+        Err(IndexError::Syntax(e)) => Err(ApiError::bad_query(
+            format!("query syntax: {e}"),
+            QueryPosition {
+                column: e.column,
+                expected: Some(e.expected),
+            },
+        )),
+        Err(IndexError::Compile(e)) => Err(ApiError::bad_query(
+            format!("query: {e}"),
+            QueryPosition {
+                column: e.column,
+                expected: None,
+            },
+        )),
         Err(other) => Err(ApiError::internal(other)),
     }
 }

@@ -288,7 +288,7 @@ fn run_agent(stack: &BenchStack) -> anyhow::Result<(Guard, u32)> {
 /// The agent's run; `index`: whether the collector also indexes (otherwise it verifies,
 /// archives with fsync and acknowledges: an ingest-only node, the counterpart of the
 /// peer's counting sink).
-fn yagura_run(work: &Path, file: &Path, lines: u64, index: bool) -> anyhow::Result<Figures> {
+fn yagura_run(work: &Path, file: &Path, index: bool) -> anyhow::Result<Figures> {
     let stack = start_stack(
         work,
         if index {
@@ -310,24 +310,15 @@ fn yagura_run(work: &Path, file: &Path, lines: u64, index: bool) -> anyhow::Resu
     )?;
     let start = Instant::now();
     let (agent, pid) = run_agent(&stack)?;
-    let status_path = stack.state_dir.join("status.json");
-    let spool_dir = stack.state_dir.join("spool");
+    let acked_path = stack.state_dir.join("acked.json");
+    let file_bytes = std::fs::metadata(file)?.len();
     let collector_before = usage(stack.collector_pid)?;
     let deadline = Instant::now() + Duration::from_secs(1800);
-    // Done when the status (refreshed every second) says every line was read and then
-    // the spool directory holds no batch: a batch file is deleted when its ack arrives,
-    // so the end is seen to within one 10 ms poll.
-    let mut all_read = false;
-    loop {
-        if !all_read
-            && let Ok(text) = std::fs::read_to_string(&status_path)
-            && let Ok(status) = serde_json::from_str::<serde_json::Value>(&text)
-        {
-            all_read = status["lines_read"].as_u64().unwrap_or(0) >= lines;
-        }
-        if all_read && spooled_batches(&spool_dir) == 0 {
-            break;
-        }
+    // Done when the collector has acknowledged the batch holding the file's last line:
+    // the agent writes the checkpoint of every acked batch to `acked.json` before it
+    // deletes the batch, so the end is seen to within one 10 ms poll (as the peer's
+    // counting sink sees its last line).
+    while acked_offset(&acked_path, file) < file_bytes {
         anyhow::ensure!(
             Instant::now() < deadline,
             "agent did not finish in 30 minutes"
@@ -354,14 +345,23 @@ fn yagura_run(work: &Path, file: &Path, lines: u64, index: bool) -> anyhow::Resu
     })
 }
 
-/// Sealed batches waiting in an agent's spool directory (`<sequence>.batch` files).
-fn spooled_batches(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map_or(usize::MAX, |entries| {
-        entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".batch"))
-            .count()
-    })
+/// How far into `file` the collector has acknowledged, from the agent's `acked.json`.
+fn acked_offset(acked_path: &Path, file: &Path) -> u64 {
+    let Ok(text) = std::fs::read_to_string(acked_path) else {
+        return 0;
+    };
+    let Ok(acked) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return 0;
+    };
+    let path = file.to_string_lossy();
+    acked["checkpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["path"].as_str() == Some(path.as_ref()))
+        .filter_map(|c| c["offset"].as_u64())
+        .max()
+        .unwrap_or(0)
 }
 
 fn rsyslog_run(work: &Path, file: &Path, lines: u64) -> anyhow::Result<Figures> {
@@ -478,16 +478,8 @@ pub fn run(args: BenchAgentArgs) -> anyhow::Result<()> {
     println!("| pipeline | lines/s | MiB/s | wall | CPU s per 1M lines | peak RSS |");
     println!("| --- | --- | --- | --- | --- | --- |");
     report(&sequential_read(&file)?, args.lines, bytes);
-    report(
-        &yagura_run(&work, &file, args.lines, false)?,
-        args.lines,
-        bytes,
-    );
-    report(
-        &yagura_run(&work, &file, args.lines, true)?,
-        args.lines,
-        bytes,
-    );
+    report(&yagura_run(&work, &file, false)?, args.lines, bytes);
+    report(&yagura_run(&work, &file, true)?, args.lines, bytes);
     if !args.no_rsyslog {
         match rsyslog_run(&work, &file, args.lines) {
             Ok(f) => report(&f, args.lines, bytes),

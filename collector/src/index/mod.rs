@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery};
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
 use tantivy::schema::{
     DateOptions, DateTimePrecision, FAST, Field, INDEXED, JsonObjectOptions, OwnedValue, STORED,
     STRING, Schema, TEXT, TextFieldIndexing, TextOptions, Value as _,
@@ -36,6 +36,12 @@ use tokio_util::sync::CancellationToken;
 use yagura_shared::{Event, SignedBatch};
 
 use crate::archive::{Archive, ArchiveError, Record};
+use crate::search::query::{self, SyntaxError};
+
+pub mod aggs;
+pub mod compile;
+
+pub use compile::CompileError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -49,6 +55,15 @@ pub enum IndexError {
     },
     #[error("query: {0}")]
     Query(String),
+    /// The query text does not parse.
+    #[error("query syntax: {0}")]
+    Syntax(#[from] SyntaxError),
+    /// The query parses but asks something of a field it cannot do.
+    #[error("query: {0}")]
+    Compile(#[from] CompileError),
+    /// An aggregation that cannot run (field, limits).
+    #[error("aggregation: {0}")]
+    Aggregation(String),
     #[error("index commit payload is unreadable: {0}")]
     Payload(String),
     #[error(transparent)]
@@ -69,6 +84,22 @@ const KEYWORD_FIELDS: &[&str] = &[
     "user.name",
     "log.file.path",
     "tags",
+    "event.category",
+    "process.name",
+    "process.executable",
+    "process.command_line",
+    "file.path",
+    "url.path",
+    "rule.id",
+];
+/// IP address fields: exact, range and CIDR queries (IPv4 stored as IPv4-mapped IPv6).
+const IP_FIELDS: &[&str] = &["source.ip", "destination.ip", "client.ip", "server.ip"];
+/// Whole-number fields: exact and range queries.
+const NUMBER_FIELDS: &[&str] = &[
+    "source.port",
+    "destination.port",
+    "http.response.status_code",
+    "process.pid",
 ];
 /// Full-text fields, the default fields of a query without a field name.
 const TEXT_FIELDS: &[&str] = &["message", "event.original"];
@@ -122,6 +153,12 @@ fn build_schema() -> Schema {
     }
     for name in TEXT_FIELDS {
         builder.add_text_field(name, TEXT);
+    }
+    for name in IP_FIELDS {
+        builder.add_ip_addr_field(name, INDEXED | FAST);
+    }
+    for name in NUMBER_FIELDS {
+        builder.add_u64_field(name, INDEXED | FAST);
     }
     let json = JsonObjectOptions::default()
         .set_indexing_options(
@@ -179,6 +216,33 @@ fn open_index(dir: &Path) -> Result<Index> {
     Ok(Index::open_or_create(directory, build_schema())?)
 }
 
+/// [`open_index`] for the indexer: an index written with another schema (an older
+/// version) is moved aside, kept for the operator, and a new one is built from the
+/// archive, which is the source of truth.
+fn open_index_for_writing(dir: &Path) -> Result<Index> {
+    match open_index(dir) {
+        Err(IndexError::Tantivy(tantivy::TantivyError::SchemaError(reason))) => {
+            let aside = dir.with_file_name(format!(
+                "{}.schema-{}",
+                dir.file_name().and_then(|n| n.to_str()).unwrap_or("index"),
+                Utc::now().format("%Y%m%dT%H%M%SZ")
+            ));
+            tracing::warn!(
+                index = %dir.display(),
+                moved_to = %aside.display(),
+                %reason,
+                "index schema changed: rebuilding the index from the archive"
+            );
+            std::fs::rename(dir, &aside).map_err(|source| IndexError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            open_index(dir)
+        }
+        other => other,
+    }
+}
+
 /// The archive offset the durable index covers.
 fn committed_offset(index: &Index) -> Result<u64> {
     let metas = index.load_metas()?;
@@ -217,7 +281,7 @@ impl Indexer {
         commit_interval: Duration,
         max_decompressed: usize,
     ) -> Result<(Self, EventIndex)> {
-        let index = open_index(dir)?;
+        let index = open_index_for_writing(dir)?;
         let writer = index.writer_with_num_threads(1, writer_memory_bytes)?;
         let stats = std::sync::Arc::new(IndexerStats::default());
         let search = EventIndex::new(index.clone())?;
@@ -395,6 +459,30 @@ fn document(
             doc.add_text(field(schema, name)?, text);
         }
     }
+    // Typed copies where the value has the type; otherwise the field stays searchable by
+    // its exact text in its JSON root.
+    for name in IP_FIELDS {
+        if let Some(ip) = event
+            .get_str(name)
+            .and_then(|s| s.parse::<std::net::IpAddr>().ok())
+        {
+            let v6 = match ip {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                std::net::IpAddr::V6(v6) => v6,
+            };
+            doc.add_ip_addr(field(schema, name)?, v6);
+        }
+    }
+    for name in NUMBER_FIELDS {
+        let number = match event.get(name) {
+            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::String(s)) => s.parse::<u64>().ok(),
+            _ => None,
+        };
+        if let Some(n) = number {
+            doc.add_u64(field(schema, name)?, n);
+        }
+    }
     for name in JSON_ROOTS {
         if let Some(Value::Object(map)) = event.as_map().get(*name) {
             let object: BTreeMap<String, OwnedValue> = map
@@ -432,6 +520,10 @@ pub struct SearchResult {
     pub total: usize,
     /// The newest `limit` of them (or oldest, on request).
     pub hits: Vec<Hit>,
+    /// Results of the requested aggregations, by the spec as written
+    /// (Elasticsearch-compatible shapes: `buckets`, `value`, `values`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregations: Option<Value>,
 }
 
 /// A search request, already validated.
@@ -441,6 +533,8 @@ pub struct SearchRequest {
     pub since: Option<DateTime<Utc>>,
     pub limit: usize,
     pub oldest_first: bool,
+    /// Aggregations over every matching event (not only the returned page).
+    pub aggs: Vec<crate::search::aggs::AggSpec>,
 }
 
 /// Read side of the index: one long-lived reader, a cheap searcher per request.
@@ -470,23 +564,12 @@ impl EventIndex {
         Self::new(open_index(dir)?)
     }
 
-    /// Runs a query (tantivy query syntax; `*` or empty matches everything).
+    /// Runs a query in Yagura's query language (docs/query-language.md; empty or `*`
+    /// matches everything).
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResult> {
         let schema = self.index.schema();
-        let text_fields = TEXT_FIELDS
-            .iter()
-            .map(|n| field(&schema, n))
-            .collect::<Result<Vec<_>>>()?;
-        let trimmed = request.query.trim();
-        let mut query: Box<dyn Query> = if trimmed.is_empty() || trimmed == "*" {
-            Box::new(AllQuery)
-        } else {
-            let mut parser = QueryParser::for_index(&self.index, text_fields);
-            parser.set_conjunction_by_default();
-            parser
-                .parse_query(trimmed)
-                .map_err(|e| IndexError::Query(e.to_string()))?
-        };
+        let tree = query::parse(&request.query)?;
+        let mut query = compile::compile(&self.index, &tree, Utc::now())?;
         if let Some(since) = request.since {
             let ts = field(&schema, TIMESTAMP)?;
             let lower = Term::from_field_date_for_search(
@@ -512,7 +595,52 @@ impl EventIndex {
         for (_, address) in docs.into_iter().take(request.limit) {
             hits.push(self.hit(&searcher, address)?);
         }
-        Ok(SearchResult { total, hits })
+        let aggregations = if request.aggs.is_empty() || total == 0 {
+            None
+        } else {
+            Some(self.aggregate(&searcher, query.as_ref(), request)?)
+        };
+        Ok(SearchResult {
+            total,
+            hits,
+            aggregations,
+        })
+    }
+
+    fn aggregate(
+        &self,
+        searcher: &tantivy::Searcher,
+        query: &dyn Query,
+        request: &SearchRequest,
+    ) -> Result<Value> {
+        let auto = if request.aggs.iter().any(needs_auto_interval) {
+            let edge = |order| -> Result<Option<DateTime<Utc>>> {
+                let first = TopDocs::with_limit(1)
+                    .order_by_fast_field::<tantivy::DateTime>(TIMESTAMP, order);
+                let found = searcher.search(query, &first)?;
+                Ok(match found.first() {
+                    Some((_, address)) => self
+                        .hit(searcher, *address)?
+                        .event
+                        .get(TIMESTAMP)
+                        .and_then(Value::as_str)
+                        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                        .map(|t| t.with_timezone(&Utc)),
+                    None => None,
+                })
+            };
+            let newest = edge(Order::Desc)?.unwrap_or_else(Utc::now);
+            let oldest = request.since.or(edge(Order::Asc)?).unwrap_or(newest);
+            aggs::auto_interval(oldest, newest)
+        } else {
+            "1h"
+        };
+        let collector = aggs::collector(&request.aggs, auto).map_err(IndexError::Aggregation)?;
+        let results = searcher.search(query, &collector).map_err(|e| match e {
+            tantivy::TantivyError::AggregationError(e) => IndexError::Aggregation(e.to_string()),
+            other => IndexError::Tantivy(other),
+        })?;
+        serde_json::to_value(&results).map_err(|e| IndexError::Aggregation(e.to_string()))
     }
 
     /// Every indexed copy of the event with this `event.id` (normally one).
@@ -562,6 +690,12 @@ impl EventIndex {
     }
 }
 
+/// Whether a date histogram in `spec` (or nested in it) needs an interval chosen.
+fn needs_auto_interval(spec: &crate::search::aggs::AggSpec) -> bool {
+    let own = spec.kind == crate::search::aggs::AggKind::DateHistogram && spec.interval.is_none();
+    own || spec.nested.as_deref().is_some_and(needs_auto_interval)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,6 +715,17 @@ mod tests {
             .collect()
     }
 
+    /// The header of a batch that was never signed: documents built in tests need one.
+    pub(super) fn unsigned_header() -> yagura_shared::BatchHeader {
+        yagura_shared::BatchHeader {
+            agent_id: uuid::Uuid::nil(),
+            sequence: 1,
+            created_at_ms: 0,
+            event_count: 1,
+            payload_sha256: [0; 32],
+        }
+    }
+
     fn search(index: &EventIndex, q: &str) -> SearchResult {
         index.refresh().expect("refresh");
         index
@@ -589,6 +734,7 @@ mod tests {
                 since: None,
                 limit: 1000,
                 oldest_first: false,
+                aggs: Vec::new(),
             })
             .expect("search")
     }
@@ -715,13 +861,7 @@ mod tests {
         for minutes_ago in [120i64, 30, 5] {
             let mut e = Event::new(now - chrono::Duration::minutes(minutes_ago));
             e.set_str("message", format!("{minutes_ago} minutes ago"));
-            let header = yagura_shared::BatchHeader {
-                agent_id: uuid::Uuid::nil(),
-                sequence: 1,
-                created_at_ms: 0,
-                event_count: 1,
-                payload_sha256: [0; 32],
-            };
+            let header = unsigned_header();
             writer
                 .add_document(document(&schema, &e, 0, &header).expect("doc"))
                 .expect("add");
@@ -735,6 +875,7 @@ mod tests {
                 since: None,
                 limit: 10,
                 oldest_first: false,
+                aggs: Vec::new(),
             })
             .expect("search");
         let order: Vec<&str> = all
@@ -752,6 +893,7 @@ mod tests {
                 since: Some(now - chrono::Duration::hours(1)),
                 limit: 10,
                 oldest_first: true,
+                aggs: Vec::new(),
             })
             .expect("search");
         assert_eq!(recent.total, 2);
@@ -761,7 +903,8 @@ mod tests {
             since: None,
             limit: 1,
             oldest_first: false,
+            aggs: Vec::new(),
         });
-        assert!(matches!(bad, Err(IndexError::Query(_))));
+        assert!(matches!(bad, Err(IndexError::Syntax(e)) if e.column == 9));
     }
 }
