@@ -233,6 +233,8 @@ fn indexed_events(collector: &Collector, query: &str) -> anyhow::Result<Vec<Valu
         limit: 1_000_000,
         oldest_first: true,
         aggs: Vec::new(),
+        after: None,
+        fields: Vec::new(),
     })?;
     anyhow::ensure!(
         result.hits.len() == result.total,

@@ -116,6 +116,32 @@ async fn up_serves_searchable_demo_events_and_stops_cleanly_on_ctrl_c() -> anyho
     assert_eq!(buckets[0]["key"], "yagura.demo", "{aggregation}");
     assert!(buckets[0]["doc_count"].as_u64().unwrap_or(0) >= 1);
 
+    // Export: every match, streamed, as CSV with the chosen columns.
+    let output = std::process::Command::new(&binaries().collector)
+        .args([
+            "export",
+            "event.dataset:yagura.demo",
+            "--format",
+            "csv",
+            "--fields",
+            "event.dataset,message",
+        ])
+        .args(["--url", &url, "--data-dir", &data_arg])
+        .env("YAGURA_TOKEN", &token)
+        .output()?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let csv_text = String::from_utf8(output.stdout)?;
+    let mut rows = csv_text.lines();
+    assert_eq!(rows.next(), Some("event.dataset,message"), "{csv_text}");
+    assert!(
+        rows.clone().count() >= 1 && rows.all(|r| r.starts_with("yagura.demo,")),
+        "{csv_text}"
+    );
+
     // A query that does not parse: 400 with the column and what was expected there, in
     // the API's problem document and under a caret in the CLI.
     let problem = client

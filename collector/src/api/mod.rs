@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
     let max_batch = state.ingest.limits().max_body_bytes;
     let protected = Router::new()
         .route("/api/v1/search", get(search))
+        .route("/api/v1/export", get(export))
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/{id}", get(show_agent))
         .route("/api/v1/agents/{id}/revoke", post(revoke_agent))
@@ -311,6 +312,12 @@ struct SearchParams {
     order: Option<String>,
     /// Aggregations, comma-separated (`terms:source.ip,date_histogram:@timestamp`).
     agg: Option<String>,
+    /// The previous page's `next_cursor`.
+    after: Option<String>,
+    /// Dotted fields to return, comma-separated (all when absent).
+    fields: Option<String>,
+    /// Export only: `ndjson` (default) or `csv`.
+    format: Option<String>,
 }
 
 /// Parses a relative time such as `15m`, `1h`, `7d` or `30s` into "now minus that".
@@ -344,23 +351,14 @@ pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Stri
         .ok_or_else(|| format!("`{text}` is too far back"))
 }
 
-async fn search(
-    State(state): State<AppState>,
-    params: Result<Query<SearchParams>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+/// The search request of `search` and `export` parameters (400 on anything invalid).
+fn search_request(params: SearchParams, limit: usize) -> Result<SearchRequest, ApiError> {
     let since = params
         .since
         .as_deref()
         .map(|s| parse_since(s, Utc::now()))
         .transpose()
         .map_err(ApiError::bad_request)?;
-    let limit = params.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_SEARCH_LIMIT {
-        return Err(ApiError::bad_request(format!(
-            "limit must be between 1 and {MAX_SEARCH_LIMIT}"
-        )));
-    }
     let oldest_first = match params.order.as_deref() {
         None | Some("desc") => false,
         Some("asc") => true,
@@ -372,42 +370,136 @@ async fn search(
     };
     let aggs = crate::search::aggs::parse_aggs(params.agg.as_deref().unwrap_or_default())
         .map_err(|e| ApiError::bad_request(format!("aggregation: {e}")))?;
-    let request = SearchRequest {
+    let after = params
+        .after
+        .as_deref()
+        .map(str::parse::<crate::index::Cursor>)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    Ok(SearchRequest {
         aggs,
+        after,
+        fields: comma_list(params.fields.as_deref()),
         query: params.q.unwrap_or_default(),
         since,
         limit,
         oldest_first,
-    };
-    let index = state
-        .index
-        .clone()
-        .ok_or_else(|| ApiError::not_found("this collector runs without an index"))?;
-    let result = tokio::task::spawn_blocking(move || index.search(&request))
-        .await
-        .map_err(ApiError::internal)?;
-    match result {
-        Ok(found) => Ok(Json(found).into_response()),
-        Err(IndexError::Query(detail)) => Err(ApiError::bad_request(format!("query: {detail}"))),
-        Err(IndexError::Aggregation(detail)) => {
-            Err(ApiError::bad_request(format!("aggregation: {detail}")))
-        }
-        Err(IndexError::Syntax(e)) => Err(ApiError::bad_query(
+    })
+}
+
+/// A search failure as the client sees it: its mistakes as 400s with their position.
+fn search_error(error: IndexError) -> ApiError {
+    match error {
+        IndexError::Query(detail) => ApiError::bad_request(format!("query: {detail}")),
+        IndexError::Aggregation(detail) => ApiError::bad_request(format!("aggregation: {detail}")),
+        IndexError::Syntax(e) => ApiError::bad_query(
             format!("query syntax: {e}"),
             QueryPosition {
                 column: e.column,
                 expected: Some(e.expected),
             },
-        )),
-        Err(IndexError::Compile(e)) => Err(ApiError::bad_query(
+        ),
+        IndexError::Compile(e) => ApiError::bad_query(
             format!("query: {e}"),
             QueryPosition {
                 column: e.column,
                 expected: None,
             },
-        )),
-        Err(other) => Err(ApiError::internal(other)),
+        ),
+        other => ApiError::internal(other),
     }
+}
+
+fn index_of(state: &AppState) -> Result<EventIndex, ApiError> {
+    state
+        .index
+        .clone()
+        .ok_or_else(|| ApiError::not_found("this collector runs without an index"))
+}
+
+async fn search(
+    State(state): State<AppState>,
+    params: Result<Query<SearchParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if params.format.is_some() {
+        return Err(ApiError::bad_request(
+            "format applies to /api/v1/export, not to search",
+        ));
+    }
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_SEARCH_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_SEARCH_LIMIT}"
+        )));
+    }
+    let request = search_request(params, limit)?;
+    let index = index_of(&state)?;
+    tokio::task::spawn_blocking(move || index.search(&request))
+        .await
+        .map_err(ApiError::internal)?
+        .map(|found| Json(found).into_response())
+        .map_err(search_error)
+}
+
+/// `GET /api/v1/export`: the whole result of a query as NDJSON or CSV, streamed page by
+/// page (constant memory on both sides, whatever the size). The query is checked before
+/// the first byte, so a bad one is still a 400.
+async fn export(
+    State(state): State<AppState>,
+    params: Result<Query<SearchParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    use crate::search::export::{self, Format};
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let format: Format = params
+        .format
+        .as_deref()
+        .unwrap_or("ndjson")
+        .parse()
+        .map_err(ApiError::bad_request)?;
+    if params.agg.is_some() || params.limit.is_some() || params.after.is_some() {
+        return Err(ApiError::bad_request(
+            "an export takes q, since, order, fields and format",
+        ));
+    }
+    let request = search_request(params, 1)?;
+    let index = index_of(&state)?;
+    {
+        let (index, probe) = (index.clone(), request.clone());
+        tokio::task::spawn_blocking(move || index.search(&probe))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(search_error)?;
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let sent = export::export(&index, request, format, |chunk| {
+            tx.blocking_send(Ok(chunk)).is_ok()
+        });
+        if let Err(e) = sent {
+            tracing::error!(error = %e, "export stopped");
+            let _ = tx.blocking_send(Err(std::io::Error::other("export stopped")));
+        }
+    });
+    let content_type = match format {
+        Format::Ndjson => "application/x-ndjson",
+        Format::Csv => "text/csv; charset=utf-8",
+    };
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response())
+}
+
+/// A comma-separated parameter as a list (blanks dropped).
+fn comma_list(text: Option<&str>) -> Vec<String> {
+    text.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// An agent as `GET /api/v1/agents` and `yagura agents list|show` present it.

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_agent;
+mod export;
 mod remote;
 mod search;
 mod up;
@@ -31,8 +32,10 @@ enum Command {
     },
     /// Run everything on one machine with embedded defaults: collector and a local agent.
     Up(up::UpArgs),
-    /// Search events (tantivy query syntax; `*` for everything).
+    /// Search events (docs/query-language.md; `*` for everything), with aggregations.
     Search(search::SearchArgs),
+    /// Write every event a query matches to standard output, as NDJSON or CSV.
+    Export(export::ExportArgs),
     /// Manage enrolled agents and enrollment tokens.
     Agents {
         #[command(subcommand)]
@@ -235,6 +238,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => serve(config).await,
         Command::Up(args) => up::run(args).await,
         Command::Search(args) => search::run(args).await,
+        Command::Export(args) => export::run(args).await,
         Command::Agents {
             command:
                 AgentsCommand::Token {

@@ -26,6 +26,12 @@ pub struct SearchArgs {
     /// percentiles:FIELD, nested with `>` (terms:source.ip>date_histogram:@timestamp).
     #[arg(long = "agg", value_name = "SPEC")]
     aggs: Vec<String>,
+    /// Continue after this cursor (printed at the end of the previous page).
+    #[arg(long)]
+    after: Option<String>,
+    /// Only these dotted fields of each event, comma-separated (with --json).
+    #[arg(long)]
+    fields: Option<String>,
     #[command(flatten)]
     remote: super::remote::RemoteArgs,
 }
@@ -45,6 +51,12 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
     }
     if !args.aggs.is_empty() {
         query.push(("agg", args.aggs.join(",")));
+    }
+    if let Some(after) = &args.after {
+        query.push(("after", after.clone()));
+    }
+    if let Some(fields) = &args.fields {
+        query.push(("fields", fields.clone()));
     }
     let url = format!("{}/api/v1/search", args.remote.url.trim_end_matches('/'));
     let response = client
@@ -79,6 +91,9 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!("{} of {} matching events", hits.len(), body["total"]);
+    if let Some(cursor) = body["next_cursor"].as_str() {
+        eprintln!("next page: --after {cursor}");
+    }
     for spec in &args.aggs {
         let result = &body["aggregations"][spec.trim()];
         if args.json {

@@ -302,6 +302,18 @@ impl Compiler<'_> {
         value: &Value,
         column: usize,
     ) -> Result<Box<dyn Query>, CompileError> {
+        // One time is the range [t, t]: ranges run on the fast field, at microseconds.
+        let exact;
+        let value = match value {
+            Value::Word(s) | Value::Phrase(s) => {
+                exact = Value::Range {
+                    lower: Bound::Included(s.clone()),
+                    upper: Bound::Included(s.clone()),
+                };
+                &exact
+            }
+            other => other,
+        };
         typed(
             TIMESTAMP,
             value,
@@ -314,7 +326,7 @@ impl Compiler<'_> {
                         format!("`{s}` is not a time (RFC 3339, `now` or `now-15m`)"),
                     )
                 })?;
-                Ok(Term::from_field_date_for_search(
+                Ok(Term::from_field_date(
                     field,
                     tantivy::DateTime::from_timestamp_micros(at.timestamp_micros()),
                 ))
@@ -446,12 +458,11 @@ fn to_v6(ip: IpAddr) -> Ipv6Addr {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{EventIndex, SearchRequest, build_schema, document};
+    use super::super::{EventIndex, SearchRequest};
     use super::*;
     use crate::search::time::parse_duration;
     use chrono::Duration;
     use serde_json::Value as Json;
-    use tantivy::{IndexWriter, TantivyDocument};
     use yagura_shared::Event;
 
     /// A small deterministic generator (no seed file, no extra crate): the same data set
@@ -529,21 +540,7 @@ mod tests {
     }
 
     fn index_of(events: &[Event]) -> EventIndex {
-        let index = Index::create_in_ram(build_schema());
-        let schema = index.schema();
-        let mut writer: IndexWriter<TantivyDocument> = index
-            .writer_with_num_threads(1, 15_000_000)
-            .expect("writer");
-        let header = super::super::tests::unsigned_header();
-        for e in events {
-            writer
-                .add_document(document(&schema, e, 0, &header).expect("doc"))
-                .expect("add");
-        }
-        writer.commit().expect("commit");
-        let search = EventIndex::new(index).expect("reader");
-        search.refresh().expect("refresh");
-        search
+        super::super::index_in_ram(events)
     }
 
     fn total(index: &EventIndex, query: &str) -> usize {
@@ -554,6 +551,8 @@ mod tests {
                 limit: 1,
                 oldest_first: false,
                 aggs: Vec::new(),
+                after: None,
+                fields: Vec::new(),
             })
             .unwrap_or_else(|e| panic!("{query}: {e}"))
             .total
@@ -687,6 +686,8 @@ mod tests {
                 limit: 1,
                 oldest_first: false,
                 aggs: Vec::new(),
+                after: None,
+                fields: Vec::new(),
             });
             match result {
                 Err(super::super::IndexError::Compile(e)) => {
@@ -721,6 +722,8 @@ mod tests {
                 limit: 1,
                 oldest_first: false,
                 aggs: crate::search::aggs::parse_aggs(aggs).expect("aggs"),
+                after: None,
+                fields: Vec::new(),
             })
             .unwrap_or_else(|e| panic!("{aggs}: {e}"));
         result.aggregations.expect("aggregations")
@@ -863,6 +866,8 @@ mod tests {
                 limit: 1,
                 oldest_first: false,
                 aggs: crate::search::aggs::parse_aggs(aggs).expect("parses"),
+                after: None,
+                fields: Vec::new(),
             });
             match result {
                 Err(super::super::IndexError::Aggregation(e)) => {

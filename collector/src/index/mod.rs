@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use tantivy::collector::sort_key::SortByStaticFastValue;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
 use tantivy::schema::{
@@ -131,6 +132,9 @@ const SOURCE: &str = "_source";
 const ARCHIVE_OFFSET: &str = "_archive_offset";
 const BATCH_SEQUENCE: &str = "_batch_sequence";
 const BATCH_AGENT: &str = "_batch_agent";
+/// The event's line (from 1) in its batch's payload: with the archive offset, the event's
+/// unique place in the archive, and the last key of the result order.
+const BATCH_LINE: &str = "_batch_line";
 /// The consumer name the indexer commits its archive offset under.
 pub const INDEXER_CONSUMER: &str = "indexer";
 
@@ -174,6 +178,7 @@ fn build_schema() -> Schema {
     builder.add_u64_field(ARCHIVE_OFFSET, INDEXED | FAST | STORED);
     builder.add_u64_field(BATCH_SEQUENCE, STORED);
     builder.add_text_field(BATCH_AGENT, STRING | STORED);
+    builder.add_u64_field(BATCH_LINE, INDEXED | FAST | STORED);
     builder.build()
 }
 
@@ -390,11 +395,12 @@ impl Indexer {
         // Line by line: one event that does not validate costs itself, not its batch.
         let mut events = Vec::new();
         for (index, line) in payload.split(|b| *b == b'\n').enumerate() {
+            let number = index as u64 + 1;
             if line.is_empty() {
                 continue;
             }
             match Event::from_json_slice(line) {
-                Ok(event) => events.push(event),
+                Ok(event) => events.push((number, event)),
                 Err(error) => {
                     self.stats
                         .bad_events
@@ -405,11 +411,11 @@ impl Indexer {
         }
         let ingested = chrono::DateTime::from_timestamp_millis(record.received_at_ms)
             .map(yagura_shared::event::format_timestamp);
-        for mut event in events {
+        for (number, mut event) in events {
             if let Some(ts) = &ingested {
                 event.set_str("event.ingested", ts.clone());
             }
-            match document(&self.schema, &event, record.offset, batch.header()) {
+            match document(&self.schema, &event, record.offset, number, batch.header()) {
                 Ok(doc) => {
                     if let Err(error) = self.writer.add_document(doc) {
                         tracing::error!(%error, "document not added");
@@ -430,6 +436,7 @@ fn document(
     schema: &Schema,
     event: &Event,
     offset: u64,
+    line: u64,
     batch: &yagura_shared::BatchHeader,
 ) -> Result<TantivyDocument> {
     let mut doc = TantivyDocument::default();
@@ -496,6 +503,7 @@ fn document(
     doc.add_u64(field(schema, ARCHIVE_OFFSET)?, offset);
     doc.add_u64(field(schema, BATCH_SEQUENCE)?, batch.sequence);
     doc.add_text(field(schema, BATCH_AGENT)?, batch.agent_id.to_string());
+    doc.add_u64(field(schema, BATCH_LINE)?, line);
     Ok(doc)
 }
 
@@ -506,6 +514,8 @@ pub struct Provenance {
     pub agent_id: String,
     pub archive_offset: u64,
     pub batch_sequence: u64,
+    /// The event's line (from 1) in the batch's decompressed payload.
+    pub line: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -524,6 +534,41 @@ pub struct SearchResult {
     /// (Elasticsearch-compatible shapes: `buckets`, `value`, `values`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aggregations: Option<Value>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Where a page ends in the result order (time, then the event's place in the archive,
+/// which is unique): the next page starts strictly after it. Events that arrive later
+/// sort into place without shifting pages already read, so paging is stable while writes
+/// continue. Written as `MICROS.OFFSET.LINE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub micros: i64,
+    pub archive_offset: u64,
+    pub line: u64,
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.micros, self.archive_offset, self.line)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("`{text}` is not a cursor from an earlier page");
+        let mut parts = text.splitn(3, '.');
+        let mut next = || parts.next().ok_or_else(bad);
+        Ok(Cursor {
+            micros: next()?.parse().map_err(|_| bad())?,
+            archive_offset: next()?.parse().map_err(|_| bad())?,
+            line: next()?.parse().map_err(|_| bad())?,
+        })
+    }
 }
 
 /// A search request, already validated.
@@ -535,6 +580,10 @@ pub struct SearchRequest {
     pub oldest_first: bool,
     /// Aggregations over every matching event (not only the returned page).
     pub aggs: Vec<crate::search::aggs::AggSpec>,
+    /// Start after this point of the result order (the previous page's `next_cursor`).
+    pub after: Option<Cursor>,
+    /// Dotted fields to keep in each hit's event (all when empty).
+    pub fields: Vec<String>,
 }
 
 /// Read side of the index: one long-lived reader, a cheap searcher per request.
@@ -572,7 +621,7 @@ impl EventIndex {
         let mut query = compile::compile(&self.index, &tree, Utc::now())?;
         if let Some(since) = request.since {
             let ts = field(&schema, TIMESTAMP)?;
-            let lower = Term::from_field_date_for_search(
+            let lower = Term::from_field_date(
                 ts,
                 tantivy::DateTime::from_timestamp_micros(since.timestamp_micros()),
             );
@@ -588,12 +637,47 @@ impl EventIndex {
         } else {
             Order::Desc
         };
-        let top = TopDocs::with_limit(request.limit.max(1))
-            .order_by_fast_field::<tantivy::DateTime>(TIMESTAMP, order);
-        let (total, docs) = searcher.search(&query, &(Count, top))?;
+        let top = TopDocs::with_limit(request.limit.max(1)).order_by((
+            (
+                SortByStaticFastValue::<tantivy::DateTime>::for_field(TIMESTAMP),
+                order,
+            ),
+            (
+                SortByStaticFastValue::<u64>::for_field(ARCHIVE_OFFSET),
+                order,
+            ),
+            (SortByStaticFastValue::<u64>::for_field(BATCH_LINE), order),
+        ));
+        // The total counts the whole result; the page starts after the cursor.
+        let (total, docs) = match request.after {
+            None => searcher.search(&query, &(Count, top))?,
+            Some(after) => {
+                let total = searcher.search(&query, &Count)?;
+                let page: Box<dyn Query> = Box::new(BooleanQuery::new(vec![
+                    (Occur::Must, query.box_clone()),
+                    (Occur::Must, after_cursor(&schema, after, order)?),
+                ]));
+                (total, searcher.search(&page, &top)?)
+            }
+        };
+        let next_cursor = match docs.last() {
+            Some(((Some(at), Some(offset), Some(line)), _)) if docs.len() >= request.limit => Some(
+                Cursor {
+                    micros: at.into_timestamp_micros(),
+                    archive_offset: *offset,
+                    line: *line,
+                }
+                .to_string(),
+            ),
+            _ => None,
+        };
         let mut hits = Vec::with_capacity(docs.len());
         for (_, address) in docs.into_iter().take(request.limit) {
-            hits.push(self.hit(&searcher, address)?);
+            let mut hit = self.hit(&searcher, address)?;
+            if !request.fields.is_empty() {
+                hit.event = select_fields(&hit.event, &request.fields);
+            }
+            hits.push(hit);
         }
         let aggregations = if request.aggs.is_empty() || total == 0 {
             None
@@ -604,6 +688,7 @@ impl EventIndex {
             total,
             hits,
             aggregations,
+            next_cursor,
         })
     }
 
@@ -661,6 +746,7 @@ impl EventIndex {
         let offset = field(&schema, ARCHIVE_OFFSET)?;
         let sequence = field(&schema, BATCH_SEQUENCE)?;
         let agent = field(&schema, BATCH_AGENT)?;
+        let line = field(&schema, BATCH_LINE)?;
         let doc: TantivyDocument = searcher.doc(address)?;
         let event = doc
             .get_first(source)
@@ -680,6 +766,7 @@ impl EventIndex {
                     .get_first(sequence)
                     .and_then(|v| v.as_u64())
                     .unwrap_or(0),
+                line: doc.get_first(line).and_then(|v| v.as_u64()).unwrap_or(0),
             },
         })
     }
@@ -690,10 +777,109 @@ impl EventIndex {
     }
 }
 
+/// Everything strictly after `cursor` in the result order (time, archive offset, line;
+/// descending or ascending).
+fn after_cursor(schema: &Schema, cursor: Cursor, order: Order) -> Result<Box<dyn Query>> {
+    let ts = field(schema, TIMESTAMP)?;
+    let offset = field(schema, ARCHIVE_OFFSET)?;
+    let line = field(schema, BATCH_LINE)?;
+    // Not `from_field_date_for_search`: that truncates to the inverted index's seconds,
+    // while these ranges run on the fast field, at the field's microseconds.
+    let at = Term::from_field_date(ts, tantivy::DateTime::from_timestamp_micros(cursor.micros));
+    let beyond = |term: Term| -> Box<dyn Query> {
+        Box::new(match order {
+            Order::Desc => RangeQuery::new(Bound::Unbounded, Bound::Excluded(term)),
+            Order::Asc => RangeQuery::new(Bound::Excluded(term), Bound::Unbounded),
+        })
+    };
+    let equal = |term: Term| -> Box<dyn Query> {
+        Box::new(RangeQuery::new(
+            Bound::Included(term.clone()),
+            Bound::Included(term),
+        ))
+    };
+    let same_batch = |rest: Box<dyn Query>| -> Box<dyn Query> {
+        Box::new(BooleanQuery::new(vec![
+            (Occur::Must, equal(at.clone())),
+            (Occur::Must, rest),
+        ]))
+    };
+    Ok(Box::new(BooleanQuery::new(vec![
+        (Occur::Should, beyond(at.clone())),
+        (
+            Occur::Should,
+            same_batch(beyond(Term::from_field_u64(offset, cursor.archive_offset))),
+        ),
+        (
+            Occur::Should,
+            same_batch(Box::new(BooleanQuery::new(vec![
+                (
+                    Occur::Must,
+                    equal(Term::from_field_u64(offset, cursor.archive_offset)),
+                ),
+                (Occur::Must, beyond(Term::from_field_u64(line, cursor.line))),
+            ]))),
+        ),
+    ])))
+}
+
+/// The event with only `fields` (dotted paths, as nested objects), in their order.
+fn select_fields(event: &Value, fields: &[String]) -> Value {
+    let Ok(event) = Event::from_json_slice(event.to_string().as_bytes()) else {
+        return Value::Null;
+    };
+    let mut out = serde_json::Map::new();
+    for path in fields {
+        let Some(value) = event.get(path) else {
+            continue;
+        };
+        let mut node = &mut out;
+        let mut parts = path.split('.').peekable();
+        while let Some(part) = parts.next() {
+            if parts.peek().is_none() {
+                node.insert(part.to_string(), value.clone());
+                break;
+            }
+            let child = node
+                .entry(part.to_string())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if !child.is_object() {
+                *child = Value::Object(serde_json::Map::new());
+            }
+            match child.as_object_mut() {
+                Some(map) => node = map,
+                None => break,
+            }
+        }
+    }
+    Value::Object(out)
+}
+
 /// Whether a date histogram in `spec` (or nested in it) needs an interval chosen.
 fn needs_auto_interval(spec: &crate::search::aggs::AggSpec) -> bool {
     let own = spec.kind == crate::search::aggs::AggKind::DateHistogram && spec.interval.is_none();
     own || spec.nested.as_deref().is_some_and(needs_auto_interval)
+}
+
+/// An in-memory index holding `events` (one batch, lines in order): for tests of the
+/// stages that read the index.
+#[cfg(test)]
+pub(crate) fn index_in_ram(events: &[Event]) -> EventIndex {
+    let index = Index::create_in_ram(build_schema());
+    let schema = index.schema();
+    let mut writer: IndexWriter<TantivyDocument> = index
+        .writer_with_num_threads(1, 15_000_000)
+        .expect("writer");
+    let header = tests::unsigned_header();
+    for (line, e) in events.iter().enumerate() {
+        writer
+            .add_document(document(&schema, e, 0, line as u64 + 1, &header).expect("doc"))
+            .expect("add");
+    }
+    writer.commit().expect("commit");
+    let search = EventIndex::new(index).expect("reader");
+    search.refresh().expect("refresh");
+    search
 }
 
 #[cfg(test)]
@@ -735,6 +921,8 @@ mod tests {
                 limit: 1000,
                 oldest_first: false,
                 aggs: Vec::new(),
+                after: None,
+                fields: Vec::new(),
             })
             .expect("search")
     }
@@ -863,7 +1051,7 @@ mod tests {
             e.set_str("message", format!("{minutes_ago} minutes ago"));
             let header = unsigned_header();
             writer
-                .add_document(document(&schema, &e, 0, &header).expect("doc"))
+                .add_document(document(&schema, &e, 0, 1, &header).expect("doc"))
                 .expect("add");
         }
         writer.commit().expect("commit");
@@ -876,6 +1064,8 @@ mod tests {
                 limit: 10,
                 oldest_first: false,
                 aggs: Vec::new(),
+                after: None,
+                fields: Vec::new(),
             })
             .expect("search");
         let order: Vec<&str> = all
@@ -894,6 +1084,8 @@ mod tests {
                 limit: 10,
                 oldest_first: true,
                 aggs: Vec::new(),
+                after: None,
+                fields: Vec::new(),
             })
             .expect("search");
         assert_eq!(recent.total, 2);
@@ -904,7 +1096,107 @@ mod tests {
             limit: 1,
             oldest_first: false,
             aggs: Vec::new(),
+            after: None,
+            fields: Vec::new(),
         });
         assert!(matches!(bad, Err(IndexError::Syntax(e)) if e.column == 9));
+    }
+
+    /// Pages read with cursors while events keep arriving (newer ones and late ones with
+    /// old timestamps) hold every event that was there at the start exactly once, in
+    /// order, whatever the ties in time.
+    #[test]
+    fn cursor_pages_are_stable_while_writes_continue() {
+        for oldest_first in [false, true] {
+            let index = Index::create_in_ram(build_schema());
+            let schema = index.schema();
+            let mut writer: IndexWriter<TantivyDocument> = index
+                .writer_with_num_threads(1, 15_000_000)
+                .expect("writer");
+            let base = Utc::now() - chrono::Duration::hours(1);
+            let mut add = |batch: u64, count: u64, minute: &dyn Fn(u64) -> i64, tag: &str| {
+                let mut ids = Vec::new();
+                for i in 0..count {
+                    // Five events per timestamp: the cursor must break ties.
+                    let mut e = Event::new(base + chrono::Duration::minutes(minute(i / 5)));
+                    e.set_str("user.name", tag);
+                    ids.push(e.id().unwrap_or_default().to_string());
+                    let doc = document(&schema, &e, batch * 1000, i + 1, &unsigned_header())
+                        .expect("doc");
+                    writer.add_document(doc).expect("add");
+                }
+                writer.commit().expect("commit");
+                ids
+            };
+            let original = add(1, 250, &|t| t as i64, "original");
+            let search = EventIndex::new(index.clone()).expect("reader");
+            search.refresh().expect("refresh");
+            let mut seen: Vec<String> = Vec::new();
+            let mut keys: Vec<(String, u64, u64)> = Vec::new();
+            let mut after = None;
+            let mut pages = 0;
+            loop {
+                let page = search
+                    .search(&SearchRequest {
+                        query: "*".into(),
+                        since: None,
+                        limit: 40,
+                        oldest_first,
+                        aggs: Vec::new(),
+                        after,
+                        fields: Vec::new(),
+                    })
+                    .expect("page");
+                for hit in &page.hits {
+                    seen.push(hit.event["event"]["id"].as_str().unwrap_or("").to_string());
+                    keys.push((
+                        hit.event["@timestamp"].as_str().unwrap_or("").to_string(),
+                        hit.provenance.archive_offset,
+                        hit.provenance.line,
+                    ));
+                }
+                pages += 1;
+                if pages == 1 {
+                    // Newer events and late ones from the middle of the hour arrive.
+                    add(2, 50, &|t| 100 + t as i64, "newer");
+                    add(3, 50, &|t| 20 + t as i64, "late");
+                    search.refresh().expect("refresh");
+                }
+                match page.next_cursor {
+                    Some(cursor) => after = Some(cursor.parse().expect("cursor")),
+                    None => break,
+                }
+            }
+            let mut unique = seen.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), seen.len(), "no event twice");
+            for id in &original {
+                assert_eq!(seen.iter().filter(|s| *s == id).count(), 1, "{id}");
+            }
+            let mut sorted = keys.clone();
+            sorted.sort();
+            if !oldest_first {
+                sorted.reverse();
+            }
+            assert_eq!(keys, sorted, "in order (oldest_first: {oldest_first})");
+        }
+    }
+
+    #[test]
+    fn field_selection_keeps_only_the_named_paths() {
+        let mut e = Event::new(Utc::now());
+        e.set_str("user.name", "alice");
+        e.set_str("source.ip", "10.0.0.1");
+        e.set_str("message", "hello");
+        let event: Value = serde_json::from_str(&e.to_json_line()).expect("json");
+        let selected = select_fields(
+            &event,
+            &["user.name".into(), "message".into(), "no.such".into()],
+        );
+        assert_eq!(
+            selected,
+            serde_json::json!({"user": {"name": "alice"}, "message": "hello"})
+        );
     }
 }

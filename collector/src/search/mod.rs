@@ -2,5 +2,6 @@
 //! engine. `index::compile` turns a parsed query into the engine's query.
 
 pub mod aggs;
+pub mod export;
 pub mod query;
 pub mod time;
