@@ -54,19 +54,22 @@ async fn up_serves_searchable_demo_events_and_stops_cleanly_on_ctrl_c() -> anyho
 
     // The analyst CLI, as in the README: token from the environment, certificate
     // fingerprint read from the data directory.
-    let output = std::process::Command::new(&binaries().collector)
-        .args([
-            "search",
-            "event.dataset:yagura.demo",
-            "--since",
-            "1h",
-            "--json",
-            "--limit",
-            "3",
-        ])
-        .args(["--url", &url, "--data-dir", &data_arg])
-        .env("YAGURA_TOKEN", &token)
-        .output()?;
+    let cli = |args: &[&str]| {
+        std::process::Command::new(&binaries().collector)
+            .args(args)
+            .args(["--url", &url, "--data-dir", &data_arg])
+            .env("YAGURA_TOKEN", &token)
+            .output()
+    };
+    let output = cli(&[
+        "search",
+        "event.dataset:yagura.demo",
+        "--since",
+        "1h",
+        "--json",
+        "--limit",
+        "3",
+    ])?;
     assert!(
         output.status.success(),
         "search CLI: {}",
@@ -88,19 +91,15 @@ async fn up_serves_searchable_demo_events_and_stops_cleanly_on_ctrl_c() -> anyho
         );
     }
     // Aggregations through the CLI (docs/query-language.md): counted over every match.
-    let output = std::process::Command::new(&binaries().collector)
-        .args([
-            "search",
-            "event.dataset:yagura.demo",
-            "--limit",
-            "1",
-            "--json",
-            "--agg",
-            "terms:event.dataset",
-        ])
-        .args(["--url", &url, "--data-dir", &data_arg])
-        .env("YAGURA_TOKEN", &token)
-        .output()?;
+    let output = cli(&[
+        "search",
+        "event.dataset:yagura.demo",
+        "--limit",
+        "1",
+        "--json",
+        "--agg",
+        "terms:event.dataset",
+    ])?;
     assert!(
         output.status.success(),
         "{}",
@@ -117,18 +116,14 @@ async fn up_serves_searchable_demo_events_and_stops_cleanly_on_ctrl_c() -> anyho
     assert!(buckets[0]["doc_count"].as_u64().unwrap_or(0) >= 1);
 
     // Export: every match, streamed, as CSV with the chosen columns.
-    let output = std::process::Command::new(&binaries().collector)
-        .args([
-            "export",
-            "event.dataset:yagura.demo",
-            "--format",
-            "csv",
-            "--fields",
-            "event.dataset,message",
-        ])
-        .args(["--url", &url, "--data-dir", &data_arg])
-        .env("YAGURA_TOKEN", &token)
-        .output()?;
+    let output = cli(&[
+        "export",
+        "event.dataset:yagura.demo",
+        "--format",
+        "csv",
+        "--fields",
+        "event.dataset,message",
+    ])?;
     assert!(
         output.status.success(),
         "{}",
@@ -157,11 +152,7 @@ async fn up_serves_searchable_demo_events_and_stops_cleanly_on_ctrl_c() -> anyho
         problem["expected"], "`)` to close the `(` at column 21",
         "{problem}"
     );
-    let output = std::process::Command::new(&binaries().collector)
-        .args(["search", "user.name:"])
-        .args(["--url", &url, "--data-dir", &data_arg])
-        .env("YAGURA_TOKEN", &token)
-        .output()?;
+    let output = cli(&["search", "user.name:"])?;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_search;
 mod export;
 mod remote;
 mod search;
@@ -88,6 +89,8 @@ enum BenchCommand {
     Ingest(bench::BenchIngestArgs),
     /// Agent throughput (tail → parse → spool → ship) and idle footprint, beside rsyslog.
     Agent(bench_agent::BenchAgentArgs),
+    /// Indexing throughput (against tantivy directly) and warm query latency.
+    Search(bench_search::BenchSearchArgs),
 }
 
 /// Where the collector's data is: a config file or a data directory.
@@ -304,6 +307,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Agent(args),
         } => tokio::task::spawn_blocking(move || bench_agent::run(args)).await?,
+        Command::Bench {
+            command: BenchCommand::Search(args),
+        } => bench_search::run(args).await,
         Command::ApiToken {
             command: ApiTokenCommand::Create { location, name },
         } => {

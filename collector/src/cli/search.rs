@@ -4,20 +4,76 @@ use anyhow::Context as _;
 use clap::Args;
 use serde_json::Value;
 
+/// What `yagura search` and `yagura export` share: the query and its scope.
 #[derive(Debug, Args)]
-pub struct SearchArgs {
+pub struct QueryArgs {
     /// The query (docs/query-language.md): `field:value`, "phrases", AND/OR/NOT and
     /// parentheses, wildcards, /regex/, ranges, CIDR blocks on IP fields; `*` for all.
-    query: String,
+    pub query: String,
     /// Only events newer than this (e.g. 15m, 1h, 7d, or an RFC 3339 time).
     #[arg(long)]
-    since: Option<String>,
+    pub since: Option<String>,
+    /// Oldest first instead of newest first.
+    #[arg(long)]
+    pub oldest_first: bool,
+    /// Only these dotted fields of each event, comma-separated (CSV columns in exports).
+    #[arg(long)]
+    pub fields: Option<String>,
+    #[command(flatten)]
+    pub remote: super::remote::RemoteArgs,
+}
+
+impl QueryArgs {
+    /// Sends `GET path` with the query parameters plus `extra`; a refusal is an error
+    /// with the collector's detail (and a caret under a query error's column).
+    pub async fn get(
+        &self,
+        path: &str,
+        extra: Vec<(&str, String)>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let client = self.remote.client()?;
+        let mut query: Vec<(&str, String)> = vec![
+            ("q", self.query.clone()),
+            (
+                "order",
+                if self.oldest_first { "asc" } else { "desc" }.to_string(),
+            ),
+        ];
+        if let Some(since) = &self.since {
+            query.push(("since", since.clone()));
+        }
+        if let Some(fields) = &self.fields {
+            query.push(("fields", fields.clone()));
+        }
+        query.extend(extra);
+        let url = format!("{}{path}", self.remote.url.trim_end_matches('/'));
+        let response = client
+            .get(&url)
+            .bearer_auth(&self.remote.token)
+            .query(&query)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let detail = body["detail"].as_str().unwrap_or("no detail");
+        if let Some(column) = body["column"].as_u64() {
+            anyhow::bail!("{status}: {detail}\n{}", point_at(&self.query, column));
+        }
+        anyhow::bail!("{status}: {detail}");
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    scope: QueryArgs,
     /// How many events to show.
     #[arg(long, default_value_t = 20)]
     limit: usize,
-    /// Oldest first instead of newest first.
-    #[arg(long)]
-    oldest_first: bool,
     /// Print each event as one JSON line.
     #[arg(long)]
     json: bool,
@@ -29,52 +85,18 @@ pub struct SearchArgs {
     /// Continue after this cursor (printed at the end of the previous page).
     #[arg(long)]
     after: Option<String>,
-    /// Only these dotted fields of each event, comma-separated (with --json).
-    #[arg(long)]
-    fields: Option<String>,
-    #[command(flatten)]
-    remote: super::remote::RemoteArgs,
 }
 
 pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
-    let client = args.remote.client()?;
-    let mut query: Vec<(&str, String)> = vec![
-        ("q", args.query.clone()),
-        ("limit", args.limit.to_string()),
-        (
-            "order",
-            if args.oldest_first { "asc" } else { "desc" }.to_string(),
-        ),
-    ];
-    if let Some(since) = &args.since {
-        query.push(("since", since.clone()));
-    }
+    let mut extra: Vec<(&str, String)> = vec![("limit", args.limit.to_string())];
     if !args.aggs.is_empty() {
-        query.push(("agg", args.aggs.join(",")));
+        extra.push(("agg", args.aggs.join(",")));
     }
     if let Some(after) = &args.after {
-        query.push(("after", after.clone()));
+        extra.push(("after", after.clone()));
     }
-    if let Some(fields) = &args.fields {
-        query.push(("fields", fields.clone()));
-    }
-    let url = format!("{}/api/v1/search", args.remote.url.trim_end_matches('/'));
-    let response = client
-        .get(&url)
-        .bearer_auth(&args.remote.token)
-        .query(&query)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
-    let status = response.status();
+    let response = args.scope.get("/api/v1/search", extra).await?;
     let body: Value = response.json().await.context("reading the response")?;
-    if !status.is_success() {
-        let detail = body["detail"].as_str().unwrap_or("no detail");
-        if let Some(column) = body["column"].as_u64() {
-            anyhow::bail!("{status}: {detail}\n{}", point_at(&args.query, column));
-        }
-        anyhow::bail!("{status}: {detail}");
-    }
     let hits = body["hits"].as_array().cloned().unwrap_or_default();
     for hit in &hits {
         let event = &hit["event"];

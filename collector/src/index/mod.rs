@@ -188,10 +188,10 @@ fn field(schema: &Schema, name: &str) -> Result<Field> {
         .map_err(|e| IndexError::Query(format!("schema field {name}: {e}")))
 }
 
-fn json_to_owned(value: &Value) -> OwnedValue {
+fn json_into_owned(value: Value) -> OwnedValue {
     match value {
         Value::Null => OwnedValue::Null,
-        Value::Bool(b) => OwnedValue::Bool(*b),
+        Value::Bool(b) => OwnedValue::Bool(b),
         Value::Number(n) => {
             if let Some(u) = n.as_u64() {
                 OwnedValue::U64(u)
@@ -201,11 +201,11 @@ fn json_to_owned(value: &Value) -> OwnedValue {
                 OwnedValue::F64(n.as_f64().unwrap_or(0.0))
             }
         }
-        Value::String(s) => OwnedValue::Str(s.clone()),
-        Value::Array(items) => OwnedValue::Array(items.iter().map(json_to_owned).collect()),
+        Value::String(s) => OwnedValue::Str(s),
+        Value::Array(items) => OwnedValue::Array(items.into_iter().map(json_into_owned).collect()),
         Value::Object(map) => OwnedValue::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), json_to_owned(v)))
+            map.into_iter()
+                .map(|(k, v)| (k, json_into_owned(v)))
                 .collect(),
         ),
     }
@@ -272,7 +272,7 @@ pub struct IndexerStats {
 /// Writes archived events into the index, resuming from the commit payload.
 pub struct Indexer {
     writer: IndexWriter<TantivyDocument>,
-    schema: Schema,
+    fields: DocFields,
     commit_interval: Duration,
     max_decompressed: usize,
     stats: std::sync::Arc<IndexerStats>,
@@ -293,7 +293,7 @@ impl Indexer {
         Ok((
             Indexer {
                 writer,
-                schema: index.schema(),
+                fields: DocFields::new(&index.schema())?,
                 commit_interval,
                 max_decompressed,
                 stats,
@@ -415,60 +415,93 @@ impl Indexer {
             if let Some(ts) = &ingested {
                 event.set_str("event.ingested", ts.clone());
             }
-            match document(&self.schema, &event, record.offset, number, batch.header()) {
-                Ok(doc) => {
-                    if let Err(error) = self.writer.add_document(doc) {
-                        tracing::error!(%error, "document not added");
-                    } else {
-                        self.stats
-                            .events_indexed
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-                Err(error) => tracing::error!(%error, "event not indexable"),
+            let doc = document(&self.fields, event, record.offset, number, batch.header());
+            if let Err(error) = self.writer.add_document(doc) {
+                tracing::error!(%error, "document not added");
+            } else {
+                self.stats
+                    .events_indexed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
 }
 
-/// The tantivy document for one event and its provenance.
+/// The schema's fields, looked up once: [`document`] runs for every event.
+struct DocFields {
+    timestamp: Field,
+    keywords: Vec<(&'static str, Field)>,
+    texts: Vec<(&'static str, Field)>,
+    ips: Vec<(&'static str, Field)>,
+    numbers: Vec<(&'static str, Field)>,
+    roots: Vec<(&'static str, Field)>,
+    source: Field,
+    offset: Field,
+    sequence: Field,
+    agent: Field,
+    line: Field,
+}
+
+impl DocFields {
+    fn new(schema: &Schema) -> Result<Self> {
+        let all = |names: &[&'static str]| {
+            names
+                .iter()
+                .map(|n| Ok((*n, field(schema, n)?)))
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(DocFields {
+            timestamp: field(schema, TIMESTAMP)?,
+            keywords: all(KEYWORD_FIELDS)?,
+            texts: all(TEXT_FIELDS)?,
+            ips: all(IP_FIELDS)?,
+            numbers: all(NUMBER_FIELDS)?,
+            roots: all(JSON_ROOTS)?,
+            source: field(schema, SOURCE)?,
+            offset: field(schema, ARCHIVE_OFFSET)?,
+            sequence: field(schema, BATCH_SEQUENCE)?,
+            agent: field(schema, BATCH_AGENT)?,
+            line: field(schema, BATCH_LINE)?,
+        })
+    }
+}
+
+/// The tantivy document for one event and its provenance. The event is consumed: its
+/// JSON roots move into the document instead of being copied.
 fn document(
-    schema: &Schema,
-    event: &Event,
+    fields: &DocFields,
+    event: Event,
     offset: u64,
     line: u64,
     batch: &yagura_shared::BatchHeader,
-) -> Result<TantivyDocument> {
+) -> TantivyDocument {
     let mut doc = TantivyDocument::default();
     if let Some(ts) = event.timestamp() {
-        let micros = ts.timestamp_micros();
         doc.add_date(
-            field(schema, TIMESTAMP)?,
-            tantivy::DateTime::from_timestamp_micros(micros),
+            fields.timestamp,
+            tantivy::DateTime::from_timestamp_micros(ts.timestamp_micros()),
         );
     }
-    for name in KEYWORD_FIELDS {
+    for (name, f) in &fields.keywords {
         match event.get(name) {
-            Some(Value::String(s)) => doc.add_text(field(schema, name)?, s),
+            Some(Value::String(s)) => doc.add_text(*f, s),
             Some(Value::Array(items)) => {
                 for item in items.iter().filter_map(Value::as_str) {
-                    doc.add_text(field(schema, name)?, item);
+                    doc.add_text(*f, item);
                 }
             }
-            Some(other) if !other.is_null() => {
-                doc.add_text(field(schema, name)?, other.to_string())
-            }
+            Some(other) if !other.is_null() => doc.add_text(*f, other.to_string()),
             _ => {}
         }
     }
-    for name in TEXT_FIELDS {
+    for (name, f) in &fields.texts {
         if let Some(text) = event.get_str(name) {
-            doc.add_text(field(schema, name)?, text);
+            doc.add_text(*f, text);
         }
     }
     // Typed copies where the value has the type; otherwise the field stays searchable by
     // its exact text in its JSON root.
-    for name in IP_FIELDS {
+    for (name, f) in &fields.ips {
         if let Some(ip) = event
             .get_str(name)
             .and_then(|s| s.parse::<std::net::IpAddr>().ok())
@@ -477,34 +510,35 @@ fn document(
                 std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
                 std::net::IpAddr::V6(v6) => v6,
             };
-            doc.add_ip_addr(field(schema, name)?, v6);
+            doc.add_ip_addr(*f, v6);
         }
     }
-    for name in NUMBER_FIELDS {
+    for (name, f) in &fields.numbers {
         let number = match event.get(name) {
             Some(Value::Number(n)) => n.as_u64(),
             Some(Value::String(s)) => s.parse::<u64>().ok(),
             _ => None,
         };
         if let Some(n) = number {
-            doc.add_u64(field(schema, name)?, n);
+            doc.add_u64(*f, n);
         }
     }
-    for name in JSON_ROOTS {
-        if let Some(Value::Object(map)) = event.as_map().get(*name) {
-            let object: BTreeMap<String, OwnedValue> = map
-                .iter()
-                .map(|(k, v)| (k.clone(), json_to_owned(v)))
+    doc.add_text(fields.source, event.to_json_line());
+    let mut map = event.into_map();
+    for (name, f) in &fields.roots {
+        if let Some(Value::Object(object)) = map.remove(*name) {
+            let object: BTreeMap<String, OwnedValue> = object
+                .into_iter()
+                .map(|(k, v)| (k, json_into_owned(v)))
                 .collect();
-            doc.add_object(field(schema, name)?, object);
+            doc.add_object(*f, object);
         }
     }
-    doc.add_text(field(schema, SOURCE)?, event.to_json_line());
-    doc.add_u64(field(schema, ARCHIVE_OFFSET)?, offset);
-    doc.add_u64(field(schema, BATCH_SEQUENCE)?, batch.sequence);
-    doc.add_text(field(schema, BATCH_AGENT)?, batch.agent_id.to_string());
-    doc.add_u64(field(schema, BATCH_LINE)?, line);
-    Ok(doc)
+    doc.add_u64(fields.offset, offset);
+    doc.add_u64(fields.sequence, batch.sequence);
+    doc.add_text(fields.agent, batch.agent_id.to_string());
+    doc.add_u64(fields.line, line);
+    doc
 }
 
 /// Where an indexed event came from: the archived, signed batch that carried it.
@@ -861,19 +895,56 @@ fn needs_auto_interval(spec: &crate::search::aggs::AggSpec) -> bool {
     own || spec.nested.as_deref().is_some_and(needs_auto_interval)
 }
 
+/// The header of a batch that was never signed, for documents of events that did not
+/// come through the archive (the benchmark's limit, tests).
+fn unsigned_header() -> yagura_shared::BatchHeader {
+    yagura_shared::BatchHeader {
+        agent_id: uuid::Uuid::nil(),
+        sequence: 0,
+        created_at_ms: 0,
+        event_count: 0,
+        payload_sha256: [0; 32],
+    }
+}
+
+/// The limit `yagura bench search` compares the indexer with: `events` added straight
+/// to a new index in `dir` (same schema, one writer thread of `writer_memory` bytes, as
+/// the indexer) and committed once; no archive, no decompression, no commit interval.
+/// Returns how many were added.
+pub fn index_directly<E: std::fmt::Display>(
+    dir: &Path,
+    writer_memory: usize,
+    events: impl Iterator<Item = std::result::Result<Event, E>>,
+) -> Result<u64> {
+    let index = open_index(dir)?;
+    let fields = DocFields::new(&index.schema())?;
+    let mut writer: IndexWriter<TantivyDocument> =
+        index.writer_with_num_threads(1, writer_memory)?;
+    let header = unsigned_header();
+    let mut added = 0u64;
+    for event in events {
+        let event = event.map_err(|e| IndexError::Query(format!("event {}: {e}", added + 1)))?;
+        writer.add_document(document(&fields, event, 0, added + 1, &header))?;
+        added += 1;
+    }
+    writer.commit()?;
+    writer.wait_merging_threads()?;
+    Ok(added)
+}
+
 /// An in-memory index holding `events` (one batch, lines in order): for tests of the
 /// stages that read the index.
 #[cfg(test)]
 pub(crate) fn index_in_ram(events: &[Event]) -> EventIndex {
     let index = Index::create_in_ram(build_schema());
-    let schema = index.schema();
+    let fields = DocFields::new(&index.schema()).expect("fields");
     let mut writer: IndexWriter<TantivyDocument> = index
         .writer_with_num_threads(1, 15_000_000)
         .expect("writer");
-    let header = tests::unsigned_header();
+    let header = unsigned_header();
     for (line, e) in events.iter().enumerate() {
         writer
-            .add_document(document(&schema, e, 0, line as u64 + 1, &header).expect("doc"))
+            .add_document(document(&fields, e.clone(), 0, line as u64 + 1, &header))
             .expect("add");
     }
     writer.commit().expect("commit");
@@ -899,17 +970,6 @@ mod tests {
                 e
             })
             .collect()
-    }
-
-    /// The header of a batch that was never signed: documents built in tests need one.
-    pub(super) fn unsigned_header() -> yagura_shared::BatchHeader {
-        yagura_shared::BatchHeader {
-            agent_id: uuid::Uuid::nil(),
-            sequence: 1,
-            created_at_ms: 0,
-            event_count: 1,
-            payload_sha256: [0; 32],
-        }
     }
 
     fn search(index: &EventIndex, q: &str) -> SearchResult {
@@ -1051,7 +1111,13 @@ mod tests {
             e.set_str("message", format!("{minutes_ago} minutes ago"));
             let header = unsigned_header();
             writer
-                .add_document(document(&schema, &e, 0, 1, &header).expect("doc"))
+                .add_document(document(
+                    &DocFields::new(&schema).expect("fields"),
+                    e,
+                    0,
+                    1,
+                    &header,
+                ))
                 .expect("add");
         }
         writer.commit().expect("commit");
@@ -1109,7 +1175,7 @@ mod tests {
     fn cursor_pages_are_stable_while_writes_continue() {
         for oldest_first in [false, true] {
             let index = Index::create_in_ram(build_schema());
-            let schema = index.schema();
+            let fields = DocFields::new(&index.schema()).expect("fields");
             let mut writer: IndexWriter<TantivyDocument> = index
                 .writer_with_num_threads(1, 15_000_000)
                 .expect("writer");
@@ -1121,8 +1187,7 @@ mod tests {
                     let mut e = Event::new(base + chrono::Duration::minutes(minute(i / 5)));
                     e.set_str("user.name", tag);
                     ids.push(e.id().unwrap_or_default().to_string());
-                    let doc = document(&schema, &e, batch * 1000, i + 1, &unsigned_header())
-                        .expect("doc");
+                    let doc = document(&fields, e, batch * 1000, i + 1, &unsigned_header());
                     writer.add_document(doc).expect("add");
                 }
                 writer.commit().expect("commit");
