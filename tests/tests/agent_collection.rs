@@ -228,13 +228,9 @@ async fn api_total(collector: &Collector, query: &str) -> anyhow::Result<u64> {
 fn indexed_events(collector: &Collector, query: &str) -> anyhow::Result<Vec<Value>> {
     let index = EventIndex::open_read_only(&collector.dir.join("data").join("index"))?;
     let result = index.search(&SearchRequest {
-        query: query.to_string(),
-        since: None,
         limit: 1_000_000,
         oldest_first: true,
-        aggs: Vec::new(),
-        after: None,
-        fields: Vec::new(),
+        ..SearchRequest::new(query)
     })?;
     anyhow::ensure!(
         result.hits.len() == result.total,

@@ -37,6 +37,23 @@ pub struct BenchIngestArgs {
     dir: Option<std::path::PathBuf>,
 }
 
+/// A benchmark's work directory: `dir` when given (kept), else a new one under the
+/// system temp dir named after the benchmark (removed at the end: the `bool`).
+pub(super) fn work_dir(
+    dir: Option<std::path::PathBuf>,
+    bench: &str,
+) -> anyhow::Result<(std::path::PathBuf, bool)> {
+    let (work, remove) = match dir {
+        Some(dir) => (dir, false),
+        None => (
+            std::env::temp_dir().join(format!("yagura-bench-{bench}-{}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&work)?;
+    Ok((work, remove))
+}
+
 /// Sequences 1..=`count` of `agent`, sealed before any clock starts (sealing is the
 /// agent's cost, not ingest's); `stride` and `client` vary the generated events.
 fn seal_batches(

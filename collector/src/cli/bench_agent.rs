@@ -459,14 +459,7 @@ fn idle_footprint(work: &Path) -> anyhow::Result<(u64, f64)> {
 }
 
 pub fn run(args: BenchAgentArgs) -> anyhow::Result<()> {
-    let (work, remove) = match args.dir {
-        Some(dir) => (dir, false),
-        None => (
-            std::env::temp_dir().join(format!("yagura-bench-agent-{}", std::process::id())),
-            true,
-        ),
-    };
-    std::fs::create_dir_all(&work)?;
+    let (work, remove) = super::bench::work_dir(args.dir, "agent")?;
     let file = work.join("bench.log");
     let bytes = generate(&file, args.lines)?;
     println!(

@@ -278,25 +278,14 @@ fn request_aggs_text(request: &SearchRequest) -> String {
 
 fn request(query: &str, since_hours: Option<i64>, aggs: &str) -> anyhow::Result<SearchRequest> {
     Ok(SearchRequest {
-        query: query.to_string(),
         since: since_hours.map(|h| Utc::now() - chrono::Duration::hours(h)),
-        limit: 100,
-        oldest_first: false,
         aggs: parse_aggs(aggs)?,
-        after: None,
-        fields: Vec::new(),
+        ..SearchRequest::new(query)
     })
 }
 
 pub async fn run(args: BenchSearchArgs) -> anyhow::Result<()> {
-    let (work, remove) = match args.dir {
-        Some(dir) => (dir, false),
-        None => (
-            std::env::temp_dir().join(format!("yagura-bench-search-{}", std::process::id())),
-            true,
-        ),
-    };
-    std::fs::create_dir_all(&work)?;
+    let (work, remove) = super::bench::work_dir(args.dir, "search")?;
     let n = args.events;
     eprintln!("generating {n} events into {}", work.display());
     let (archive, end) = generate(&work, n).await?;

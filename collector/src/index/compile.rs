@@ -546,13 +546,8 @@ mod tests {
     fn total(index: &EventIndex, query: &str) -> usize {
         index
             .search(&SearchRequest {
-                query: query.into(),
-                since: None,
                 limit: 1,
-                oldest_first: false,
-                aggs: Vec::new(),
-                after: None,
-                fields: Vec::new(),
+                ..SearchRequest::new(query)
             })
             .unwrap_or_else(|e| panic!("{query}: {e}"))
             .total
@@ -681,13 +676,8 @@ mod tests {
         ];
         for (query, column, message) in cases {
             let result = index.search(&SearchRequest {
-                query: query.into(),
-                since: None,
                 limit: 1,
-                oldest_first: false,
-                aggs: Vec::new(),
-                after: None,
-                fields: Vec::new(),
+                ..SearchRequest::new(query)
             });
             match result {
                 Err(super::super::IndexError::Compile(e)) => {
@@ -717,13 +707,9 @@ mod tests {
     fn aggregate(index: &EventIndex, query: &str, aggs: &str) -> Json {
         let result = index
             .search(&SearchRequest {
-                query: query.into(),
-                since: None,
                 limit: 1,
-                oldest_first: false,
                 aggs: crate::search::aggs::parse_aggs(aggs).expect("aggs"),
-                after: None,
-                fields: Vec::new(),
+                ..SearchRequest::new(query)
             })
             .unwrap_or_else(|e| panic!("{aggs}: {e}"));
         result.aggregations.expect("aggregations")
@@ -861,13 +847,9 @@ mod tests {
             ("max:process.parent.name", "no order"),
         ] {
             let result = index.search(&SearchRequest {
-                query: "*".into(),
-                since: None,
                 limit: 1,
-                oldest_first: false,
                 aggs: crate::search::aggs::parse_aggs(aggs).expect("parses"),
-                after: None,
-                fields: Vec::new(),
+                ..SearchRequest::new("*")
             });
             match result {
                 Err(super::super::IndexError::Aggregation(e)) => {

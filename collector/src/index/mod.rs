@@ -620,6 +620,21 @@ pub struct SearchRequest {
     pub fields: Vec<String>,
 }
 
+impl SearchRequest {
+    /// `query` over all time, the newest 100 first, no aggregations, whole events.
+    pub fn new(query: impl Into<String>) -> Self {
+        SearchRequest {
+            query: query.into(),
+            since: None,
+            limit: 100,
+            oldest_first: false,
+            aggs: Vec::new(),
+            after: None,
+            fields: Vec::new(),
+        }
+    }
+}
+
 /// Read side of the index: one long-lived reader, a cheap searcher per request.
 #[derive(Clone)]
 pub struct EventIndex {
@@ -976,13 +991,8 @@ mod tests {
         index.refresh().expect("refresh");
         index
             .search(&SearchRequest {
-                query: q.into(),
-                since: None,
                 limit: 1000,
-                oldest_first: false,
-                aggs: Vec::new(),
-                after: None,
-                fields: Vec::new(),
+                ..SearchRequest::new(q)
             })
             .expect("search")
     }
@@ -1125,13 +1135,8 @@ mod tests {
         search.refresh().expect("refresh");
         let all = search
             .search(&SearchRequest {
-                query: "*".into(),
-                since: None,
                 limit: 10,
-                oldest_first: false,
-                aggs: Vec::new(),
-                after: None,
-                fields: Vec::new(),
+                ..SearchRequest::new("*")
             })
             .expect("search");
         let order: Vec<&str> = all
@@ -1145,25 +1150,17 @@ mod tests {
         );
         let recent = search
             .search(&SearchRequest {
-                query: "*".into(),
                 since: Some(now - chrono::Duration::hours(1)),
                 limit: 10,
                 oldest_first: true,
-                aggs: Vec::new(),
-                after: None,
-                fields: Vec::new(),
+                ..SearchRequest::new("*")
             })
             .expect("search");
         assert_eq!(recent.total, 2);
         assert_eq!(recent.hits[0].event["message"], "30 minutes ago");
         let bad = search.search(&SearchRequest {
-            query: "message:(".into(),
-            since: None,
             limit: 1,
-            oldest_first: false,
-            aggs: Vec::new(),
-            after: None,
-            fields: Vec::new(),
+            ..SearchRequest::new("message:(")
         });
         assert!(matches!(bad, Err(IndexError::Syntax(e)) if e.column == 9));
     }

@@ -140,13 +140,10 @@ mod tests {
 
     fn request(query: &str, fields: &[&str]) -> SearchRequest {
         SearchRequest {
-            query: query.into(),
-            since: None,
             limit: 1,
             oldest_first: true,
-            aggs: Vec::new(),
-            after: None,
             fields: fields.iter().map(|f| f.to_string()).collect(),
+            ..SearchRequest::new(query)
         }
     }
 
