@@ -40,6 +40,10 @@ use crate::event::{Event, EventError};
 const MAGIC: &[u8; 4] = b"YGB1";
 /// Domain separation: a signature made for a batch is never valid for anything else.
 const SIGNING_CONTEXT: &[u8] = b"yagura signed batch header v1\0";
+/// The first agents signed every byte before the signature under this context. Their
+/// batches still verify, so spools sealed before an upgrade ship, and archives written
+/// before it re-verify; nothing seals this way any more.
+const LEGACY_SIGNING_CONTEXT: &[u8] = b"yagura signed batch v1\0";
 /// zstd level of sealed payloads. Level 1 compresses this NDJSON (repetitive keys, one
 /// host, one agent) faster than level 3 and, measured on the agent benchmark's batches,
 /// also smaller: 19.7× against 16.7×.
@@ -229,6 +233,11 @@ impl SignedBatch {
             .map_err(|_| BatchError::Malformed("signature length".into()))?;
         let signature = Signature::from_bytes(&sig_bytes);
         key.verify_strict(&signing_message(&self.bytes[..HEADER_LEN]), &signature)
+            .or_else(|_| {
+                let mut legacy = LEGACY_SIGNING_CONTEXT.to_vec();
+                legacy.extend_from_slice(&self.bytes[..split]);
+                key.verify_strict(&legacy, &signature)
+            })
             .map_err(|_| BatchError::BadSignature)
     }
 
@@ -532,5 +541,23 @@ mod tests {
                 let _ = batch.events(1 << 16);
             }
         }
+    }
+
+    /// A batch sealed by an agent from before the header signature (every byte signed,
+    /// the first context) still verifies, and still fails when a byte changes.
+    #[test]
+    fn batches_signed_the_first_way_still_verify() {
+        let key = AgentKey::generate().expect("key");
+        let sealed =
+            SignedBatch::seal(&key, Uuid::now_v7(), 1, Utc::now(), &sample(3)).expect("seal");
+        let mut bytes = sealed.as_bytes()[..sealed.as_bytes().len() - SIGNATURE_LEN].to_vec();
+        let mut message = LEGACY_SIGNING_CONTEXT.to_vec();
+        message.extend_from_slice(&bytes);
+        bytes.extend_from_slice(&key.0.sign(&message).to_bytes());
+        let legacy = SignedBatch::from_bytes(bytes.clone()).expect("parse");
+        assert!(legacy.verify(&key.verifying_key()).is_ok());
+        bytes[30] ^= 1;
+        let tampered = SignedBatch::from_bytes(bytes).expect("parse");
+        assert!(tampered.verify(&key.verifying_key()).is_err());
     }
 }
