@@ -874,9 +874,11 @@ fn after_cursor(schema: &Schema, cursor: Cursor, order: Order) -> Result<Box<dyn
 
 /// The event with only `fields` (dotted paths, as nested objects), in their order.
 fn select_fields(event: &Value, fields: &[String]) -> Value {
-    let Ok(event) = Event::from_json_slice(event.to_string().as_bytes()) else {
+    let Some(map) = event.as_object() else {
         return Value::Null;
     };
+    // Through `Event::get`, which knows literal dotted keys too.
+    let event = Event::from_map(map.clone());
     let mut out = serde_json::Map::new();
     for path in fields {
         let Some(value) = event.get(path) else {

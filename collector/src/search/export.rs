@@ -83,7 +83,7 @@ pub fn export(
             Format::Csv => {
                 let mut rows = csv::Writer::from_writer(chunk);
                 for hit in &page.hits {
-                    let event = Event::from_json_slice(hit.event.to_string().as_bytes()).ok();
+                    let event = hit.event.as_object().cloned().map(Event::from_map);
                     rows.write_record(
                         columns
                             .iter()
