@@ -108,6 +108,15 @@ pub struct IndexConfig {
     pub commit_interval_ms: u64,
     #[serde(default = "default_writer_memory_bytes")]
     pub writer_memory_bytes: usize,
+    /// Days of events kept searchable: older day indices are deleted (the archive keeps
+    /// its own retention).
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+    /// The oldest day indices are deleted while all of them exceed this many bytes.
+    #[serde(default)]
+    pub retention_max_bytes: Option<u64>,
+    #[serde(default = "default_retention_check_interval_seconds")]
+    pub retention_check_interval_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -207,6 +216,9 @@ impl Default for IndexConfig {
             enabled: true,
             commit_interval_ms: default_commit_interval_ms(),
             writer_memory_bytes: default_writer_memory_bytes(),
+            retention_days: None,
+            retention_max_bytes: None,
+            retention_check_interval_seconds: default_retention_check_interval_seconds(),
         }
     }
 }
@@ -286,6 +298,11 @@ impl CollectorConfig {
                     .into(),
             ));
         }
+        if config.index.retention_check_interval_seconds == 0 {
+            return Err(invalid(
+                "index.retention_check_interval_seconds must be above 0".into(),
+            ));
+        }
         if config.index.commit_interval_ms == 0 {
             return Err(invalid("index.commit_interval_ms must be above 0".into()));
         }
@@ -326,6 +343,22 @@ impl CollectorConfig {
             agent_events_per_second: i.agent_events_per_second,
             agent_burst_events: i.agent_burst_events,
             max_consumer_lag_bytes: i.max_consumer_lag_bytes,
+        }
+    }
+
+    /// How the indexer runs, from `[index]` and `[ingest]`.
+    pub fn indexer_options(&self) -> crate::index::IndexerOptions {
+        crate::index::IndexerOptions {
+            writer_memory_bytes: self.index.writer_memory_bytes,
+            commit_interval: std::time::Duration::from_millis(self.index.commit_interval_ms),
+            max_decompressed: self.ingest.max_decompressed_bytes,
+            retention: crate::index::IndexRetention {
+                max_age_days: self.index.retention_days,
+                max_bytes: self.index.retention_max_bytes,
+            },
+            retention_check_interval: std::time::Duration::from_secs(
+                self.index.retention_check_interval_seconds,
+            ),
         }
     }
 

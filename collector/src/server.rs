@@ -126,9 +126,8 @@ pub async fn run_with(
         RunMode::Full => {
             let (indexer, index) = Indexer::open(
                 &config.index_dir(),
-                config.index.writer_memory_bytes,
-                Duration::from_millis(config.index.commit_interval_ms),
-                config.ingest.max_decompressed_bytes,
+                config.indexer_options(),
+                Some(events.clone()),
             )
             .context("opening the index")?;
             let archive = Arc::clone(&archive);

@@ -297,16 +297,22 @@ impl Collector {
 
     /// `GET /api/v1/search`.
     pub async fn search(&self, query: &str, limit: usize) -> anyhow::Result<Value> {
+        self.search_with(&[("q", query), ("limit", &limit.to_string())])
+            .await
+    }
+
+    /// `GET /api/v1/search` with any parameters (`q`, `limit`, `agg`, `since`, …).
+    pub async fn search_with(&self, params: &[(&str, &str)]) -> anyhow::Result<Value> {
         let response = self
             .client()?
             .get(format!("{}/api/v1/search", self.url))
             .bearer_auth(&self.api_token)
-            .query(&[("q", query), ("limit", &limit.to_string())])
+            .query(params)
             .send()
             .await?;
         let status = response.status();
         let body: Value = response.json().await?;
-        anyhow::ensure!(status.is_success(), "search {query:?}: {status} {body}");
+        anyhow::ensure!(status.is_success(), "search {params:?}: {status} {body}");
         Ok(body)
     }
 

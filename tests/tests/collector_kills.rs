@@ -101,6 +101,36 @@ async fn two_hundred_thousand_events_exactly_once_through_ten_collector_sigkills
         let expected: HashSet<String> = (0..LINES_PER_AGENT).map(|i| line(a, i)).collect();
         assert_eq!(originals, expected, "agent {a}: every line exactly once");
     }
+    // The reopened index answers exactly as before one more kill: totals, pages,
+    // aggregations.
+    let questions: [&[(&str, &str)]; 3] = [
+        &[
+            ("q", "event.dataset:e2e.kills"),
+            ("limit", "50"),
+            ("agg", "terms:host.name,date_histogram:@timestamp"),
+        ],
+        &[("q", "\"line 004321\""), ("limit", "10")],
+        &[
+            ("q", "host.name:load-2 AND NOT \"line 00*\""),
+            ("limit", "5"),
+        ],
+    ];
+    let mut before = Vec::new();
+    for question in questions {
+        before.push(collector.search_with(question).await?);
+    }
+    collector.process.kill_hard();
+    collector.restart()?;
+    collector
+        .wait_for_total("event.dataset:e2e.kills", total, Duration::from_secs(120))
+        .await?;
+    for (question, answer) in questions.iter().zip(&before) {
+        assert_eq!(
+            &collector.search_with(question).await?,
+            answer,
+            "{question:?} after a kill and reopen"
+        );
+    }
     for agent in &mut agents {
         agent.kill_hard();
     }

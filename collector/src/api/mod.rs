@@ -307,7 +307,12 @@ async fn enroll(
 #[serde(deny_unknown_fields)]
 struct SearchParams {
     q: Option<String>,
+    /// The oldest event time: RFC 3339, `now-15m`, or `15m` (ago).
     since: Option<String>,
+    /// The same as `since`.
+    from: Option<String>,
+    /// The newest event time, in the same forms.
+    to: Option<String>,
     limit: Option<usize>,
     order: Option<String>,
     /// Aggregations, comma-separated (`terms:source.ip,date_histogram:@timestamp`).
@@ -320,10 +325,11 @@ struct SearchParams {
     format: Option<String>,
 }
 
-/// Parses a relative time such as `15m`, `1h`, `7d` or `30s` into "now minus that".
+/// Parses a time: RFC 3339, `now`, `now-15m`, or a bare `15m`, `1h`, `7d`, `30s`
+/// meaning "now minus that".
 pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-    if let Ok(absolute) = DateTime::parse_from_rfc3339(text) {
-        return Ok(absolute.with_timezone(&Utc));
+    if let Some(at) = crate::search::time::parse_time(text, now) {
+        return Ok(at);
     }
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -353,12 +359,26 @@ pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Stri
 
 /// The search request of `search` and `export` parameters (400 on anything invalid).
 fn search_request(params: SearchParams, limit: usize) -> Result<SearchRequest, ApiError> {
-    let since = params
-        .since
-        .as_deref()
-        .map(|s| parse_since(s, Utc::now()))
-        .transpose()
-        .map_err(ApiError::bad_request)?;
+    if params.since.is_some() && params.from.is_some() {
+        return Err(ApiError::bad_request(
+            "give `since` or `from`, not both (they mean the same)",
+        ));
+    }
+    let now = Utc::now();
+    let time = |text: Option<&str>, name: &str| {
+        text.map(|t| parse_since(t, now))
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("{name}: {e}")))
+    };
+    let since = time(params.since.as_deref().or(params.from.as_deref()), "from")?;
+    let until = time(params.to.as_deref(), "to")?;
+    if let (Some(from), Some(to)) = (since, until)
+        && from > to
+    {
+        return Err(ApiError::bad_request(format!(
+            "the time range is empty: from {from} is after to {to}"
+        )));
+    }
     let oldest_first = match params.order.as_deref() {
         None | Some("desc") => false,
         Some("asc") => true,
@@ -382,6 +402,8 @@ fn search_request(params: SearchParams, limit: usize) -> Result<SearchRequest, A
         fields: comma_list(params.fields.as_deref()),
         query: params.q.unwrap_or_default(),
         since,
+        until,
+        count_total: true,
         limit,
         oldest_first,
     })

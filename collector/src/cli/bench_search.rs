@@ -188,7 +188,14 @@ fn run_indexer(
     dir: &Path,
     runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<(Indexed, EventIndex)> {
-    let (indexer, search) = Indexer::open(dir, WRITER_MEMORY, COMMIT_INTERVAL, MAX_DECOMPRESSED)?;
+    let options = index::IndexerOptions {
+        writer_memory_bytes: WRITER_MEMORY,
+        commit_interval: COMMIT_INTERVAL,
+        max_decompressed: MAX_DECOMPRESSED,
+        retention: index::IndexRetention::default(),
+        retention_check_interval: Duration::from_secs(3600),
+    };
+    let (indexer, search) = Indexer::open(dir, options, None)?;
     let stats = indexer.stats();
     let cancel = CancellationToken::new();
     let cpu_before = cpu_seconds();

@@ -11,8 +11,14 @@ pub struct QueryArgs {
     /// parentheses, wildcards, /regex/, ranges, CIDR blocks on IP fields; `*` for all.
     pub query: String,
     /// Only events newer than this (e.g. 15m, 1h, 7d, or an RFC 3339 time).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "from")]
     pub since: Option<String>,
+    /// Only events at or after this time (RFC 3339, `now-2h`, or `2h` ago).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only events at or before this time (RFC 3339, `now-1h`, or `1h` ago).
+    #[arg(long)]
+    pub to: Option<String>,
     /// Oldest first instead of newest first.
     #[arg(long)]
     pub oldest_first: bool,
@@ -39,8 +45,11 @@ impl QueryArgs {
                 if self.oldest_first { "asc" } else { "desc" }.to_string(),
             ),
         ];
-        if let Some(since) = &self.since {
+        if let Some(since) = self.since.as_ref().or(self.from.as_ref()) {
             query.push(("since", since.clone()));
+        }
+        if let Some(to) = &self.to {
+            query.push(("to", to.clone()));
         }
         if let Some(fields) = &self.fields {
             query.push(("fields", fields.clone()));

@@ -34,6 +34,8 @@ use crate::archive::{Appended, Archive};
 pub const SECURITY_DATASET: &str = "yagura.collector.security";
 /// Dataset of sequence gaps (batches an agent sealed that never arrived).
 pub const GAP_DATASET: &str = "yagura.collector.gap";
+/// Dataset of index days deleted by retention.
+pub const INDEX_RETENTION_DATASET: &str = "yagura.collector.index_retention";
 /// Dataset of agents that went silent for longer than their interval.
 pub const OFFLINE_DATASET: &str = "yagura.collector.agent_offline";
 
@@ -249,6 +251,26 @@ impl CollectorEvents {
         self.push(event);
     }
 
+    /// Records that index retention deleted a day (`reason`: `age` or `size`).
+    pub fn index_day_deleted(&self, day: &str, reason: &str, events: u64, bytes: u64) {
+        let mut event = self.base_event(INDEX_RETENTION_DATASET, "index_day_deleted", "event");
+        event.set("event.category", json!(["database"]));
+        event.set("event.type", json!(["deletion"]));
+        event.set_str("yagura.retention.day", day);
+        event.set_str("yagura.retention.reason", reason);
+        event.set("yagura.retention.events", json!(events));
+        event.set("yagura.retention.bytes", json!(bytes));
+        let why = match reason {
+            "age" => "older than the retention age",
+            _ => "the index is over its size budget",
+        };
+        event.set_str(
+            "message",
+            format!("index day {day} deleted ({why}): {events} events, {bytes} bytes"),
+        );
+        self.push(event);
+    }
+
     fn push(&self, event: Event) {
         if let Ok(mut pending) = self.pending.lock() {
             if pending.ready.len() >= MAX_READY_EVENTS {
@@ -261,7 +283,7 @@ impl CollectorEvents {
 
     /// Takes what is ready to seal: new events, the summaries of windows that closed (all
     /// windows when `closing`), and one `suppressed` event for what the bounds dropped.
-    fn take_ready(&self, closing: bool) -> Vec<Event> {
+    pub(crate) fn take_ready(&self, closing: bool) -> Vec<Event> {
         let Ok(mut pending) = self.pending.lock() else {
             return Vec::new();
         };

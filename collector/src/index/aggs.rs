@@ -6,8 +6,8 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
+use tantivy::aggregation::AggregationLimitsGuard;
 use tantivy::aggregation::agg_req::Aggregations;
-use tantivy::aggregation::{AggContextParams, AggregationCollector, AggregationLimitsGuard};
 
 use super::{IP_FIELDS, KEYWORD_FIELDS, NUMBER_FIELDS, TIMESTAMP};
 use crate::search::aggs::{AggKind, AggSpec};
@@ -75,9 +75,12 @@ fn level_key(spec: &AggSpec) -> String {
     key
 }
 
-/// Checks `specs` against the schema and builds the collector. `auto` is the interval for
-/// date histograms that name none.
-pub fn collector(specs: &[AggSpec], auto: &str) -> Result<AggregationCollector, String> {
+/// Checks `specs` against the schema and builds the request, with the limits it runs
+/// under. `auto` is the interval for date histograms that name none.
+pub fn request(
+    specs: &[AggSpec],
+    auto: &str,
+) -> Result<(Aggregations, AggregationLimitsGuard), String> {
     let mut request = Map::new();
     for spec in specs {
         request.insert(result_key(spec), level(spec, auto)?);
@@ -85,10 +88,7 @@ pub fn collector(specs: &[AggSpec], auto: &str) -> Result<AggregationCollector, 
     let aggregations: Aggregations =
         serde_json::from_value(Value::Object(request)).map_err(|e| e.to_string())?;
     let limits = AggregationLimitsGuard::new(Some(MEMORY_LIMIT), Some(BUCKET_LIMIT));
-    Ok(AggregationCollector::from_aggs(
-        aggregations,
-        AggContextParams::new(limits, Default::default()),
-    ))
+    Ok((aggregations, limits))
 }
 
 fn level(spec: &AggSpec, auto: &str) -> Result<Value, String> {

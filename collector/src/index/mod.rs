@@ -1,24 +1,21 @@
-//! The event index: tantivy, fed from the archive in order.
+//! The event store: tantivy, one index per UTC day, fed from the archive in order.
 //!
-//! This is the only module that touches tantivy types. The [`Indexer`] reads archived
-//! batches from its last committed archive offset, turns each event into a document and
-//! commits in batches (every `commit_interval`); the archive offset it has indexed up to is
-//! written into the tantivy commit payload in the same atomic commit, so after any crash the
-//! indexer resumes exactly where the durable index ends — no event lost, none twice.
-//! [`EventIndex`] answers searches from one long-lived reader.
+//! This is the only module that touches tantivy types. [`days`] is the layout on disk,
+//! [`writer`] the [`Indexer`] (archive → day indices, exactly once across crashes, and
+//! retention), this file the schema, the document of an event and [`EventIndex`], which
+//! answers searches over the days a request's time range needs.
 //!
 //! Schema: typed keyword fields for the fields the data path relies on, `message` and
 //! `event.original` as full text, a JSON field per ECS top-level field set so any nested
 //! ECS field is searchable by its dotted name, and `_source` (the stored event) plus the
 //! provenance of each event (the id of the agent that signed its batch, the batch sequence
 //! and the archive offset of the batch). The indexer registers its committed offset with
-//! the archive as consumer `indexer`, so retention never deletes what it has not indexed
-//! and ingest can push back when it lags.
+//! the archive as consumer `indexer`, so archive retention never deletes what it has not
+//! indexed and ingest can push back when it lags.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -30,17 +27,19 @@ use tantivy::schema::{
     DateOptions, DateTimePrecision, FAST, Field, INDEXED, JsonObjectOptions, OwnedValue, STORED,
     STRING, Schema, TEXT, TextFieldIndexing, TextOptions, Value as _,
 };
-use tantivy::{
-    DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term,
-};
-use tokio_util::sync::CancellationToken;
-use yagura_shared::{Event, SignedBatch};
+use tantivy::{DocAddress, Index, IndexWriter, Order, TantivyDocument, Term};
+use yagura_shared::Event;
 
-use crate::archive::{Archive, ArchiveError, Record};
+use crate::archive::ArchiveError;
 use crate::search::query::{self, SyntaxError};
+#[cfg(test)]
+use days::DayReader;
+use days::{DaySearcher, DaySet};
 
 pub mod aggs;
 pub mod compile;
+mod days;
+mod writer;
 
 pub use compile::CompileError;
 
@@ -135,14 +134,11 @@ const BATCH_AGENT: &str = "_batch_agent";
 /// The event's line (from 1) in its batch's payload: with the archive offset, the event's
 /// unique place in the archive, and the last key of the result order.
 const BATCH_LINE: &str = "_batch_line";
-/// The consumer name the indexer commits its archive offset under.
-pub const INDEXER_CONSUMER: &str = "indexer";
 
-/// The payload written with every commit.
-#[derive(Debug, Serialize, serde::Deserialize)]
-struct CommitPayload {
-    archive_offset: u64,
-}
+pub use writer::{
+    DeletedDay, INDEXER_CONSUMER, IndexRetention, Indexer, IndexerOptions, IndexerStats,
+    MAX_OPEN_WRITERS,
+};
 
 fn build_schema() -> Schema {
     let mut builder = Schema::builder();
@@ -208,222 +204,6 @@ fn json_into_owned(value: Value) -> OwnedValue {
                 .map(|(k, v)| (k, json_into_owned(v)))
                 .collect(),
         ),
-    }
-}
-
-fn open_index(dir: &Path) -> Result<Index> {
-    std::fs::create_dir_all(dir).map_err(|source| IndexError::Io {
-        path: dir.display().to_string(),
-        source,
-    })?;
-    let directory = tantivy::directory::MmapDirectory::open(dir)
-        .map_err(|e| IndexError::Query(format!("open {}: {e}", dir.display())))?;
-    Ok(Index::open_or_create(directory, build_schema())?)
-}
-
-/// [`open_index`] for the indexer: an index written with another schema (an older
-/// version) is moved aside, kept for the operator, and a new one is built from the
-/// archive, which is the source of truth.
-fn open_index_for_writing(dir: &Path) -> Result<Index> {
-    match open_index(dir) {
-        Err(IndexError::Tantivy(tantivy::TantivyError::SchemaError(reason))) => {
-            let aside = dir.with_file_name(format!(
-                "{}.schema-{}",
-                dir.file_name().and_then(|n| n.to_str()).unwrap_or("index"),
-                Utc::now().format("%Y%m%dT%H%M%SZ")
-            ));
-            tracing::warn!(
-                index = %dir.display(),
-                moved_to = %aside.display(),
-                %reason,
-                "index schema changed: rebuilding the index from the archive"
-            );
-            std::fs::rename(dir, &aside).map_err(|source| IndexError::Io {
-                path: dir.display().to_string(),
-                source,
-            })?;
-            open_index(dir)
-        }
-        other => other,
-    }
-}
-
-/// The archive offset the durable index covers.
-fn committed_offset(index: &Index) -> Result<u64> {
-    let metas = index.load_metas()?;
-    match metas.payload {
-        None => Ok(0),
-        Some(raw) => serde_json::from_str::<CommitPayload>(&raw)
-            .map(|p| p.archive_offset)
-            .map_err(|e| IndexError::Payload(e.to_string())),
-    }
-}
-
-/// Counters an operator (and later the metrics endpoint) reads.
-#[derive(Debug, Default)]
-pub struct IndexerStats {
-    pub events_indexed: std::sync::atomic::AtomicU64,
-    pub bad_batches: std::sync::atomic::AtomicU64,
-    /// Events skipped one by one inside otherwise readable batches.
-    pub bad_events: std::sync::atomic::AtomicU64,
-    pub indexed_offset: std::sync::atomic::AtomicU64,
-}
-
-/// Writes archived events into the index, resuming from the commit payload.
-pub struct Indexer {
-    writer: IndexWriter<TantivyDocument>,
-    fields: DocFields,
-    commit_interval: Duration,
-    max_decompressed: usize,
-    stats: std::sync::Arc<IndexerStats>,
-}
-
-impl Indexer {
-    /// Opens the index in `dir` for writing.
-    pub fn open(
-        dir: &Path,
-        writer_memory_bytes: usize,
-        commit_interval: Duration,
-        max_decompressed: usize,
-    ) -> Result<(Self, EventIndex)> {
-        let index = open_index_for_writing(dir)?;
-        let writer = index.writer_with_num_threads(1, writer_memory_bytes)?;
-        let stats = std::sync::Arc::new(IndexerStats::default());
-        let search = EventIndex::new(index.clone())?;
-        Ok((
-            Indexer {
-                writer,
-                fields: DocFields::new(&index.schema())?,
-                commit_interval,
-                max_decompressed,
-                stats,
-            },
-            search,
-        ))
-    }
-
-    pub fn stats(&self) -> std::sync::Arc<IndexerStats> {
-        std::sync::Arc::clone(&self.stats)
-    }
-
-    /// Runs until `cancel`: follows the archive, commits every `commit_interval`, and on
-    /// cancellation indexes what is durable and commits once more.
-    pub fn run<A: Archive>(
-        mut self,
-        archive: &A,
-        runtime: tokio::runtime::Handle,
-        cancel: CancellationToken,
-    ) -> Result<()> {
-        let start = committed_offset(self.writer.index())?;
-        tracing::info!(archive_offset = start, "indexer resuming");
-        archive.commit_consumer_offset(INDEXER_CONSUMER, start);
-        let mut reader = archive.reader(start)?;
-        let mut watch = reader.watch();
-        let mut uncommitted = false;
-        let mut last_commit = Instant::now();
-        loop {
-            let stopping = cancel.is_cancelled();
-            let mut added = 0usize;
-            while let Some(record) = reader.next_record()? {
-                self.add_record(&record);
-                uncommitted = true;
-                added += 1;
-                if added >= 256 {
-                    break;
-                }
-            }
-            let caught_up = reader.offset() >= reader.committed_end();
-            if uncommitted && (stopping || last_commit.elapsed() >= self.commit_interval) {
-                self.commit(reader.offset())?;
-                archive.commit_consumer_offset(INDEXER_CONSUMER, reader.offset());
-                uncommitted = false;
-                last_commit = Instant::now();
-            }
-            if stopping && caught_up && !uncommitted {
-                return Ok(());
-            }
-            if caught_up {
-                let wait = if uncommitted {
-                    self.commit_interval.saturating_sub(last_commit.elapsed())
-                } else {
-                    Duration::from_secs(3600)
-                };
-                runtime.block_on(async {
-                    tokio::select! {
-                        _ = watch.changed() => {}
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = cancel.cancelled() => {}
-                    }
-                });
-            }
-        }
-    }
-
-    fn commit(&mut self, offset: u64) -> Result<()> {
-        let payload = serde_json::to_string(&CommitPayload {
-            archive_offset: offset,
-        })
-        .map_err(|e| IndexError::Payload(e.to_string()))?;
-        let mut prepared = self.writer.prepare_commit()?;
-        prepared.set_payload(&payload);
-        prepared.commit()?;
-        self.stats
-            .indexed_offset
-            .store(offset, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(archive_offset = offset, "index committed");
-        Ok(())
-    }
-
-    /// Adds every event of an archived batch. A batch that cannot be decoded is counted
-    /// and skipped (ingest verified it, so this means a bug or damage, never a reason to
-    /// stop indexing everything after it).
-    fn add_record(&mut self, record: &Record) {
-        let decoded = SignedBatch::from_bytes(record.batch.clone()).and_then(|b| {
-            b.decompressed_payload(self.max_decompressed)
-                .map(|p| (b, p))
-        });
-        let (batch, payload) = match decoded {
-            Ok(ok) => ok,
-            Err(error) => {
-                self.stats
-                    .bad_batches
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!(offset = record.offset, %error, "archived batch skipped by the indexer");
-                return;
-            }
-        };
-        // Line by line: one event that does not validate costs itself, not its batch.
-        let mut events = Vec::new();
-        for (index, line) in payload.split(|b| *b == b'\n').enumerate() {
-            let number = index as u64 + 1;
-            if line.is_empty() {
-                continue;
-            }
-            match Event::from_json_slice(line) {
-                Ok(event) => events.push((number, event)),
-                Err(error) => {
-                    self.stats
-                        .bad_events
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::error!(offset = record.offset, line = index + 1, %error, "archived event skipped by the indexer");
-                }
-            }
-        }
-        let ingested = chrono::DateTime::from_timestamp_millis(record.received_at_ms)
-            .map(yagura_shared::event::format_timestamp);
-        for (number, mut event) in events {
-            if let Some(ts) = &ingested {
-                event.set_str("event.ingested", ts.clone());
-            }
-            let doc = document(&self.fields, event, record.offset, number, batch.header());
-            if let Err(error) = self.writer.add_document(doc) {
-                tracing::error!(%error, "document not added");
-            } else {
-                self.stats
-                    .events_indexed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
     }
 }
 
@@ -560,7 +340,8 @@ pub struct Hit {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchResult {
-    /// Number of events matching the query and time range.
+    /// Number of events matching the query and time range (without `count_total`, the
+    /// number of hits in this page).
     pub total: usize,
     /// The newest `limit` of them (or oldest, on request).
     pub hits: Vec<Hit>,
@@ -571,6 +352,10 @@ pub struct SearchResult {
     /// Pass as `after` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+    /// Day indices the query ran on, of `days_total`: the others hold no event in the
+    /// time range.
+    pub days_searched: usize,
+    pub days_total: usize,
 }
 
 /// Where a page ends in the result order (time, then the event's place in the archive,
@@ -610,6 +395,8 @@ impl std::str::FromStr for Cursor {
 pub struct SearchRequest {
     pub query: String,
     pub since: Option<DateTime<Utc>>,
+    /// Only events at or before this time.
+    pub until: Option<DateTime<Utc>>,
     pub limit: usize,
     pub oldest_first: bool,
     /// Aggregations over every matching event (not only the returned page).
@@ -618,6 +405,9 @@ pub struct SearchRequest {
     pub after: Option<Cursor>,
     /// Dotted fields to keep in each hit's event (all when empty).
     pub fields: Vec<String>,
+    /// Count every match into `total` (an export reading page after page does not need
+    /// it, and it costs a pass over the matches per page).
+    pub count_total: bool,
 }
 
 impl SearchRequest {
@@ -626,20 +416,24 @@ impl SearchRequest {
         SearchRequest {
             query: query.into(),
             since: None,
+            until: None,
             limit: 100,
             oldest_first: false,
             aggs: Vec::new(),
             after: None,
             fields: Vec::new(),
+            count_total: true,
         }
     }
 }
 
-/// Read side of the index: one long-lived reader, a cheap searcher per request.
+/// Read side of the event store: the day indices, each with one long-lived reader; a
+/// search takes a searcher of every day its time range needs.
 #[derive(Clone)]
 pub struct EventIndex {
-    index: Index,
-    reader: IndexReader,
+    days: DaySet,
+    /// An empty index with the schema: queries compile against it once for every day.
+    template: Index,
 }
 
 impl std::fmt::Debug for EventIndex {
@@ -648,182 +442,294 @@ impl std::fmt::Debug for EventIndex {
     }
 }
 
+/// A hit's place in the result order, comparable across days.
+type OrderKey = (i64, u64, u64);
+
 impl EventIndex {
-    fn new(index: Index) -> Result<Self> {
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::OnCommitWithDelay)
-            .try_into()?;
-        Ok(EventIndex { index, reader })
+    fn from_days(days: DaySet) -> Self {
+        EventIndex {
+            days,
+            template: Index::create_in_ram(build_schema()),
+        }
     }
 
-    /// Opens an index read-only (for tools that do not run the indexer).
-    pub fn open_read_only(dir: &Path) -> Result<Self> {
-        Self::new(open_index(dir)?)
+    /// A store of one index (tests of the stages that read it).
+    #[cfg(test)]
+    pub(crate) fn single(index: Index) -> Self {
+        let set = DaySet::default();
+        set.insert(DayReader::new(Utc::now().date_naive(), index).expect("reader"));
+        Self::from_days(set)
+    }
+
+    /// Opens the store under `root` read-only (for tools that do not run the indexer).
+    pub fn open_read_only(root: &Path) -> Result<Self> {
+        Ok(Self::from_days(DaySet::open(root)?))
     }
 
     /// Runs a query in Yagura's query language (docs/query-language.md; empty or `*`
-    /// matches everything).
+    /// matches everything) over the days its time range needs.
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResult> {
-        let schema = self.index.schema();
+        let schema = self.template.schema();
         let tree = query::parse(&request.query)?;
-        let mut query = compile::compile(&self.index, &tree, Utc::now())?;
-        if let Some(since) = request.since {
+        let mut query = compile::compile(&self.template, &tree, Utc::now())?;
+        if request.since.is_some() || request.until.is_some() {
             let ts = field(&schema, TIMESTAMP)?;
-            let lower = Term::from_field_date(
-                ts,
-                tantivy::DateTime::from_timestamp_micros(since.timestamp_micros()),
-            );
-            let range = RangeQuery::new(Bound::Included(lower), Bound::Unbounded);
+            let bound = |at: Option<DateTime<Utc>>| match at {
+                Some(at) => Bound::Included(Term::from_field_date(
+                    ts,
+                    tantivy::DateTime::from_timestamp_micros(at.timestamp_micros()),
+                )),
+                None => Bound::Unbounded,
+            };
+            let range = RangeQuery::new(bound(request.since), bound(request.until));
             query = Box::new(BooleanQuery::new(vec![
                 (Occur::Must, query),
                 (Occur::Must, Box::new(range)),
             ]));
         }
-        let searcher = self.reader.searcher();
+        let all = self.days.searchers();
+        let days_total = all.len();
+        let wanted = |span: Option<(i64, i64)>| match span {
+            None => request.since.is_none() && request.until.is_none(),
+            Some((oldest, newest)) => {
+                request.since.is_none_or(|t| newest >= t.timestamp_micros())
+                    && request.until.is_none_or(|t| oldest <= t.timestamp_micros())
+            }
+        };
+        let mut days: Vec<(DaySearcher, Option<(i64, i64)>)> = all
+            .into_iter()
+            .map(|d| {
+                let span = d.time_span();
+                (d, span)
+            })
+            .filter(|(_, span)| wanted(*span))
+            .collect();
         let order = if request.oldest_first {
             Order::Asc
         } else {
+            // Newest day first, so older days can be passed over once the page is full.
+            days.reverse();
             Order::Desc
         };
-        let top = TopDocs::with_limit(request.limit.max(1)).order_by((
-            (
-                SortByStaticFastValue::<tantivy::DateTime>::for_field(TIMESTAMP),
-                order,
-            ),
-            (
-                SortByStaticFastValue::<u64>::for_field(ARCHIVE_OFFSET),
-                order,
-            ),
-            (SortByStaticFastValue::<u64>::for_field(BATCH_LINE), order),
-        ));
-        // The total counts the whole result; the page starts after the cursor.
-        let (total, docs) = match request.after {
-            None => searcher.search(&query, &(Count, top))?,
-            Some(after) => {
-                let total = searcher.search(&query, &Count)?;
-                let page: Box<dyn Query> = Box::new(BooleanQuery::new(vec![
-                    (Occur::Must, query.box_clone()),
-                    (Occur::Must, after_cursor(&schema, after, order)?),
-                ]));
-                (total, searcher.search(&page, &top)?)
-            }
+        let limit = request.limit.max(1);
+        let top = || {
+            TopDocs::with_limit(limit).order_by((
+                (
+                    SortByStaticFastValue::<tantivy::DateTime>::for_field(TIMESTAMP),
+                    order,
+                ),
+                (
+                    SortByStaticFastValue::<u64>::for_field(ARCHIVE_OFFSET),
+                    order,
+                ),
+                (SortByStaticFastValue::<u64>::for_field(BATCH_LINE), order),
+            ))
         };
-        let next_cursor = match docs.last() {
-            Some(((Some(at), Some(offset), Some(line)), _)) if docs.len() >= request.limit => Some(
+        let page: Box<dyn Query> = match request.after {
+            None => query.box_clone(),
+            Some(after) => Box::new(BooleanQuery::new(vec![
+                (Occur::Must, query.box_clone()),
+                (Occur::Must, after_cursor(&schema, after, order)?),
+            ])),
+        };
+        // The total counts the whole result; the page starts after the cursor.
+        let mut total = 0usize;
+        let mut found: Vec<(OrderKey, usize, DocAddress)> = Vec::new();
+        for (position, (day, span)) in days.iter().enumerate() {
+            // A day whose every event sorts after a full page adds nothing to it.
+            let beyond_page = found.len() >= limit
+                && span.is_some_and(|(oldest, newest)| {
+                    let last = found[limit - 1].0.0;
+                    match order {
+                        Order::Desc => newest < last,
+                        Order::Asc => oldest > last,
+                    }
+                });
+            if beyond_page {
+                if request.count_total {
+                    total += day.searcher.search(&query, &Count)?;
+                }
+                continue;
+            }
+            let docs = if request.after.is_none() && request.count_total {
+                let (count, docs) = day.searcher.search(&query, &(Count, top()))?;
+                total += count;
+                docs
+            } else {
+                if request.count_total {
+                    total += day.searcher.search(&query, &Count)?;
+                }
+                day.searcher.search(&page, &top())?
+            };
+            found.extend(docs.into_iter().map(|((at, offset, line), address)| {
+                let key = (
+                    at.map_or(i64::MIN, tantivy::DateTime::into_timestamp_micros),
+                    offset.unwrap_or(0),
+                    line.unwrap_or(0),
+                );
+                (key, position, address)
+            }));
+            found.sort_by(|a, b| match order {
+                Order::Desc => b.0.cmp(&a.0),
+                Order::Asc => a.0.cmp(&b.0),
+            });
+        }
+        let next_cursor = found
+            .get(limit - 1)
+            .filter(|_| found.len() >= request.limit)
+            .map(|((micros, archive_offset, line), _, _)| {
                 Cursor {
-                    micros: at.into_timestamp_micros(),
-                    archive_offset: *offset,
+                    micros: *micros,
+                    archive_offset: *archive_offset,
                     line: *line,
                 }
-                .to_string(),
-            ),
-            _ => None,
-        };
-        let mut hits = Vec::with_capacity(docs.len());
-        for (_, address) in docs.into_iter().take(request.limit) {
-            let mut hit = self.hit(&searcher, address)?;
+                .to_string()
+            });
+        let mut hits = Vec::with_capacity(found.len().min(limit));
+        for (_, position, address) in found.into_iter().take(request.limit) {
+            let mut hit = hit(&days[position].0.searcher, address)?;
             if !request.fields.is_empty() {
                 hit.event = select_fields(&hit.event, &request.fields);
             }
             hits.push(hit);
         }
+        if !request.count_total {
+            total = hits.len();
+        }
+        let searchers: Vec<&DaySearcher> = days.iter().map(|(d, _)| d).collect();
         let aggregations = if request.aggs.is_empty() || total == 0 {
             None
         } else {
-            Some(self.aggregate(&searcher, query.as_ref(), request)?)
+            aggregate(&searchers, query.as_ref(), request)?
         };
         Ok(SearchResult {
             total,
             hits,
             aggregations,
             next_cursor,
+            days_searched: searchers.len(),
+            days_total,
         })
-    }
-
-    fn aggregate(
-        &self,
-        searcher: &tantivy::Searcher,
-        query: &dyn Query,
-        request: &SearchRequest,
-    ) -> Result<Value> {
-        let auto = if request.aggs.iter().any(needs_auto_interval) {
-            let edge = |order| -> Result<Option<DateTime<Utc>>> {
-                let first = TopDocs::with_limit(1)
-                    .order_by_fast_field::<tantivy::DateTime>(TIMESTAMP, order);
-                let found = searcher.search(query, &first)?;
-                Ok(match found.first() {
-                    Some((_, address)) => self
-                        .hit(searcher, *address)?
-                        .event
-                        .get(TIMESTAMP)
-                        .and_then(Value::as_str)
-                        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                        .map(|t| t.with_timezone(&Utc)),
-                    None => None,
-                })
-            };
-            let newest = edge(Order::Desc)?.unwrap_or_else(Utc::now);
-            let oldest = request.since.or(edge(Order::Asc)?).unwrap_or(newest);
-            aggs::auto_interval(oldest, newest)
-        } else {
-            "1h"
-        };
-        let collector = aggs::collector(&request.aggs, auto).map_err(IndexError::Aggregation)?;
-        let results = searcher.search(query, &collector).map_err(|e| match e {
-            tantivy::TantivyError::AggregationError(e) => IndexError::Aggregation(e.to_string()),
-            other => IndexError::Tantivy(other),
-        })?;
-        serde_json::to_value(&results).map_err(|e| IndexError::Aggregation(e.to_string()))
     }
 
     /// Every indexed copy of the event with this `event.id` (normally one).
     pub fn find_event(&self, event_id: &str) -> Result<Vec<Hit>> {
-        let schema = self.index.schema();
+        let schema = self.template.schema();
         let term = Term::from_field_text(field(&schema, "event.id")?, event_id);
         let query = tantivy::query::TermQuery::new(term, tantivy::schema::IndexRecordOption::Basic);
-        let searcher = self.reader.searcher();
-        let docs = searcher.search(&query, &TopDocs::with_limit(16).order_by_score())?;
-        docs.into_iter()
-            .map(|(_, address)| self.hit(&searcher, address))
-            .collect()
+        let mut hits = Vec::new();
+        for day in self.days.searchers() {
+            let docs = day
+                .searcher
+                .search(&query, &TopDocs::with_limit(16).order_by_score())?;
+            for (_, address) in docs {
+                hits.push(hit(&day.searcher, address)?);
+            }
+        }
+        Ok(hits)
     }
 
-    fn hit(&self, searcher: &tantivy::Searcher, address: DocAddress) -> Result<Hit> {
-        let schema = self.index.schema();
-        let source = field(&schema, SOURCE)?;
-        let offset = field(&schema, ARCHIVE_OFFSET)?;
-        let sequence = field(&schema, BATCH_SEQUENCE)?;
-        let agent = field(&schema, BATCH_AGENT)?;
-        let line = field(&schema, BATCH_LINE)?;
-        let doc: TantivyDocument = searcher.doc(address)?;
-        let event = doc
-            .get_first(source)
-            .and_then(|v| v.as_str())
-            .and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or(Value::Null);
-        Ok(Hit {
-            event,
-            provenance: Provenance {
-                agent_id: doc
-                    .get_first(agent)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string(),
-                archive_offset: doc.get_first(offset).and_then(|v| v.as_u64()).unwrap_or(0),
-                batch_sequence: doc
-                    .get_first(sequence)
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or(0),
-                line: doc.get_first(line).and_then(|v| v.as_u64()).unwrap_or(0),
-            },
-        })
-    }
-
-    /// Reloads the reader now (tests and tools; the server relies on the reload policy).
+    /// Reloads the readers now (tests and tools; the server relies on the reload policy).
     pub fn refresh(&self) -> Result<()> {
-        Ok(self.reader.reload()?)
+        self.days.reload()
     }
+}
+
+/// The aggregations of `request` over the matches of `query` in `days`: each day's
+/// intermediate results merged, then finalised once (so top-N and cardinalities are over
+/// all days, not per day).
+fn aggregate(
+    days: &[&DaySearcher],
+    query: &dyn Query,
+    request: &SearchRequest,
+) -> Result<Option<Value>> {
+    let auto = if request.aggs.iter().any(needs_auto_interval) {
+        let edge = |order: Order| -> Result<Option<i64>> {
+            let first =
+                TopDocs::with_limit(1).order_by_fast_field::<tantivy::DateTime>(TIMESTAMP, order);
+            let mut best: Option<i64> = None;
+            for day in days {
+                for (at, _) in day.searcher.search(query, &first)? {
+                    let Some(at) = at.map(tantivy::DateTime::into_timestamp_micros) else {
+                        continue;
+                    };
+                    best = Some(match (best, order) {
+                        (None, _) => at,
+                        (Some(b), Order::Desc) => b.max(at),
+                        (Some(b), Order::Asc) => b.min(at),
+                    });
+                }
+            }
+            Ok(best)
+        };
+        let time = |micros: Option<i64>| micros.and_then(DateTime::from_timestamp_micros);
+        let newest = time(edge(Order::Desc)?).unwrap_or_else(Utc::now);
+        let oldest = request.since.or(time(edge(Order::Asc)?)).unwrap_or(newest);
+        aggs::auto_interval(oldest, request.until.map_or(newest, |u| u.min(newest)))
+    } else {
+        "1h"
+    };
+    let (aggregations, limits) =
+        aggs::request(&request.aggs, auto).map_err(IndexError::Aggregation)?;
+    let collector = tantivy::aggregation::DistributedAggregationCollector::from_aggs(
+        aggregations.clone(),
+        tantivy::aggregation::AggContextParams::new(limits.clone(), Default::default()),
+    );
+    let failed = |e: tantivy::TantivyError| match e {
+        tantivy::TantivyError::AggregationError(e) => IndexError::Aggregation(e.to_string()),
+        other => IndexError::Tantivy(other),
+    };
+    let mut merged: Option<
+        tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResults,
+    > = None;
+    for day in days {
+        let fruit = day.searcher.search(query, &collector).map_err(failed)?;
+        match &mut merged {
+            None => merged = Some(fruit),
+            Some(all) => all.merge_fruits(fruit).map_err(failed)?,
+        }
+    }
+    let Some(merged) = merged else {
+        return Ok(None);
+    };
+    let results = merged
+        .into_final_result(aggregations, limits)
+        .map_err(failed)?;
+    serde_json::to_value(&results)
+        .map(Some)
+        .map_err(|e| IndexError::Aggregation(e.to_string()))
+}
+
+/// The stored event at `address` with its provenance.
+fn hit(searcher: &tantivy::Searcher, address: DocAddress) -> Result<Hit> {
+    let schema = searcher.schema();
+    let source = field(schema, SOURCE)?;
+    let offset = field(schema, ARCHIVE_OFFSET)?;
+    let sequence = field(schema, BATCH_SEQUENCE)?;
+    let agent = field(schema, BATCH_AGENT)?;
+    let line = field(schema, BATCH_LINE)?;
+    let doc: TantivyDocument = searcher.doc(address)?;
+    let event = doc
+        .get_first(source)
+        .and_then(|v| v.as_str())
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Value::Null);
+    Ok(Hit {
+        event,
+        provenance: Provenance {
+            agent_id: doc
+                .get_first(agent)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            archive_offset: doc.get_first(offset).and_then(|v| v.as_u64()).unwrap_or(0),
+            batch_sequence: doc
+                .get_first(sequence)
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0),
+            line: doc.get_first(line).and_then(|v| v.as_u64()).unwrap_or(0),
+        },
+    })
 }
 
 /// Everything strictly after `cursor` in the result order (time, archive offset, line;
@@ -933,7 +839,7 @@ pub fn index_directly<E: std::fmt::Display>(
     writer_memory: usize,
     events: impl Iterator<Item = std::result::Result<Event, E>>,
 ) -> Result<u64> {
-    let index = open_index(dir)?;
+    let index = days::open_day(dir, Utc::now().date_naive())?;
     let fields = DocFields::new(&index.schema())?;
     let mut writer: IndexWriter<TantivyDocument> =
         index.writer_with_num_threads(1, writer_memory)?;
@@ -965,7 +871,7 @@ pub(crate) fn index_in_ram(events: &[Event]) -> EventIndex {
             .expect("add");
     }
     writer.commit().expect("commit");
-    let search = EventIndex::new(index).expect("reader");
+    let search = EventIndex::single(index);
     search.refresh().expect("refresh");
     search
 }
@@ -973,146 +879,11 @@ pub(crate) fn index_in_ram(events: &[Event]) -> EventIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::SegmentArchive;
-    use yagura_shared::AgentKey;
-
-    fn events(n: usize, start: usize) -> Vec<Event> {
-        (start..start + n)
-            .map(|i| {
-                let mut e = Event::new(Utc::now());
-                e.set_str("message", format!("sshd failed password line {i}"));
-                e.set_str("host.name", "web-1");
-                e.set_str("source.ip", "10.1.2.3");
-                e.set_str("event.dataset", "demo");
-                e
-            })
-            .collect()
-    }
-
-    fn search(index: &EventIndex, q: &str) -> SearchResult {
-        index.refresh().expect("refresh");
-        index
-            .search(&SearchRequest {
-                limit: 1000,
-                ..SearchRequest::new(q)
-            })
-            .expect("search")
-    }
-
-    /// An archived batch holding one invalid event (only a buggy or hostile agent signs
-    /// one) loses that event alone; the rest of the batch is indexed and counted.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn one_invalid_event_costs_itself_not_its_batch() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let key = AgentKey::generate().expect("key");
-        let agent = uuid::Uuid::now_v7();
-        let archive = std::sync::Arc::new(
-            SegmentArchive::open(&dir.path().join("archive"), 1 << 20).expect("archive"),
-        );
-        let mut batch_events = events(2, 0);
-        let mut no_id = batch_events[0].as_map().clone();
-        no_id.remove("event");
-        batch_events.insert(1, Event::from_map(no_id));
-        let batch = SignedBatch::seal(&key, agent, 1, Utc::now(), &batch_events).expect("seal");
-        archive
-            .append(agent, 1, batch.into_bytes())
-            .await
-            .expect("append");
-        let (indexer, search_index) = Indexer::open(
-            &dir.path().join("index"),
-            20_000_000,
-            Duration::from_millis(50),
-            1 << 24,
-        )
-        .expect("open");
-        let stats = indexer.stats();
-        let cancel = CancellationToken::new();
-        let stop = cancel.clone();
-        let runtime = tokio::runtime::Handle::current();
-        let shared = std::sync::Arc::clone(&archive);
-        let task = tokio::task::spawn_blocking(move || indexer.run(shared.as_ref(), runtime, stop));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        cancel.cancel();
-        task.await.expect("join").expect("indexer");
-        assert_eq!(search(&search_index, "*").total, 2);
-        assert_eq!(
-            stats.bad_events.load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
-        assert_eq!(
-            stats.bad_batches.load(std::sync::atomic::Ordering::Relaxed),
-            0
-        );
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn indexes_the_archive_and_resumes_from_the_commit_payload() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let key = AgentKey::generate().expect("key");
-        let agent = uuid::Uuid::now_v7();
-        let archive = std::sync::Arc::new(
-            SegmentArchive::open(&dir.path().join("archive"), 1 << 20).expect("archive"),
-        );
-        for seq in 1..=3u64 {
-            let batch =
-                SignedBatch::seal(&key, agent, seq, Utc::now(), &events(10, seq as usize * 10))
-                    .expect("seal");
-            archive
-                .append(agent, seq, batch.into_bytes())
-                .await
-                .expect("append");
-        }
-        let run_indexer = |archive: std::sync::Arc<SegmentArchive>| {
-            let index_dir = dir.path().join("index");
-            let runtime = tokio::runtime::Handle::current();
-            async move {
-                let cancel = CancellationToken::new();
-                let (indexer, search) =
-                    Indexer::open(&index_dir, 20_000_000, Duration::from_millis(50), 1 << 24)
-                        .expect("open");
-                let stop = cancel.clone();
-                let task = tokio::task::spawn_blocking(move || {
-                    indexer.run(archive.as_ref(), runtime, stop)
-                });
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                cancel.cancel();
-                task.await.expect("join").expect("indexer");
-                search
-            }
-        };
-        let search1 = run_indexer(std::sync::Arc::clone(&archive)).await;
-        assert_eq!(search(&search1, "*").total, 30);
-        assert_eq!(search(&search1, "host.name:web-1").total, 30);
-        assert_eq!(search(&search1, "\"line 15\"").total, 1);
-        assert_eq!(search(&search1, "source.ip:10.1.2.3").total, 30);
-        let hit = &search(&search1, "\"line 25\"").hits[0];
-        assert_eq!(hit.provenance.batch_sequence, 2);
-        assert_eq!(hit.provenance.agent_id, agent.to_string());
-        let event_id = hit.event["event"]["id"].as_str().expect("id");
-        let found = search1.find_event(event_id).expect("find");
-        assert_eq!(found.len(), 1);
-        assert_eq!(
-            found[0].provenance.archive_offset,
-            hit.provenance.archive_offset
-        );
-        assert!(archive.min_consumer_offset().is_some_and(|o| o > 0));
-        assert!(hit.event["event"]["ingested"].is_string());
-        drop(search1);
-        // More batches, then a second indexer run: it starts at the payload offset, so
-        // nothing is indexed twice.
-        let batch = SignedBatch::seal(&key, agent, 4, Utc::now(), &events(5, 100)).expect("seal");
-        archive
-            .append(agent, 4, batch.into_bytes())
-            .await
-            .expect("append");
-        let search2 = run_indexer(archive).await;
-        assert_eq!(search(&search2, "*").total, 35);
-    }
 
     #[test]
     fn newest_first_and_since_filter() {
         let dir = tempfile::tempdir().expect("tmp");
-        let index = open_index(dir.path()).expect("index");
+        let index = days::open_day(dir.path(), Utc::now().date_naive()).expect("index");
         let schema = index.schema();
         let mut writer: IndexWriter<TantivyDocument> = index
             .writer_with_num_threads(1, 15_000_000)
@@ -1133,7 +904,7 @@ mod tests {
                 .expect("add");
         }
         writer.commit().expect("commit");
-        let search = EventIndex::new(index).expect("reader");
+        let search = EventIndex::single(index);
         search.refresh().expect("refresh");
         let all = search
             .search(&SearchRequest {
@@ -1193,7 +964,7 @@ mod tests {
                 ids
             };
             let original = add(1, 250, &|t| t as i64, "original");
-            let search = EventIndex::new(index.clone()).expect("reader");
+            let search = EventIndex::single(index.clone());
             search.refresh().expect("refresh");
             let mut seen: Vec<String> = Vec::new();
             let mut keys: Vec<(String, u64, u64)> = Vec::new();
@@ -1204,11 +975,13 @@ mod tests {
                     .search(&SearchRequest {
                         query: "*".into(),
                         since: None,
+                        until: None,
                         limit: 40,
                         oldest_first,
                         aggs: Vec::new(),
                         after,
                         fields: Vec::new(),
+                        count_total: true,
                     })
                     .expect("page");
                 for hit in &page.hits {

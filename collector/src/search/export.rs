@@ -53,6 +53,7 @@ pub fn export(
 ) -> Result<u64, IndexError> {
     request.limit = PAGE;
     request.aggs.clear();
+    request.count_total = false;
     let columns: Vec<String> = match (format, request.fields.is_empty()) {
         (Format::Csv, true) => DEFAULT_CSV_FIELDS.iter().map(|f| f.to_string()).collect(),
         _ => request.fields.clone(),
