@@ -14,6 +14,7 @@ pub mod archive;
 pub mod collector_events;
 pub mod config;
 pub mod custody;
+pub mod detect;
 pub mod fleet;
 pub mod index;
 pub mod ingest;

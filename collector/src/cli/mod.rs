@@ -5,6 +5,7 @@ mod bench_agent;
 mod bench_search;
 mod export;
 mod remote;
+mod rules;
 mod search;
 mod up;
 
@@ -56,6 +57,11 @@ enum Command {
         json: bool,
         #[command(flatten)]
         remote: remote::RemoteArgs,
+    },
+    /// Detection rules (Sigma): check rule directories, evaluate events offline.
+    Rules {
+        #[command(subcommand)]
+        command: rules::RulesCommand,
     },
     /// The archive of signed batches.
     Archive {
@@ -242,6 +248,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args).await,
         Command::Search(args) => search::run(args).await,
         Command::Export(args) => export::run(args).await,
+        Command::Rules { command } => rules::run(command),
         Command::Agents {
             command:
                 AgentsCommand::Token {

@@ -160,8 +160,28 @@ pub(crate) struct DayReader {
     pub reader: IndexReader,
 }
 
+/// The threads every day's searches run their segments on: one pool for the process, as
+/// many threads as cores (at most eight), so one query uses the machine while many
+/// days do not each start their own pool.
+fn search_executor() -> Result<tantivy::Executor> {
+    static EXECUTOR: std::sync::OnceLock<tantivy::Executor> = std::sync::OnceLock::new();
+    if let Some(executor) = EXECUTOR.get() {
+        return Ok(executor.clone());
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(8);
+    let executor = if threads > 1 {
+        tantivy::Executor::multi_thread(threads, "search-")?
+    } else {
+        tantivy::Executor::single_thread()
+    };
+    Ok(EXECUTOR.get_or_init(|| executor).clone())
+}
+
 impl DayReader {
-    pub fn new(day: NaiveDate, index: Index) -> Result<Self> {
+    pub fn new(day: NaiveDate, mut index: Index) -> Result<Self> {
+        index.set_executor(search_executor()?);
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::OnCommitWithDelay)

@@ -256,6 +256,9 @@ fn document(
     batch: &yagura_shared::BatchHeader,
 ) -> TantivyDocument {
     let mut doc = TantivyDocument::default();
+    // Fields indexed with their type are left out of their JSON root: queries on them
+    // go to the typed field only, so a second copy would cost indexing time for nothing.
+    let mut typed: Vec<&'static str> = Vec::with_capacity(fields.keywords.len());
     if let Some(ts) = event.timestamp() {
         doc.add_date(
             fields.timestamp,
@@ -271,8 +274,9 @@ fn document(
                 }
             }
             Some(other) if !other.is_null() => doc.add_text(*f, other.to_string()),
-            _ => {}
+            _ => continue,
         }
+        typed.push(name);
     }
     for (name, f) in &fields.texts {
         if let Some(text) = event.get_str(name) {
@@ -291,6 +295,7 @@ fn document(
                 std::net::IpAddr::V6(v6) => v6,
             };
             doc.add_ip_addr(*f, v6);
+            typed.push(name);
         }
     }
     for (name, f) in &fields.numbers {
@@ -301,10 +306,14 @@ fn document(
         };
         if let Some(n) = number {
             doc.add_u64(*f, n);
+            typed.push(name);
         }
     }
     doc.add_text(fields.source, event.to_json_line());
     let mut map = event.into_map();
+    for path in typed {
+        remove_path(&mut map, path);
+    }
     for (name, f) in &fields.roots {
         if let Some(Value::Object(object)) = map.remove(*name) {
             let object: BTreeMap<String, OwnedValue> = object
@@ -319,6 +328,21 @@ fn document(
     doc.add_text(fields.agent, batch.agent_id.to_string());
     doc.add_u64(fields.line, line);
     doc
+}
+
+/// Removes the nested field at dotted `path` (`http.response.status_code`) from `map`.
+fn remove_path(map: &mut serde_json::Map<String, Value>, path: &str) {
+    let mut parts = path.split('.');
+    let Some(mut key) = parts.next() else { return };
+    let mut node = map;
+    for next in parts {
+        match node.get_mut(key) {
+            Some(Value::Object(child)) => node = child,
+            _ => return,
+        }
+        key = next;
+    }
+    node.remove(key);
 }
 
 /// Where an indexed event came from: the archived, signed batch that carried it.

@@ -1,0 +1,435 @@
+//! The detector: a loaded rule set evaluated on Yagura events, one at a time, in event
+//! time, by `rsigma-eval`'s correlation engine (which runs the single-event rules too).
+//!
+//! Yagura owns what surrounds the library: the field mapping (applied when rules load),
+//! the log source of each event (see [`logsource_of`]: a rule only sees the events of its
+//! `logsource`, as Sigma means it — a `service: sshd` keyword rule never reads a web
+//! server's line), event time (each event's `@timestamp` drives the correlation windows, so a replay of
+//! the archive gives the same answers as the live stream did), and the identity of a
+//! match: a deterministic id from the rule, the event (or the correlation's group and
+//! the start of its window), so a match raised twice — after a crash and replay — is
+//! recognisably the same match.
+
+use rsigma_eval::{
+    CorrelationConfig, CorrelationEngine, CorrelationEventMode, EvaluationResult, JsonEvent,
+    Pipeline, ResultBody, TimestampFallback,
+};
+use rsigma_parser::LogSource;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use yagura_shared::Event;
+
+use super::rules::RuleSet;
+
+/// Events kept per correlation match as references (time and id).
+const REFS_PER_MATCH: usize = 32;
+
+/// A rule that matched.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Detection {
+    /// Deterministic: the same match on a replay has the same id.
+    pub id: String,
+    pub rule: RuleRef,
+    /// `detection` (one event) or `correlation` (a window of matches).
+    pub kind: &'static str,
+    /// Event time of the match (the event's, or the one that completed the window).
+    #[serde(rename = "@timestamp")]
+    pub timestamp: Option<String>,
+    /// The matching event's `event.id` (the last event, for a correlation).
+    pub event_id: Option<String>,
+    /// Correlations: the group-by fields and values, the aggregated value and window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<CorrelationMatch>,
+    /// Detections: which selections and fields matched.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub matched_fields: Vec<(String, Value)>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RuleRef {
+    pub id: Option<String>,
+    pub title: String,
+    pub level: Option<String>,
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CorrelationMatch {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub group: Vec<(String, String)>,
+    pub value: f64,
+    pub timespan_seconds: u64,
+    /// Event time (seconds) of the oldest event of the window the match covers.
+    pub window_start: Option<i64>,
+}
+
+/// A rule set compiled for evaluation, with its correlation state.
+pub struct Detector {
+    engine: CorrelationEngine,
+    /// Ids of rules that only feed correlations (`generate: false`, Sigma's default):
+    /// their single-event matches are not reported.
+    correlation_only: std::collections::HashSet<String>,
+    detection_rules: usize,
+    correlation_rules: usize,
+}
+
+impl std::fmt::Debug for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detector")
+            .field("detection_rules", &self.detection_rules)
+            .field("correlation_rules", &self.correlation_rules)
+            .finish()
+    }
+}
+
+impl Detector {
+    /// Compiles `rules` (already checked by [`super::rules::load`]) under `pipeline`.
+    pub fn new(rules: &RuleSet, pipeline: Pipeline) -> Result<Self, String> {
+        let config = CorrelationConfig {
+            timestamp_fields: vec!["@timestamp".into()],
+            // Events without a time still get single-event detections; they cannot
+            // take part in a window.
+            timestamp_fallback: TimestampFallback::Skip,
+            correlation_event_mode: CorrelationEventMode::Refs,
+            max_correlation_events: REFS_PER_MATCH,
+            ..CorrelationConfig::default()
+        };
+        let mut engine = CorrelationEngine::new(config);
+        engine.add_pipeline(pipeline);
+        engine
+            .add_collection(&rules.merged())
+            .map_err(|e| format!("compiling the rule set: {e}"))?;
+        let merged = rules.merged();
+        let referenced: std::collections::HashSet<&str> = merged
+            .correlations
+            .iter()
+            .filter(|c| !c.generate)
+            .flat_map(|c| c.rules.iter().map(String::as_str))
+            .collect();
+        let correlation_only = merged
+            .rules
+            .iter()
+            .filter(|r| {
+                r.id.as_deref().is_some_and(|id| referenced.contains(id))
+                    || r.name.as_deref().is_some_and(|n| referenced.contains(n))
+            })
+            .filter_map(|r| r.id.clone().or_else(|| Some(r.title.clone())))
+            .collect();
+        Ok(Detector {
+            engine,
+            correlation_only,
+            detection_rules: rules.detection_rules(),
+            correlation_rules: rules.correlation_rules(),
+        })
+    }
+
+    pub fn detection_rules(&self) -> usize {
+        self.detection_rules
+    }
+
+    pub fn correlation_rules(&self) -> usize {
+        self.correlation_rules
+    }
+
+    /// Evaluates one event; correlation windows advance to the event's `@timestamp`.
+    pub fn process(&mut self, event: Event) -> Vec<Detection> {
+        let timestamp = event.timestamp();
+        let event_id = event.id().map(|id| id.to_string());
+        let logsource = logsource_of(&event);
+        let value = Value::Object(event.into_map());
+        let view = JsonEvent::borrow(&value);
+        let matches = self
+            .engine
+            .engine()
+            .evaluate_with_logsource(&view, &logsource);
+        let results = match timestamp {
+            Some(at) => self
+                .engine
+                .process_with_detections(&view, matches, at.timestamp()),
+            None => self.engine.correlate_detections(&view, matches),
+        };
+        let stamp = timestamp.map(yagura_shared::event::format_timestamp);
+        results
+            .into_iter()
+            .filter(|r| {
+                r.is_correlation()
+                    || !self
+                        .correlation_only
+                        .contains(r.header.rule_id.as_deref().unwrap_or(&r.header.rule_title))
+            })
+            .map(|result| detection(result, stamp.clone(), event_id.clone()))
+            .collect()
+    }
+}
+
+/// Services named by the program that wrote a syslog line (`process.name`).
+const PROGRAM_SERVICES: &[(&str, &str)] = &[
+    ("sshd", "sshd"),
+    ("sudo", "sudo"),
+    ("cron", "cron"),
+    ("CRON", "cron"),
+    ("crond", "cron"),
+    ("vsftpd", "vsftpd"),
+    ("clamd", "clamav"),
+    ("freshclam", "clamav"),
+    ("guacd", "guacamole"),
+];
+
+/// The Sigma log source of a Yagura event: product `linux` (the agent's platform, unless
+/// `host.os.type` says otherwise); the category from ECS `event.category` and
+/// `event.type` (process start → `process_creation`, file creation → `file_event`,
+/// network connection → `network_connection`, DNS → `dns`); the service from what wrote
+/// the line (auditd records → `auditd`, a syslog program such as `sshd` or `sudo`, else the
+/// dataset: auth logs → `auth`, shell histories → `shell`, other syslog → `syslog`).
+/// A rule names the dimensions it needs; an event missing one of them is not its event.
+pub fn logsource_of(event: &Event) -> LogSource {
+    let has = |field: &str, wanted: &str| match event.get(field) {
+        Some(Value::String(s)) => s == wanted,
+        Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(wanted)),
+        _ => false,
+    };
+    let category = if has("event.category", "process") && has("event.type", "start") {
+        Some("process_creation")
+    } else if has("event.category", "file") && has("event.type", "creation") {
+        Some("file_event")
+    } else if has("event.category", "network")
+        && (has("event.type", "connection") || has("event.type", "start"))
+    {
+        Some("network_connection")
+    } else if has("event.category", "network") && event.get("dns.question.name").is_some() {
+        Some("dns")
+    } else {
+        None
+    };
+    let dataset = event.get_str("event.dataset").unwrap_or_default();
+    let program = event.get_str("process.name").unwrap_or_default();
+    let service = if event.get("auditd").is_some() || dataset.starts_with("auditd") {
+        Some("auditd")
+    } else if let Some((_, service)) = PROGRAM_SERVICES.iter().find(|(p, _)| *p == program) {
+        Some(*service)
+    } else if dataset.contains("auth") {
+        Some("auth")
+    } else if dataset.contains("shell") || dataset.contains("bash_history") {
+        Some("shell")
+    } else if dataset.contains("syslog") || event.get("log.syslog").is_some() {
+        Some("syslog")
+    } else {
+        None
+    };
+    LogSource {
+        product: Some(
+            event
+                .get_str("host.os.type")
+                .unwrap_or("linux")
+                .to_ascii_lowercase(),
+        ),
+        category: category.map(str::to_string),
+        service: service.map(str::to_string),
+        ..LogSource::default()
+    }
+}
+
+fn detection(
+    result: EvaluationResult,
+    timestamp: Option<String>,
+    event_id: Option<String>,
+) -> Detection {
+    let header = &result.header;
+    let rule = RuleRef {
+        id: header.rule_id.clone(),
+        title: header.rule_title.clone(),
+        level: header.level.map(|l| format!("{l:?}").to_lowercase()),
+        tags: header.tags.clone(),
+    };
+    let rule_key = rule.id.clone().unwrap_or_else(|| rule.title.clone());
+    let mut hash = Sha256::new();
+    hash.update(rule_key.as_bytes());
+    hash.update([0]);
+    let (kind, correlation, matched_fields) = match result.body {
+        ResultBody::Detection(body) => {
+            hash.update(b"detection\0");
+            hash.update(event_id.as_deref().unwrap_or_default().as_bytes());
+            let fields = body
+                .matched_fields
+                .into_iter()
+                .map(|m| (m.field, m.value))
+                .collect();
+            ("detection", None, fields)
+        }
+        ResultBody::Correlation(body) => {
+            let window_start = body
+                .event_refs
+                .as_ref()
+                .and_then(|refs| refs.iter().map(|r| r.timestamp).min());
+            hash.update(b"correlation\0");
+            for (field, value) in &body.group_key {
+                hash.update(field.as_bytes());
+                hash.update([0]);
+                hash.update(value.as_bytes());
+                hash.update([0]);
+            }
+            hash.update(window_start.unwrap_or_default().to_be_bytes());
+            let kind = serde_json::to_value(body.correlation_type)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            (
+                "correlation",
+                Some(CorrelationMatch {
+                    kind,
+                    group: body.group_key,
+                    value: body.aggregated_value,
+                    timespan_seconds: body.timespan_secs,
+                    window_start,
+                }),
+                Vec::new(),
+            )
+        }
+    };
+    Detection {
+        id: hex::encode(&hash.finalize()[..16]),
+        rule,
+        kind,
+        timestamp,
+        event_id,
+        correlation,
+        matched_fields,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::rules::{RuleFile, RuleSet, ecs_pipeline};
+
+    const BRUTE_FORCE: &str = r#"
+title: SSH login failed
+id: 7b7a0f53-5a8e-4c44-9d7c-0a0c5d8f0001
+name: ssh_login_failed
+logsource:
+    product: linux
+    service: sshd
+detection:
+    selection:
+        event.action: ssh_login
+        event.outcome: failure
+    condition: selection
+level: low
+---
+title: SSH brute force
+id: 7b7a0f53-5a8e-4c44-9d7c-0a0c5d8f0002
+correlation:
+    type: event_count
+    rules:
+        - ssh_login_failed
+    group-by:
+        - source.ip
+    timespan: 5m
+    condition:
+        gte: 3
+level: high
+"#;
+
+    fn detector(yaml: &str) -> Detector {
+        let collection = rsigma_parser::parse_sigma_yaml(yaml).expect("rules");
+        let set = RuleSet {
+            files: vec![RuleFile {
+                path: "inline.yml".into(),
+                collection,
+            }],
+            ..RuleSet::default()
+        };
+        Detector::new(&set, ecs_pipeline().expect("pipeline")).expect("detector")
+    }
+
+    fn failed_login(at: &str, ip: &str, n: u32) -> Event {
+        let mut e = Event::new(
+            chrono::DateTime::parse_from_rfc3339(at)
+                .expect("time")
+                .with_timezone(&chrono::Utc),
+        );
+        e.set_str("event.dataset", "system.auth");
+        e.set_str("process.name", "sshd");
+        e.set_str("event.action", "ssh_login");
+        e.set_str("event.outcome", "failure");
+        e.set_str("source.ip", ip);
+        e.set_str("user.name", format!("user{n}"));
+        e
+    }
+
+    fn stream() -> Vec<Event> {
+        vec![
+            failed_login("2026-11-25T10:00:00Z", "203.0.113.9", 1),
+            failed_login("2026-11-25T10:00:30Z", "198.51.100.7", 2),
+            failed_login("2026-11-25T10:01:00Z", "203.0.113.9", 3),
+            failed_login("2026-11-25T10:02:00Z", "203.0.113.9", 4),
+        ]
+    }
+
+    /// event_count per group: the third failure from one address within five minutes
+    /// fires, the other address does not; a replay of the same events from a fresh
+    /// detector gives the same match ids.
+    #[test]
+    fn event_count_fires_per_group_in_event_time_with_stable_ids() {
+        let run = || {
+            let mut detector = detector(BRUTE_FORCE);
+            stream()
+                .into_iter()
+                .flat_map(|e| {
+                    let mut e = e;
+                    // The same event ids on both runs.
+                    let id = format!(
+                        "0190d4b0-0000-7000-8000-{:012}",
+                        e.timestamp().map_or(0, |t| t.timestamp())
+                    );
+                    e.set_str("event.id", id);
+                    detector.process(e)
+                })
+                .collect::<Vec<_>>()
+        };
+        let first = run();
+        let correlations: Vec<&Detection> =
+            first.iter().filter(|d| d.kind == "correlation").collect();
+        assert_eq!(correlations.len(), 1, "{first:#?}");
+        let c = correlations[0];
+        assert_eq!(c.rule.title, "SSH brute force");
+        assert_eq!(c.timestamp.as_deref(), Some("2026-11-25T10:02:00.000000Z"));
+        let group = &c.correlation.as_ref().expect("correlation").group;
+        assert_eq!(
+            group,
+            &vec![("source.ip".to_string(), "203.0.113.9".to_string())]
+        );
+        assert_eq!(
+            first.iter().filter(|d| d.kind == "detection").count(),
+            0,
+            "the detection rule only feeds the correlation (generate: false)"
+        );
+        let ids: Vec<&str> = first.iter().map(|d| d.id.as_str()).collect();
+        let again = run();
+        assert_eq!(ids, again.iter().map(|d| d.id.as_str()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn log_sources_follow_ecs_categories_and_the_writing_program() {
+        let mut e = Event::new(chrono::Utc::now());
+        e.set("event.category", serde_json::json!(["process"]));
+        e.set("event.type", serde_json::json!(["start"]));
+        let ls = logsource_of(&e);
+        assert_eq!(ls.category.as_deref(), Some("process_creation"));
+        assert_eq!(ls.product.as_deref(), Some("linux"));
+        assert_eq!(ls.service, None);
+        e.set(
+            "auditd.record_types",
+            serde_json::json!(["SYSCALL", "EXECVE"]),
+        );
+        assert_eq!(logsource_of(&e).service.as_deref(), Some("auditd"));
+        let mut s = Event::new(chrono::Utc::now());
+        s.set_str("event.dataset", "system.auth");
+        s.set_str("process.name", "sudo");
+        assert_eq!(logsource_of(&s).service.as_deref(), Some("sudo"));
+        s.set_str("process.name", "login");
+        assert_eq!(logsource_of(&s).service.as_deref(), Some("auth"));
+    }
+}

@@ -1,0 +1,13 @@
+//! Detection: Sigma rules (detection and correlation) on Yagura's events.
+//!
+//! `rsigma-parser` parses the rules and `rsigma-eval` evaluates them; this module owns
+//! what surrounds them: finding and checking rule files with `file:line` errors
+//! ([`rules`]), the field mapping from Sigma's generic names to the agent's ECS fields
+//! (`yagura_ecs.yml`, compiled into the binary), and the detector that evaluates events in
+//! event time and gives every match a deterministic id ([`engine`]).
+
+pub mod engine;
+pub mod rules;
+
+pub use engine::{Detection, Detector};
+pub use rules::{RuleProblem, RuleSet, ecs_pipeline, load as load_rules};
