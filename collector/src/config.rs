@@ -45,6 +45,30 @@ pub struct CollectorConfig {
     pub archive: ArchiveConfig,
     #[serde(default)]
     pub fleet: FleetConfig,
+    #[serde(default)]
+    pub detect: DetectConfig,
+}
+
+/// `[detect]`: the live detector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectConfig {
+    /// Directories (or files) of Sigma rules (relative: to the configuration file). No
+    /// rules, no detector.
+    #[serde(default)]
+    pub rules: Vec<PathBuf>,
+    /// How often matches and correlation state are committed.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            rules: Vec::new(),
+            commit_interval_ms: default_commit_interval_ms(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -248,6 +272,7 @@ impl CollectorConfig {
             index: IndexConfig::default(),
             archive: ArchiveConfig::default(),
             fleet: FleetConfig::default(),
+            detect: DetectConfig::default(),
         }
     }
 
@@ -303,13 +328,20 @@ impl CollectorConfig {
                 "index.retention_check_interval_seconds must be above 0".into(),
             ));
         }
-        if config.index.commit_interval_ms == 0 {
-            return Err(invalid("index.commit_interval_ms must be above 0".into()));
+        if config.index.commit_interval_ms == 0 || config.detect.commit_interval_ms == 0 {
+            return Err(invalid(
+                "index.commit_interval_ms and detect.commit_interval_ms must be above 0".into(),
+            ));
         }
-        if config.data_dir.is_relative()
-            && let Some(parent) = path.parent()
-        {
-            config.data_dir = parent.join(&config.data_dir);
+        if let Some(parent) = path.parent() {
+            if config.data_dir.is_relative() {
+                config.data_dir = parent.join(&config.data_dir);
+            }
+            for dir in &mut config.detect.rules {
+                if dir.is_relative() {
+                    *dir = parent.join(&*dir);
+                }
+            }
         }
         Ok(config)
     }

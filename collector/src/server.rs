@@ -142,6 +142,17 @@ pub async fn run_with(
         RunMode::IngestOnly => (None, None),
     };
 
+    let detector_cancel = CancellationToken::new();
+    let detector_task = match mode {
+        RunMode::Full if !config.detect.rules.is_empty() => Some(start_detector(
+            &config,
+            store.clone(),
+            Arc::clone(&archive),
+            detector_cancel.clone(),
+        )?),
+        _ => None,
+    };
+
     let agents = AgentRegistry::new(store.clone());
     let fleet_state = FleetState::from_persisted(store.agent_states().await?);
     let background_cancel = CancellationToken::new();
@@ -236,6 +247,14 @@ pub async fn run_with(
     let _ = sealer.await;
     let _ = monitor.await;
     let _ = retention.await;
+    detector_cancel.cancel();
+    if let Some(task) = detector_task {
+        match task.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "detector stopped with an error"),
+            Err(_) => tracing::error!("detector thread panicked"),
+        }
+    }
     indexer_cancel.cancel();
     let indexed = match indexer_task {
         Some(task) => Some(
@@ -254,4 +273,39 @@ pub async fn run_with(
     }
     tracing::info!("collector stopped");
     Ok(())
+}
+
+/// Loads the rules of `[detect] rules` and starts the live detector on its own thread. A
+/// rule file with an error is reported (`file:line: message`) and left out; the others
+/// run.
+fn start_detector(
+    config: &CollectorConfig,
+    store: Store,
+    archive: Arc<SegmentArchive>,
+    cancel: CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<Result<(), crate::detect::live::LiveError>>> {
+    let pipeline = crate::detect::ecs_pipeline().map_err(anyhow::Error::msg)?;
+    let rules = crate::detect::load_rules(&config.detect.rules, &pipeline)
+        .map_err(|problem| anyhow::anyhow!("loading detection rules: {problem}"))?;
+    for problem in &rules.errors {
+        tracing::error!(%problem, "detection rule file left out");
+    }
+    let detector = crate::detect::Detector::new(&rules, pipeline).map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        files = rules.files.len(),
+        rules = rules.detection_rules(),
+        correlations = rules.correlation_rules(),
+        "detection rules loaded"
+    );
+    let live = crate::detect::LiveDetector::new(
+        detector,
+        store,
+        Duration::from_millis(config.detect.commit_interval_ms),
+        config.ingest.max_decompressed_bytes,
+    );
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("detector".into())
+        .spawn(move || live.run(archive.as_ref(), runtime, cancel))
+        .context("starting the detector")
 }

@@ -301,6 +301,20 @@ impl Collector {
             .await
     }
 
+    /// `GET path` of the API, as JSON (an error unless 2xx).
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .client()?
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.api_token)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        anyhow::ensure!(status.is_success(), "GET {path}: {status} {body}");
+        Ok(body)
+    }
+
     /// `GET /api/v1/search` with any parameters (`q`, `limit`, `agg`, `since`, …).
     pub async fn search_with(&self, params: &[(&str, &str)]) -> anyhow::Result<Value> {
         let response = self

@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agents/{id}", get(show_agent))
         .route("/api/v1/agents/{id}/revoke", post(revoke_agent))
         .route("/api/v1/events/{id}/provenance", get(event_provenance))
+        .route("/api/v1/detections", get(list_detections))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_token,
@@ -579,6 +580,34 @@ impl AgentView {
             public_key: record.public_key,
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetectionParams {
+    limit: Option<u32>,
+}
+
+/// The newest rule matches of the live detector (at most 1,000, default 100).
+async fn list_detections(
+    State(state): State<AppState>,
+    params: Result<Query<DetectionParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    let rows = state
+        .store
+        .detections(limit)
+        .await
+        .map_err(ApiError::internal)?;
+    let detections: Vec<serde_json::Value> = rows
+        .iter()
+        .filter_map(|row| serde_json::from_str(&row.body).ok())
+        .collect();
+    Ok(Json(serde_json::json!({ "detections": detections })).into_response())
 }
 
 async fn list_agents(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -133,6 +133,25 @@ impl Detector {
         self.correlation_rules
     }
 
+    /// The correlation state (open windows, suppression), as JSON: what a restart
+    /// imports to carry on where this detector stopped.
+    pub fn export_state(&self) -> Result<String, String> {
+        serde_json::to_string(&self.engine.export_state())
+            .map_err(|e| format!("correlation state: {e}"))
+    }
+
+    /// Restores state from [`Self::export_state`]. Windows of correlations no longer
+    /// loaded are dropped; a snapshot of an incompatible version is an error.
+    pub fn import_state(&mut self, json: &str) -> Result<(), String> {
+        let snapshot: rsigma_eval::CorrelationSnapshot =
+            serde_json::from_str(json).map_err(|e| format!("correlation state: {e}"))?;
+        if self.engine.import_state(snapshot) {
+            Ok(())
+        } else {
+            Err("correlation state written by an incompatible version".into())
+        }
+    }
+
     /// Evaluates one event; correlation windows advance to the event's `@timestamp`.
     pub fn process(&mut self, event: Event) -> Vec<Detection> {
         let timestamp = event.timestamp();

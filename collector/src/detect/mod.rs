@@ -4,10 +4,14 @@
 //! what surrounds them: finding and checking rule files with `file:line` errors
 //! ([`rules`]), the field mapping from Sigma's generic names to the agent's ECS fields
 //! (`yagura_ecs.yml`, compiled into the binary), and the detector that evaluates events in
-//! event time and gives every match a deterministic id ([`engine`]).
+//! event time and gives every match a deterministic id ([`engine`]), and the live
+//! detector that runs them on the archive stream with its state in the database, every
+//! match recorded exactly once across crashes ([`live`]).
 
 pub mod engine;
+pub mod live;
 pub mod rules;
 
 pub use engine::{Detection, Detector};
+pub use live::{DETECTOR_CONSUMER, DetectorStats, LiveDetector};
 pub use rules::{RuleProblem, RuleSet, ecs_pipeline, load as load_rules};

@@ -413,9 +413,110 @@ impl Store {
             .collect()
     }
 
+    /// Records `detections` (a match already recorded is left as it is) and the live
+    /// detector's position and correlation state, in one transaction: after a crash the
+    /// detector resumes exactly where its recorded matches end. Returns how many matches
+    /// were new.
+    pub async fn commit_detections(
+        &self,
+        detections: &[StoredDetection],
+        archive_offset: u64,
+        snapshot: &str,
+    ) -> Result<u64> {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = 0u64;
+        for d in detections {
+            let done = sqlx::query(
+                "INSERT INTO detections (id, rule_id, rule_title, level, kind, event_time, \
+                 event_id, archive_offset, body, detected_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&d.id)
+            .bind(&d.rule_id)
+            .bind(&d.rule_title)
+            .bind(&d.level)
+            .bind(&d.kind)
+            .bind(&d.event_time)
+            .bind(&d.event_id)
+            .bind(to_i64(d.archive_offset))
+            .bind(&d.body)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+            inserted += done.rows_affected();
+        }
+        sqlx::query(
+            "INSERT INTO detector_state (id, archive_offset, snapshot, updated_at) \
+             VALUES (1, $1, $2, $3) ON CONFLICT (id) DO UPDATE SET \
+             archive_offset = excluded.archive_offset, snapshot = excluded.snapshot, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(to_i64(archive_offset))
+        .bind(snapshot)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// The live detector's recorded position and correlation state.
+    pub async fn detector_state(&self) -> Result<Option<(u64, String)>> {
+        let row = sqlx::query("SELECT archive_offset, snapshot FROM detector_state WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            let offset: i64 = row.try_get("archive_offset")?;
+            Ok((u64::try_from(offset).unwrap_or(0), row.try_get("snapshot")?))
+        })
+        .transpose()
+    }
+
+    /// The newest `limit` matches, newest first.
+    pub async fn detections(&self, limit: u32) -> Result<Vec<StoredDetection>> {
+        let rows = sqlx::query(
+            "SELECT id, rule_id, rule_title, level, kind, event_time, event_id, \
+             archive_offset, body FROM detections ORDER BY detected_at DESC, rowid DESC LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let offset: i64 = row.try_get("archive_offset")?;
+                Ok(StoredDetection {
+                    id: row.try_get("id")?,
+                    rule_id: row.try_get("rule_id")?,
+                    rule_title: row.try_get("rule_title")?,
+                    level: row.try_get("level")?,
+                    kind: row.try_get("kind")?,
+                    event_time: row.try_get("event_time")?,
+                    event_id: row.try_get("event_id")?,
+                    archive_offset: u64::try_from(offset).unwrap_or(0),
+                    body: row.try_get("body")?,
+                })
+            })
+            .collect()
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A detection as stored: the columns searched on, and the whole match as JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDetection {
+    pub id: String,
+    pub rule_id: Option<String>,
+    pub rule_title: String,
+    pub level: Option<String>,
+    pub kind: String,
+    pub event_time: Option<String>,
+    pub event_id: Option<String>,
+    pub archive_offset: u64,
+    pub body: String,
 }
 
 fn to_i64(value: u64) -> i64 {
