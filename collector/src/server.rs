@@ -147,6 +147,7 @@ pub async fn run_with(
         RunMode::Full if !config.detect.rules.is_empty() => Some(start_detector(
             &config,
             store.clone(),
+            events.clone(),
             Arc::clone(&archive),
             detector_cancel.clone(),
         )?),
@@ -281,6 +282,7 @@ pub async fn run_with(
 fn start_detector(
     config: &CollectorConfig,
     store: Store,
+    events: CollectorEvents,
     archive: Arc<SegmentArchive>,
     cancel: CancellationToken,
 ) -> anyhow::Result<std::thread::JoinHandle<Result<(), crate::detect::live::LiveError>>> {
@@ -302,7 +304,8 @@ fn start_detector(
         store,
         Duration::from_millis(config.detect.commit_interval_ms),
         config.ingest.max_decompressed_bytes,
-    );
+    )
+    .with_reload(config.detect.rules.clone(), Some(events));
     let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("detector".into())

@@ -42,6 +42,47 @@ fn failure(i: usize) -> String {
     )
 }
 
+/// A collector running `RULES` from `dir/rules`, and an agent shipping `dir/logs/auth.log`
+/// through the linux-auth parser.
+struct Running {
+    collector: Collector,
+    agent: Agent,
+    rules: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+fn start(dir: &std::path::Path) -> anyhow::Result<Running> {
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules)?;
+    std::fs::write(rules.join("ssh.yml"), RULES)?;
+    let collector = Collector::start(
+        &dir.join("collector"),
+        &format!(
+            "[detect]\nrules = [\"{}\"]\ncommit_interval_ms = 100\n",
+            rules.display()
+        ),
+    )?;
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let log = logs.join("auth.log");
+    let mut agent = Agent::enroll(
+        &dir.join("agent"),
+        &collector,
+        "web-1",
+        &format!(
+            "[[sources]]\npaths = [\"{}\"]\ndataset = \"system.auth\"\nparser = \"linux-auth\"\n",
+            log.display()
+        ),
+    )?;
+    agent.start()?;
+    Ok(Running {
+        collector,
+        agent,
+        rules,
+        log,
+    })
+}
+
 async fn detections(collector: &Collector) -> anyhow::Result<Vec<Value>> {
     Ok(
         collector.get_json("/api/v1/detections").await?["detections"]
@@ -54,29 +95,12 @@ async fn detections(collector: &Collector) -> anyhow::Result<Vec<Value>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_count_fires_exactly_once_through_collector_sigkills() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let rules = tmp.path().join("rules");
-    std::fs::create_dir_all(&rules)?;
-    std::fs::write(rules.join("ssh.yml"), RULES)?;
-    let mut collector = Collector::start(
-        &tmp.path().join("collector"),
-        &format!(
-            "[detect]\nrules = [\"{}\"]\ncommit_interval_ms = 100\n",
-            rules.display()
-        ),
-    )?;
-    let logs = tmp.path().join("logs");
-    std::fs::create_dir_all(&logs)?;
-    let log = logs.join("auth.log");
-    let mut agent = Agent::enroll(
-        &tmp.path().join("agent"),
-        &collector,
-        "web-1",
-        &format!(
-            "[[sources]]\npaths = [\"{}\"]\ndataset = \"system.auth\"\nparser = \"linux-auth\"\n",
-            log.display()
-        ),
-    )?;
-    agent.start()?;
+    let Running {
+        mut collector,
+        mut agent,
+        log,
+        ..
+    } = start(tmp.path())?;
 
     // Three of five failures, searchable (so archived, so seen by the detector).
     append_lines(&log, 0..3, failure)?;
@@ -118,6 +142,79 @@ async fn an_event_count_fires_exactly_once_through_collector_sigkills() -> anyho
     let after = detections(&collector).await?;
     assert_eq!(after.len(), 1, "{after:#?}");
     assert_eq!(after[0]["id"], found[0]["id"]);
+    agent.kill_hard();
+    Ok(())
+}
+
+/// A rule file added to the running collector's rule directory is in force within two
+/// seconds; a broken one is refused (reported with its file and line as a collector
+/// event) and the rules before it keep running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_changes_take_effect_within_two_seconds_and_broken_ones_are_refused()
+-> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let Running {
+        collector,
+        mut agent,
+        rules,
+        log,
+    } = start(tmp.path())?;
+    let sudo = |i: usize| {
+        format!(
+            "Nov 25 10:01:{i:02} web-1 sudo:    mallory : 3 incorrect password attempts ; TTY=pts/0 ; PWD=/home/mallory ; USER=root ; COMMAND=/bin/bash"
+        )
+    };
+    append_lines(&log, 0..1, sudo)?;
+    collector
+        .wait_for_total("event.action:sudo_auth_failure", 1, Duration::from_secs(60))
+        .await?;
+
+    std::fs::write(
+        rules.join("sudo.yml"),
+        "title: sudo password failures (e2e)\nid: 9d1f3c2a-7b55-4e0e-9d7e-000000000003\nlogsource:\n    product: linux\n    service: sudo\ndetection:\n    selection:\n        event.action: sudo_auth_failure\n    condition: selection\nlevel: medium\n",
+    )?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    append_lines(&log, 1..2, sudo)?;
+    collector
+        .wait_for_total("event.action:sudo_auth_failure", 2, Duration::from_secs(60))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let found = detections(&collector).await?;
+    assert_eq!(found.len(), 1, "only the line after the change: {found:#?}");
+    assert_eq!(found[0]["rule"]["title"], "sudo password failures (e2e)");
+
+    let broken = rules.join("broken.yml");
+    std::fs::write(
+        &broken,
+        "title: broken\nlogsource:\n    product: linux\ndetection:\n    sel:\n        a: b\n    condition: sel and\n",
+    )?;
+    let refused = collector
+        .wait_for_at_least(
+            "event.dataset:yagura.collector.detect AND event.action:rules_refused",
+            1,
+            Duration::from_secs(30),
+        )
+        .await?;
+    assert_eq!(refused, 1);
+    let event =
+        collector.search("event.action:rules_refused", 1).await?["hits"][0]["event"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+    assert!(
+        event.contains(&format!("{}:7:", broken.display())),
+        "{event}"
+    );
+    append_lines(&log, 2..3, sudo)?;
+    collector
+        .wait_for_total("event.action:sudo_auth_failure", 3, Duration::from_secs(60))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        detections(&collector).await?.len(),
+        2,
+        "the running rules stay"
+    );
     agent.kill_hard();
     Ok(())
 }

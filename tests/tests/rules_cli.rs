@@ -80,3 +80,65 @@ fn eval_prints_each_match_as_a_json_line() -> anyhow::Result<()> {
     assert_eq!(lines[0]["kind"], "detection");
     Ok(())
 }
+
+fn detections() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../detections")
+}
+
+/// The project's rule pack passes its own fixtures; swapping one rule's fixtures (so the
+/// events that must fire are the ones that must not) makes `rules test` fail and name it.
+#[test]
+fn the_rule_pack_passes_its_fixtures_and_a_contradicted_fixture_fails() -> anyhow::Result<()> {
+    let run = |dir: &std::path::Path| -> anyhow::Result<(bool, String, String)> {
+        let out = Command::new(&binaries().collector)
+            .args(["rules", "test"])
+            .arg(dir)
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (ok, stdout, stderr) = run(&detections())?;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("FAILED") && !stdout.contains("MISSING"),
+        "{stdout}"
+    );
+
+    let tmp = tempfile::tempdir()?;
+    let copy = tmp.path().join("detections");
+    copy_dir(&detections(), &copy)?;
+    let fixtures = copy.join("fixtures/linux/auth");
+    let matching = fixtures.join("sudo_not_in_sudoers.match.ndjson");
+    let not_matching = fixtures.join("sudo_not_in_sudoers.nomatch.ndjson");
+    let swap = tmp.path().join("swap");
+    std::fs::rename(&matching, &swap)?;
+    std::fs::rename(&not_matching, &matching)?;
+    std::fs::rename(&swap, &not_matching)?;
+    let (ok, stdout, stderr) = run(&copy)?;
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("did not fire"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "sudo_not_in_sudoers.nomatch.ndjson:1: `sudo attempted by a user not in sudoers` fired"
+        ),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}

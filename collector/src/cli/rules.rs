@@ -19,6 +19,16 @@ pub enum RulesCommand {
     Check(CheckArgs),
     /// Evaluate NDJSON events against rules and print the matches as NDJSON.
     Eval(EvalArgs),
+    /// Run each rule file's fixtures (fixtures/<path>.match.ndjson must fire,
+    /// fixtures/<path>.nomatch.ndjson must not); exit 1 on any failure.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Rule directories (their `fixtures/` folders hold the events).
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -45,7 +55,62 @@ pub fn run(command: RulesCommand) -> anyhow::Result<()> {
     match command {
         RulesCommand::Check(args) => check(args),
         RulesCommand::Eval(args) => eval(args),
+        RulesCommand::Test(args) => test(args),
     }
+}
+
+fn test(args: TestArgs) -> anyhow::Result<()> {
+    use yagura_collector::detect::fixtures::{Outcome, test_rules};
+    let pipeline = ecs_pipeline().map_err(anyhow::Error::msg)?;
+    let set = load_rules(&args.dirs, &pipeline).map_err(|p| anyhow::anyhow!("{p}"))?;
+    for error in &set.errors {
+        eprintln!("{error}");
+    }
+    let results = test_rules(&args.dirs, &set, &pipeline);
+    let cell = |outcome: &Outcome| match outcome {
+        Outcome::Passed { events } => format!("ok ({events} events)"),
+        Outcome::Failed(_) => "FAILED".to_string(),
+        Outcome::Missing(_) => "MISSING".to_string(),
+    };
+    println!(
+        "{:<60} {:<18} {:<18}",
+        "rule file", "must fire", "must not fire"
+    );
+    let mut failures = Vec::new();
+    for result in &results {
+        let name = result.path.display().to_string();
+        println!(
+            "{name:<60} {:<18} {:<18}",
+            cell(&result.matching),
+            cell(&result.not_matching)
+        );
+        for outcome in [&result.matching, &result.not_matching] {
+            match outcome {
+                Outcome::Failed(why) => failures.push(why.clone()),
+                Outcome::Missing(path) => {
+                    failures.push(format!("{}: no fixture file", path.display()))
+                }
+                Outcome::Passed { .. } => {}
+            }
+        }
+    }
+    for failure in &failures {
+        eprintln!("{failure}");
+    }
+    let passed = results.iter().filter(|r| r.passed()).count();
+    println!(
+        "{passed} of {} rule files passed; {} rule errors",
+        results.len(),
+        set.errors.len()
+    );
+    if !failures.is_empty() || !set.errors.is_empty() {
+        anyhow::bail!(
+            "{} fixture failures, {} rule errors",
+            failures.len(),
+            set.errors.len()
+        );
+    }
+    Ok(())
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {

@@ -34,6 +34,8 @@ use crate::archive::{Appended, Archive};
 pub const SECURITY_DATASET: &str = "yagura.collector.security";
 /// Dataset of sequence gaps (batches an agent sealed that never arrived).
 pub const GAP_DATASET: &str = "yagura.collector.gap";
+/// Dataset of the detector's own events (rule sets refused).
+pub const DETECT_DATASET: &str = "yagura.collector.detect";
 /// Dataset of index days deleted by retention.
 pub const INDEX_RETENTION_DATASET: &str = "yagura.collector.index_retention";
 /// Dataset of agents that went silent for longer than their interval.
@@ -247,6 +249,29 @@ impl CollectorEvents {
         event.set_str(
             "message",
             format!("agent {agent} ({hostname}) silent for {silent_seconds} s, marked offline"),
+        );
+        self.push(event);
+    }
+
+    /// Records that changed detection rules were refused (`problems`: `file:line:
+    /// message` each); the running rules stay.
+    pub fn rules_refused(&self, problems: &[String]) {
+        let mut event = self.base_event(DETECT_DATASET, "rules_refused", "event");
+        event.set("event.category", json!(["configuration"]));
+        event.set("event.type", json!(["change"]));
+        event.set_str("event.outcome", "failure");
+        event.set("yagura.rules.problems", json!(problems));
+        let first = problems.first().map_or("", String::as_str);
+        event.set_str(
+            "message",
+            format!(
+                "changed detection rules refused, the running rules stay: {first}{}",
+                if problems.len() > 1 {
+                    format!(" (and {} more)", problems.len() - 1)
+                } else {
+                    String::new()
+                }
+            ),
         );
         self.push(event);
     }

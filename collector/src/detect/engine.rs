@@ -202,6 +202,8 @@ const PROGRAM_SERVICES: &[(&str, &str)] = &[
 /// network connection → `network_connection`, DNS → `dns`); the service from what wrote
 /// the line (auditd records → `auditd`, a syslog program such as `sshd` or `sudo`, else the
 /// dataset: auth logs → `auth`, shell histories → `shell`, other syslog → `syslog`).
+/// Yagura's own events (`event.dataset` `yagura.collector.…`, `yagura.agent.…`) are
+/// product `yagura`, service `collector` or `agent`.
 /// A rule names the dimensions it needs; an event missing one of them is not its event.
 pub fn logsource_of(event: &Event) -> LogSource {
     let has = |field: &str, wanted: &str| match event.get(field) {
@@ -223,6 +225,16 @@ pub fn logsource_of(event: &Event) -> LogSource {
         None
     };
     let dataset = event.get_str("event.dataset").unwrap_or_default();
+    // Yagura's own events: product `yagura`, service `collector` or `agent`.
+    if let Some(rest) = dataset.strip_prefix("yagura.") {
+        let service = rest.split('.').next().unwrap_or_default();
+        return LogSource {
+            product: Some("yagura".into()),
+            service: Some(service.to_string()),
+            category: category.map(str::to_string),
+            ..LogSource::default()
+        };
+    }
     let program = event.get_str("process.name").unwrap_or_default();
     let service = if event.get("auditd").is_some() || dataset.starts_with("auditd") {
         Some("auditd")

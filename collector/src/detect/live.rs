@@ -11,6 +11,13 @@
 //!
 //! On its first start it begins at the archive's end: rules look forward; the past is
 //! for backtests.
+//!
+//! Hot reload: every [`RELOAD_CHECK`] the rule directories are fingerprinted (paths,
+//! sizes, modification times); on a change the whole set is loaded and checked again. A
+//! set with any error is refused as a whole — each problem logged and raised as a
+//! collector event with its `file:line` — and the running rules stay; a good set replaces
+//! them between two events, carrying the correlation windows over (rsigma's snapshot is
+//! keyed by the correlations' ids, so windows of kept correlations continue).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,13 +27,17 @@ use tokio_util::sync::CancellationToken;
 use yagura_shared::{Event, SignedBatch};
 
 use super::engine::{Detection, Detector};
+use super::rules::{RuleSet, ecs_pipeline, load, rule_files};
 use crate::archive::{Archive, ArchiveError, Record};
+use crate::collector_events::CollectorEvents;
 use crate::store::{Store, StoreError, StoredDetection};
 
 /// The consumer name the detector commits its archive offset under.
 pub const DETECTOR_CONSUMER: &str = "detector";
 /// Records read between checks of the commit interval.
 const RECORDS_PER_ROUND: usize = 256;
+/// How often the rule directories are checked for changes.
+pub const RELOAD_CHECK: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
@@ -47,6 +58,41 @@ pub struct DetectorStats {
     pub recorded: AtomicU64,
     pub bad_batches: AtomicU64,
     pub committed_offset: AtomicU64,
+    /// Rule sets swapped in, and refused, since start.
+    pub reloads: AtomicU64,
+    pub refused_reloads: AtomicU64,
+}
+
+/// Where the rules come from, to notice and apply changes.
+struct RuleSource {
+    dirs: Vec<std::path::PathBuf>,
+    fingerprint: String,
+    checked: Instant,
+    events: Option<CollectorEvents>,
+}
+
+/// What identifies the state of the rule files: each file's path, size and
+/// modification time.
+fn fingerprint(dirs: &[std::path::PathBuf]) -> String {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    match rule_files(dirs) {
+        Ok(files) => {
+            for file in files {
+                let meta = std::fs::metadata(&file).ok();
+                let modified = meta
+                    .as_ref()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                hash.update(file.to_string_lossy().as_bytes());
+                hash.update(meta.map_or(0, |m| m.len()).to_be_bytes());
+                hash.update(modified.to_be_bytes());
+            }
+        }
+        Err(problem) => hash.update(problem.to_string().as_bytes()),
+    }
+    hex::encode(hash.finalize())
 }
 
 /// The rules on the archive stream, with their state in the database.
@@ -57,6 +103,7 @@ pub struct LiveDetector {
     max_decompressed: usize,
     pending: Vec<StoredDetection>,
     stats: Arc<DetectorStats>,
+    source: Option<RuleSource>,
 }
 
 impl LiveDetector {
@@ -73,7 +120,79 @@ impl LiveDetector {
             max_decompressed,
             pending: Vec::new(),
             stats: Arc::default(),
+            source: None,
         }
+    }
+
+    /// Watches `dirs` (the directories `rules` was loaded from) and swaps in a changed
+    /// rule set when it is valid; refusals are reported to `events`.
+    pub fn with_reload(
+        mut self,
+        dirs: Vec<std::path::PathBuf>,
+        events: Option<CollectorEvents>,
+    ) -> Self {
+        self.source = Some(RuleSource {
+            fingerprint: fingerprint(&dirs),
+            dirs,
+            checked: Instant::now(),
+            events,
+        });
+        self
+    }
+
+    /// Checks the rule directories (at most every [`RELOAD_CHECK`], or now when
+    /// `force`) and applies a change. Returns whether a new rule set was swapped in.
+    pub fn check_rules(&mut self, force: bool) -> bool {
+        let Some(source) = self.source.as_mut() else {
+            return false;
+        };
+        if !force && source.checked.elapsed() < RELOAD_CHECK {
+            return false;
+        }
+        source.checked = Instant::now();
+        let now = fingerprint(&source.dirs);
+        if now == source.fingerprint {
+            return false;
+        }
+        source.fingerprint = now;
+        let dirs = source.dirs.clone();
+        let events = source.events.clone();
+        match self.load_new(&dirs) {
+            Ok(detector) => {
+                tracing::info!(
+                    rules = detector.detection_rules(),
+                    correlations = detector.correlation_rules(),
+                    "detection rules reloaded"
+                );
+                self.detector = detector;
+                self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(problems) => {
+                self.stats.refused_reloads.fetch_add(1, Ordering::Relaxed);
+                for problem in &problems {
+                    tracing::error!(%problem, "changed detection rules refused; the running rules stay");
+                }
+                if let Some(events) = events {
+                    events.rules_refused(&problems);
+                }
+                false
+            }
+        }
+    }
+
+    /// The rules in `dirs` compiled, with the running correlation windows carried over;
+    /// every problem when the set is not valid.
+    fn load_new(&self, dirs: &[std::path::PathBuf]) -> Result<Detector, Vec<String>> {
+        let pipeline = ecs_pipeline().map_err(|e| vec![e])?;
+        let set: RuleSet = load(dirs, &pipeline).map_err(|p| vec![p.to_string()])?;
+        if !set.errors.is_empty() {
+            return Err(set.errors.iter().map(ToString::to_string).collect());
+        }
+        let mut detector = Detector::new(&set, pipeline).map_err(|e| vec![e])?;
+        let state = self.detector.export_state().map_err(|e| vec![e])?;
+        detector.import_state(&state).map_err(|e| vec![e])?;
+        Ok(detector)
     }
 
     pub fn stats(&self) -> Arc<DetectorStats> {
@@ -121,6 +240,7 @@ impl LiveDetector {
         loop {
             let stopping = cancel.is_cancelled();
             let mut read = 0usize;
+            self.check_rules(false);
             while let Some(record) = reader.next_record()? {
                 self.detect_record(&record);
                 uncommitted = true;
@@ -142,6 +262,8 @@ impl LiveDetector {
             if caught_up {
                 let wait = if uncommitted {
                     self.commit_interval.saturating_sub(last_commit.elapsed())
+                } else if self.source.is_some() {
+                    RELOAD_CHECK
                 } else {
                     Duration::from_secs(3600)
                 };
@@ -315,6 +437,67 @@ level: high
             let mut reader = self.archive.reader(offset).expect("reader");
             reader.next_record().expect("read").expect("record")
         }
+    }
+
+    fn sudo_failure(minute: u32) -> Event {
+        let mut e = failed_login(minute);
+        e.set_str("process.name", "sudo");
+        e.set_str("event.action", "sudo_auth_failure");
+        e
+    }
+
+    const SUDO_RULE: &str = "title: sudo failure\nid: 5e0c7d0e-9a51-4d8b-8a3e-000000000003\nlogsource:\n    product: linux\n    service: sudo\ndetection:\n    selection:\n        event.action: sudo_auth_failure\n    condition: selection\nlevel: medium\n";
+
+    /// A valid new rule file is swapped in (and the open correlation window carries
+    /// over); a broken one is refused with its file and line, reported as a collector
+    /// event, and the running rules stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changed_rules_are_swapped_in_when_valid_and_refused_when_broken() {
+        let s = setup().await;
+        let events = CollectorEvents::new(uuid::Uuid::now_v7());
+        let mut live = s
+            .live()
+            .with_reload(vec![s.rules.clone()], Some(events.clone()));
+        live.resume(0).await.expect("resume");
+        let one = s
+            .append(1, &[failed_login(0), failed_login(1), sudo_failure(2)])
+            .await;
+        live.detect_record(&one);
+        assert!(
+            live.pending.is_empty(),
+            "no sudo rule yet, brute force window at 2 of 3"
+        );
+        assert!(!live.check_rules(true), "nothing changed");
+
+        std::fs::write(s.rules.join("sudo.yml"), SUDO_RULE).expect("write");
+        assert!(live.check_rules(true), "the new rule is swapped in");
+        let two = s.append(2, &[sudo_failure(3), failed_login(4)]).await;
+        live.detect_record(&two);
+        let titles: Vec<&str> = live.pending.iter().map(|d| d.rule_title.as_str()).collect();
+        assert_eq!(
+            titles,
+            ["sudo failure", "SSH brute force"],
+            "window carried over"
+        );
+
+        std::fs::write(
+            s.rules.join("broken.yml"),
+            "title: broken\nlogsource:\n    product: linux\ndetection:\n    sel:\n        a: b\n    condition: sel and\n",
+        )
+        .expect("write");
+        assert!(!live.check_rules(true), "refused");
+        assert_eq!(live.stats().refused_reloads.load(Ordering::Relaxed), 1);
+        let reported = events.take_ready(true);
+        assert_eq!(reported.len(), 1);
+        let message = reported[0].get_str("message").unwrap_or_default();
+        assert!(
+            message.contains(&format!("{}:7:", s.rules.join("broken.yml").display())),
+            "{message}"
+        );
+        live.pending.clear();
+        let three = s.append(3, &[sudo_failure(5)]).await;
+        live.detect_record(&three);
+        assert_eq!(live.pending.len(), 1, "the running rules stay");
     }
 
     /// The detector dies in the middle of an event_count window (two of three failures

@@ -9,6 +9,7 @@
 //! match recorded exactly once across crashes ([`live`]).
 
 pub mod engine;
+pub mod fixtures;
 pub mod live;
 pub mod rules;
 
