@@ -206,7 +206,8 @@ fn parse_file(path: &Path, text: &str, errors: &mut Vec<RuleProblem>) -> Option<
             errors.push(problem(line, e.to_string()));
             None
         }
-        Ok(collection) if collection.errors.is_empty() => {
+        Ok(mut collection) if collection.errors.is_empty() => {
+            temporal_needs_every_rule(&mut collection);
             if collection.rules.is_empty()
                 && collection.correlations.is_empty()
                 && collection.filters.is_empty()
@@ -257,6 +258,32 @@ fn one_line(message: &str) -> String {
         }
     }
     out
+}
+
+/// Sigma's temporal correlations fire when *every* rule they name has matched within the
+/// timespan. The parser gives one without a `condition` the threshold "at least one
+/// rule", which would fire on the first rule alone; this restores the specification's
+/// meaning (at least as many distinct rules as are named).
+pub(crate) fn temporal_needs_every_rule(collection: &mut SigmaCollection) {
+    use rsigma_parser::{ConditionOperator, CorrelationCondition, CorrelationType};
+    for correlation in &mut collection.correlations {
+        if !matches!(
+            correlation.correlation_type,
+            CorrelationType::Temporal | CorrelationType::TemporalOrdered
+        ) {
+            continue;
+        }
+        let needed = correlation.rules.len() as u64;
+        if let CorrelationCondition::Threshold {
+            predicates,
+            field: None,
+            ..
+        } = &mut correlation.condition
+            && predicates.as_slice() == [(ConditionOperator::Gte, 1)]
+        {
+            predicates[0].1 = needed;
+        }
+    }
 }
 
 /// The line where the rule titled `title` starts (its `title:` line), or 1.
