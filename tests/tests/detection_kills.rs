@@ -142,6 +142,27 @@ async fn an_event_count_fires_exactly_once_through_collector_sigkills() -> anyho
     let after = detections(&collector).await?;
     assert_eq!(after.len(), 1, "{after:#?}");
     assert_eq!(after[0]["id"], found[0]["id"]);
+
+    // The same rules replayed over the stored events from the command line.
+    let backtest = std::process::Command::new(&yagura_e2e::binaries().collector)
+        .args(["rules", "backtest"])
+        .arg(tmp.path().join("rules"))
+        .args(["--since", "3650d", "--query", "event.dataset:system.auth"])
+        .args(["--url", &collector.url, "--token", &collector.api_token])
+        .args(["--fingerprint", &collector.fingerprint])
+        .output()?;
+    let table = String::from_utf8_lossy(&backtest.stdout);
+    assert!(
+        backtest.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&backtest.stderr)
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("SSH brute force (e2e)"))
+        .unwrap_or_default();
+    assert!(row.contains(" high "), "{table}");
+    assert!(table.contains("6 events replayed"), "{table}");
     agent.kill_hard();
     Ok(())
 }

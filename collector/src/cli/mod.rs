@@ -248,7 +248,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args).await,
         Command::Search(args) => search::run(args).await,
         Command::Export(args) => export::run(args).await,
-        Command::Rules { command } => rules::run(command),
+        Command::Rules { command } => rules::run(command).await,
         Command::Agents {
             command:
                 AgentsCommand::Token {

@@ -19,9 +19,30 @@ pub enum RulesCommand {
     Check(CheckArgs),
     /// Evaluate NDJSON events against rules and print the matches as NDJSON.
     Eval(EvalArgs),
+    /// Replay the collector's stored events (oldest first) through the rules and report
+    /// how often each would have fired.
+    Backtest(BacktestArgs),
     /// Run each rule file's fixtures (fixtures/<path>.match.ndjson must fire,
     /// fixtures/<path>.nomatch.ndjson must not); exit 1 on any failure.
     Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BacktestArgs {
+    /// Rule directories or files.
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
+    /// Only the stored events this query matches.
+    #[arg(long, default_value = "*")]
+    query: String,
+    /// From this time (e.g. 7d, 24h, or RFC 3339).
+    #[arg(long, default_value = "7d")]
+    since: String,
+    /// Up to this time.
+    #[arg(long)]
+    to: Option<String>,
+    #[command(flatten)]
+    remote: super::remote::RemoteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -51,12 +72,105 @@ pub struct EvalArgs {
     events: Option<PathBuf>,
 }
 
-pub fn run(command: RulesCommand) -> anyhow::Result<()> {
+pub async fn run(command: RulesCommand) -> anyhow::Result<()> {
     match command {
         RulesCommand::Check(args) => check(args),
         RulesCommand::Eval(args) => eval(args),
         RulesCommand::Test(args) => test(args),
+        RulesCommand::Backtest(args) => backtest(args).await,
     }
+}
+
+/// Loads and compiles the rules of `dirs`; any rule error stops the command.
+fn detector_for(dirs: &[PathBuf]) -> anyhow::Result<Detector> {
+    let pipeline = ecs_pipeline().map_err(anyhow::Error::msg)?;
+    let set = load_rules(dirs, &pipeline).map_err(|p| anyhow::anyhow!("{p}"))?;
+    if let Some(first) = set.errors.first() {
+        anyhow::bail!(
+            "{first} (and {} more errors; `yagura rules check` lists them)",
+            set.errors.len() - 1
+        );
+    }
+    Detector::new(&set, pipeline).map_err(anyhow::Error::msg)
+}
+
+/// Per rule: matches, first and last event time.
+#[derive(Default)]
+struct Tally {
+    level: String,
+    matches: u64,
+    first: Option<String>,
+    last: Option<String>,
+}
+
+async fn backtest(args: BacktestArgs) -> anyhow::Result<()> {
+    let mut detector = detector_for(&args.dirs)?;
+    let scope = super::search::QueryArgs {
+        query: args.query.clone(),
+        since: Some(args.since.clone()),
+        from: None,
+        to: args.to.clone(),
+        oldest_first: true,
+        fields: None,
+        remote: args.remote,
+    };
+    let mut response = scope
+        .get("/api/v1/export", vec![("format", "ndjson".to_string())])
+        .await?;
+    let mut tallies: std::collections::BTreeMap<String, Tally> = Default::default();
+    let mut events = 0u64;
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut tally = |detector: &mut Detector, line: &[u8]| {
+        let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(line) else {
+            return;
+        };
+        events += 1;
+        for detection in detector.process(Event::from_map(map)) {
+            let entry = tallies.entry(detection.rule.title.clone()).or_default();
+            entry.level = detection.rule.level.clone().unwrap_or_default();
+            entry.matches += 1;
+            if entry.first.is_none() {
+                entry.first = detection.timestamp.clone();
+            }
+            entry.last = detection.timestamp;
+        }
+    };
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .context("reading the stored events")?
+    {
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            tally(&mut detector, &line[..end]);
+        }
+    }
+    if !buffer.is_empty() {
+        let rest = std::mem::take(&mut buffer);
+        tally(&mut detector, &rest);
+    }
+    let mut rows: Vec<(String, Tally)> = tallies.into_iter().collect();
+    rows.sort_by(|a, b| b.1.matches.cmp(&a.1.matches).then(a.0.cmp(&b.0)));
+    println!(
+        "{:<60} {:<13} {:>8}  {:<27} {:<27}",
+        "rule", "level", "matches", "first", "last"
+    );
+    for (title, t) in &rows {
+        println!(
+            "{title:<60} {:<13} {:>8}  {:<27} {:<27}",
+            t.level,
+            t.matches,
+            t.first.as_deref().unwrap_or("-"),
+            t.last.as_deref().unwrap_or("-")
+        );
+    }
+    println!(
+        "{events} events replayed; {} of {} rules would have fired",
+        rows.len(),
+        detector.detection_rules() + detector.correlation_rules()
+    );
+    Ok(())
 }
 
 fn test(args: TestArgs) -> anyhow::Result<()> {
@@ -146,15 +260,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    let pipeline = ecs_pipeline().map_err(anyhow::Error::msg)?;
-    let set = load_rules(&args.dirs, &pipeline).map_err(|p| anyhow::anyhow!("{p}"))?;
-    if let Some(first) = set.errors.first() {
-        anyhow::bail!(
-            "{first} (and {} more errors; `yagura rules check` lists them)",
-            set.errors.len() - 1
-        );
-    }
-    let mut detector = Detector::new(&set, pipeline).map_err(anyhow::Error::msg)?;
+    let mut detector = detector_for(&args.dirs)?;
     let input: Box<dyn std::io::BufRead> = match args.events.as_deref() {
         None => Box::new(std::io::stdin().lock()),
         Some(path) if path.as_os_str() == "-" => Box::new(std::io::stdin().lock()),

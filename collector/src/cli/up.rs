@@ -42,6 +42,10 @@ pub struct UpArgs {
     /// Do not tail the host's auth and syslog files.
     #[arg(long)]
     no_host_logs: bool,
+    /// Sigma rule directories the live detector runs (default: `detections` when it
+    /// exists here, as in a checkout of the project).
+    #[arg(long)]
+    rules: Vec<PathBuf>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -50,6 +54,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let mut config = CollectorConfig::with_data_dir(data_dir.clone());
     config.listen = args.listen;
+    config.detect.rules = if args.rules.is_empty() {
+        let pack = PathBuf::from("detections");
+        if pack.is_dir() {
+            vec![std::fs::canonicalize(pack)?]
+        } else {
+            Vec::new()
+        }
+    } else {
+        args.rules.clone()
+    };
 
     let collector_stop = CancellationToken::new();
     let (started_tx, started_rx) = oneshot::channel();
