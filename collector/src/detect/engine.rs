@@ -199,7 +199,7 @@ const PROGRAM_SERVICES: &[(&str, &str)] = &[
 /// The Sigma log source of a Yagura event: product `linux` (the agent's platform, unless
 /// `host.os.type` says otherwise); the category from ECS `event.category` and
 /// `event.type` (process start → `process_creation`, file creation → `file_event`,
-/// network connection → `network_connection`, DNS → `dns`); the service from what wrote
+/// network connection → `network_connection`, DNS → `dns`, web access → `webserver`); the service from what wrote
 /// the line (auditd records → `auditd`, a syslog program such as `sshd` or `sudo`, else the
 /// dataset: auth logs → `auth`, shell histories → `shell`, other syslog → `syslog`).
 /// Yagura's own events (`event.dataset` `yagura.collector.…`, `yagura.agent.…`) are
@@ -221,6 +221,8 @@ pub fn logsource_of(event: &Event) -> LogSource {
         Some("network_connection")
     } else if has("event.category", "network") && event.get("dns.question.name").is_some() {
         Some("dns")
+    } else if has("event.category", "web") {
+        Some("webserver")
     } else {
         None
     };
