@@ -201,7 +201,8 @@ const PROGRAM_SERVICES: &[(&str, &str)] = &[
 /// `event.type` (process start → `process_creation`, file creation → `file_event`,
 /// network connection → `network_connection`, DNS → `dns`, web access → `webserver`); the service from what wrote
 /// the line (auditd records → `auditd`, a syslog program such as `sshd` or `sudo`, else the
-/// dataset: auth logs → `auth`, shell histories → `shell`, other syslog → `syslog`).
+/// dataset: auth logs → `auth`, PostgreSQL logs → `postgresql`, shell histories → `shell`,
+/// other syslog → `syslog`).
 /// Yagura's own events (`event.dataset` `yagura.collector.…`, `yagura.agent.…`) are
 /// product `yagura`, service `collector` or `agent`.
 /// A rule names the dimensions it needs; an event missing one of them is not its event.
@@ -244,6 +245,8 @@ pub fn logsource_of(event: &Event) -> LogSource {
         Some(*service)
     } else if dataset.contains("auth") {
         Some("auth")
+    } else if dataset.contains("postgres") {
+        Some("postgresql")
     } else if dataset.contains("shell") || dataset.contains("bash_history") {
         Some("shell")
     } else if dataset.contains("syslog") || event.get("log.syslog").is_some() {
