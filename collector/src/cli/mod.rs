@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_detect;
 mod bench_search;
 mod export;
 mod remote;
@@ -97,6 +98,8 @@ enum BenchCommand {
     Agent(bench_agent::BenchAgentArgs),
     /// Indexing throughput (against tantivy directly) and warm query latency.
     Search(bench_search::BenchSearchArgs),
+    /// Detection latency: archive append → match on the live stream.
+    Detect(bench_detect::BenchDetectArgs),
 }
 
 /// Where the collector's data is: a config file or a data directory.
@@ -311,6 +314,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Ingest(args),
         } => bench::run(args).await,
+        Command::Bench {
+            command: BenchCommand::Detect(args),
+        } => bench_detect::run(args).await,
         Command::Bench {
             command: BenchCommand::Agent(args),
         } => tokio::task::spawn_blocking(move || bench_agent::run(args)).await?,

@@ -1,13 +1,15 @@
 //! The live detector: the archive, in order, right behind ingest, through the rules.
 //!
 //! It runs on its own thread like the indexer and reads the same archive (consumer
-//! `detector`, so archive retention keeps what it has not read). Every
-//! `commit_interval` it records, in one database transaction, the matches found since
-//! the last commit, the archive offset they cover and the correlation state there
-//! (rsigma's snapshot). After a crash it imports that state and replays the archive from
-//! that offset: the windows are as they were, event time drives them as before, and a
-//! match found again has the same deterministic id, so it is not recorded twice — every
-//! match exactly once, however the process stops.
+//! `detector`, so archive retention keeps what it has not read). Every match is
+//! published at once on a live stream (alerting reads it) and recorded in the database
+//! every `commit_interval`; every [`STATE_INTERVAL`] (and at a clean stop) the same
+//! transaction also records the archive offset read so far and the correlation state
+//! there (rsigma's snapshot, whose size grows with open windows — too costly to write
+//! twice a second). After a crash the detector imports that state and replays the
+//! archive from that offset: the windows are as they were, event time drives them as
+//! before, and a match found again has the same deterministic id, so it is not recorded
+//! twice — every match exactly once, however the process stops.
 //!
 //! On its first start it begins at the archive's end: rules look forward; the past is
 //! for backtests.
@@ -36,6 +38,11 @@ use crate::store::{Store, StoreError, StoredDetection};
 pub const DETECTOR_CONSUMER: &str = "detector";
 /// Records read between checks of the commit interval.
 const RECORDS_PER_ROUND: usize = 256;
+/// How often the replay point and correlation state are recorded.
+pub const STATE_INTERVAL: Duration = Duration::from_secs(5);
+/// Matches held for slow subscribers of the live stream before the oldest are skipped
+/// (they are in the database regardless).
+const LIVE_CAPACITY: usize = 4096;
 /// How often the rule directories are checked for changes.
 pub const RELOAD_CHECK: Duration = Duration::from_millis(500);
 
@@ -104,6 +111,8 @@ pub struct LiveDetector {
     pending: Vec<StoredDetection>,
     stats: Arc<DetectorStats>,
     source: Option<RuleSource>,
+    live: tokio::sync::broadcast::Sender<Arc<Detection>>,
+    state_written: Option<Instant>,
 }
 
 impl LiveDetector {
@@ -121,7 +130,17 @@ impl LiveDetector {
             pending: Vec::new(),
             stats: Arc::default(),
             source: None,
+            live: tokio::sync::broadcast::channel(LIVE_CAPACITY).0,
+            state_written: None,
         }
+    }
+
+    /// Every match the moment it is found, before it is committed (for alerting, which
+    /// cannot wait for the commit interval). A match found again on a replay after a
+    /// crash comes again, with the same id; a subscriber too slow to keep up skips the
+    /// oldest (the database has every match).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Detection>> {
+        self.live.subscribe()
     }
 
     /// Watches `dirs` (the directories `rules` was loaded from) and swaps in a changed
@@ -231,7 +250,7 @@ impl LiveDetector {
         );
         // Recorded at once: a first start killed before its first commit resumes here,
         // not at a later archive end.
-        runtime.block_on(self.commit(start))?;
+        runtime.block_on(self.commit(start, true))?;
         archive.commit_consumer_offset(DETECTOR_CONSUMER, start);
         let mut reader = archive.reader(start)?;
         let mut watch = reader.watch();
@@ -251,8 +270,14 @@ impl LiveDetector {
             }
             let caught_up = reader.offset() >= reader.committed_end();
             if uncommitted && (stopping || last_commit.elapsed() >= self.commit_interval) {
-                runtime.block_on(self.commit(reader.offset()))?;
-                archive.commit_consumer_offset(DETECTOR_CONSUMER, reader.offset());
+                let with_state = stopping
+                    || self
+                        .state_written
+                        .is_none_or(|at| at.elapsed() >= STATE_INTERVAL);
+                runtime.block_on(self.commit(reader.offset(), with_state))?;
+                if with_state {
+                    archive.commit_consumer_offset(DETECTOR_CONSUMER, reader.offset());
+                }
                 uncommitted = false;
                 last_commit = Instant::now();
             }
@@ -278,15 +303,21 @@ impl LiveDetector {
         }
     }
 
-    /// Records the pending matches with `offset` and the correlation state there.
-    pub async fn commit(&mut self, offset: u64) -> Result<(), LiveError> {
-        let snapshot = self.detector.export_state().map_err(LiveError::State)?;
-        let recorded = self
-            .store
-            .commit_detections(&self.pending, offset, &snapshot)
-            .await?;
+    /// Records the pending matches and, `with_state`, `offset` (everything before it has
+    /// been evaluated) with the correlation state there.
+    pub async fn commit(&mut self, offset: u64, with_state: bool) -> Result<(), LiveError> {
+        let snapshot = if with_state {
+            Some(self.detector.export_state().map_err(LiveError::State)?)
+        } else {
+            None
+        };
+        let state = snapshot.as_deref().map(|s| (offset, s));
+        let recorded = self.store.commit_detections(&self.pending, state).await?;
         self.stats.recorded.fetch_add(recorded, Ordering::Relaxed);
-        self.stats.committed_offset.store(offset, Ordering::Relaxed);
+        if with_state {
+            self.stats.committed_offset.store(offset, Ordering::Relaxed);
+            self.state_written = Some(Instant::now());
+        }
         self.pending.clear();
         Ok(())
     }
@@ -314,6 +345,8 @@ impl LiveDetector {
             for detection in self.detector.process(event) {
                 self.stats.matches.fetch_add(1, Ordering::Relaxed);
                 self.pending.push(stored(&detection, record.offset));
+                // No subscriber is not an error.
+                let _ = self.live.send(Arc::new(detection));
             }
         }
     }
@@ -511,7 +544,7 @@ level: high
         assert_eq!(first.resume(0).await.expect("resume"), 0);
         let one = s.append(1, &[failed_login(0), failed_login(1)]).await;
         first.detect_record(&one);
-        first.commit(one.next_offset).await.expect("commit");
+        first.commit(one.next_offset, true).await.expect("commit");
         let before_third = s
             .store
             .detector_state()
@@ -533,7 +566,7 @@ level: high
             one.next_offset
         );
         second.detect_record(&two);
-        second.commit(two.next_offset).await.expect("commit");
+        second.commit(two.next_offset, true).await.expect("commit");
         let stored = s.store.detections(10).await.expect("detections");
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].kind, "correlation");
@@ -543,13 +576,13 @@ level: high
         // Killed after recording the match but, say, the state were older: the replay
         // finds the same match with the same id and records nothing new.
         s.store
-            .commit_detections(&[], before_third.0, &before_third.1)
+            .commit_detections(&[], Some((before_third.0, &before_third.1)))
             .await
             .expect("roll back");
         let mut third = s.live();
         assert_eq!(third.resume(0).await.expect("resume"), one.next_offset);
         third.detect_record(&two);
-        third.commit(two.next_offset).await.expect("commit");
+        third.commit(two.next_offset, true).await.expect("commit");
         assert_eq!(third.stats().matches.load(Ordering::Relaxed), 1);
         assert_eq!(third.stats().recorded.load(Ordering::Relaxed), 0);
         assert_eq!(s.store.detections(10).await.expect("detections").len(), 1);
@@ -558,7 +591,7 @@ level: high
         // same id, still one match.
         let three = s.append(3, &[failed_login(3)]).await;
         third.detect_record(&three);
-        third.commit(three.next_offset).await.expect("commit");
+        third.commit(three.next_offset, true).await.expect("commit");
         assert_eq!(s.store.detections(10).await.expect("detections").len(), 1);
     }
 }

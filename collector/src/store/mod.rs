@@ -413,15 +413,14 @@ impl Store {
             .collect()
     }
 
-    /// Records `detections` (a match already recorded is left as it is) and the live
-    /// detector's position and correlation state, in one transaction: after a crash the
-    /// detector resumes exactly where its recorded matches end. Returns how many matches
-    /// were new.
+    /// Records `detections` (a match already recorded is left as it is) and, when given,
+    /// the live detector's replay point and correlation state there, in one transaction:
+    /// after a crash the detector replays from that point and finds the later matches
+    /// again, with the same ids. Returns how many matches were new.
     pub async fn commit_detections(
         &self,
         detections: &[StoredDetection],
-        archive_offset: u64,
-        snapshot: &str,
+        state: Option<(u64, &str)>,
     ) -> Result<u64> {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut tx = self.pool.begin().await?;
@@ -446,17 +445,19 @@ impl Store {
             .await?;
             inserted += done.rows_affected();
         }
-        sqlx::query(
-            "INSERT INTO detector_state (id, archive_offset, snapshot, updated_at) \
-             VALUES (1, $1, $2, $3) ON CONFLICT (id) DO UPDATE SET \
-             archive_offset = excluded.archive_offset, snapshot = excluded.snapshot, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(to_i64(archive_offset))
-        .bind(snapshot)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
+        if let Some((archive_offset, snapshot)) = state {
+            sqlx::query(
+                "INSERT INTO detector_state (id, archive_offset, snapshot, updated_at) \
+                 VALUES (1, $1, $2, $3) ON CONFLICT (id) DO UPDATE SET \
+                 archive_offset = excluded.archive_offset, snapshot = excluded.snapshot, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(to_i64(archive_offset))
+            .bind(snapshot)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(inserted)
     }
