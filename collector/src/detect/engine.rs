@@ -610,6 +610,28 @@ level: high
     }
 
     #[test]
+    fn value_avg_and_value_median_aggregate_a_numeric_field_per_group() {
+        // Ports are 1000 + second.
+        for kind in ["value_avg", "value_median"] {
+            let above = format!(
+                "    type: {kind}\n    rules:\n        - rule_a\n    condition:\n        field: source.port\n        gte: 1010\n"
+            );
+            let mut d = pair(&above);
+            assert_eq!(fired(&mut d, vec![act(0, "a", "alice")]), 0, "{kind}: 1000");
+            assert_eq!(
+                fired(&mut d, vec![act(5, "a", "bob")]),
+                0,
+                "{kind}: bob's 1005, his own group"
+            );
+            assert_eq!(
+                fired(&mut d, vec![act(20, "a", "alice"), act(30, "a", "alice")]),
+                2,
+                "{kind}: alice's 1000 and 1020 (1010), then with 1030 (1016.7, median 1020)"
+            );
+        }
+    }
+
+    #[test]
     fn log_sources_follow_ecs_categories_and_the_writing_program() {
         let mut e = Event::new(chrono::Utc::now());
         e.set("event.category", serde_json::json!(["process"]));
