@@ -136,8 +136,12 @@ impl Detector {
     /// The correlation state (open windows, suppression), as JSON: what a restart
     /// imports to carry on where this detector stopped.
     pub fn export_state(&self) -> Result<String, String> {
-        serde_json::to_string(&self.engine.export_state())
-            .map_err(|e| format!("correlation state: {e}"))
+        serde_json::to_string(&self.snapshot()).map_err(|e| format!("correlation state: {e}"))
+    }
+
+    /// A copy of the correlation state, to serialise elsewhere.
+    pub fn snapshot(&self) -> rsigma_eval::CorrelationSnapshot {
+        self.engine.export_state()
     }
 
     /// Restores state from [`Self::export_state`]. Windows of correlations no longer

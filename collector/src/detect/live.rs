@@ -113,6 +113,8 @@ pub struct LiveDetector {
     source: Option<RuleSource>,
     live: tokio::sync::broadcast::Sender<Arc<Detection>>,
     state_written: Option<Instant>,
+    /// A state write running in the background: its offset and new matches when done.
+    state_write: Option<tokio::task::JoinHandle<Result<(u64, u64), LiveError>>>,
 }
 
 impl LiveDetector {
@@ -132,6 +134,7 @@ impl LiveDetector {
             source: None,
             live: tokio::sync::broadcast::channel(LIVE_CAPACITY).0,
             state_written: None,
+            state_write: None,
         }
     }
 
@@ -269,19 +272,36 @@ impl LiveDetector {
                 }
             }
             let caught_up = reader.offset() >= reader.committed_end();
+            // A state write finished in the background: its offset is the replay point.
+            if let Some(offset) = self.reap_state_write(&runtime, false)? {
+                archive.commit_consumer_offset(DETECTOR_CONSUMER, offset);
+            }
             if uncommitted && (stopping || last_commit.elapsed() >= self.commit_interval) {
-                let with_state = stopping
-                    || self
-                        .state_written
-                        .is_none_or(|at| at.elapsed() >= STATE_INTERVAL);
-                runtime.block_on(self.commit(reader.offset(), with_state))?;
-                if with_state {
+                let state_due = self
+                    .state_written
+                    .is_none_or(|at| at.elapsed() >= STATE_INTERVAL);
+                if stopping {
+                    // The last state is written here, after any one in flight.
+                    self.reap_state_write(&runtime, true)?;
+                    runtime.block_on(self.commit(reader.offset(), true))?;
                     archive.commit_consumer_offset(DETECTOR_CONSUMER, reader.offset());
+                    uncommitted = false;
+                } else if self.state_write.is_some() {
+                    // The database is busy with the state: the matches wait for the next
+                    // round rather than hold evaluation up behind its lock.
+                } else if state_due {
+                    self.write_state_in_background(&runtime, reader.offset());
+                    uncommitted = false;
+                } else {
+                    runtime.block_on(self.commit(reader.offset(), false))?;
+                    uncommitted = false;
                 }
-                uncommitted = false;
                 last_commit = Instant::now();
             }
             if stopping && caught_up && !uncommitted {
+                if let Some(offset) = self.reap_state_write(&runtime, true)? {
+                    archive.commit_consumer_offset(DETECTOR_CONSUMER, offset);
+                }
                 return Ok(());
             }
             if caught_up {
@@ -301,6 +321,48 @@ impl LiveDetector {
                 });
             }
         }
+    }
+
+    /// Starts recording the pending matches, `offset` and the correlation state there
+    /// on the runtime: the snapshot is taken here (a copy of the state), serialised and
+    /// written while evaluation goes on, so a large state never holds matches back.
+    fn write_state_in_background(&mut self, runtime: &tokio::runtime::Handle, offset: u64) {
+        let snapshot = self.detector.snapshot();
+        let pending = std::mem::take(&mut self.pending);
+        let store = self.store.clone();
+        self.state_written = Some(Instant::now());
+        self.state_write = Some(runtime.spawn(async move {
+            let json = tokio::task::spawn_blocking(move || serde_json::to_string(&snapshot))
+                .await
+                .map_err(|e| LiveError::State(format!("state serialisation: {e}")))?
+                .map_err(|e| LiveError::State(format!("correlation state: {e}")))?;
+            let recorded = store
+                .commit_detections(&pending, Some((offset, json.as_str())))
+                .await?;
+            Ok((offset, recorded))
+        }));
+    }
+
+    /// The offset of a background state write that has finished (or, `wait`, once the
+    /// one in flight finishes); its error, if it failed.
+    fn reap_state_write(
+        &mut self,
+        runtime: &tokio::runtime::Handle,
+        wait: bool,
+    ) -> Result<Option<u64>, LiveError> {
+        let Some(task) = self.state_write.take() else {
+            return Ok(None);
+        };
+        if !wait && !task.is_finished() {
+            self.state_write = Some(task);
+            return Ok(None);
+        }
+        let (offset, recorded) = runtime
+            .block_on(task)
+            .map_err(|e| LiveError::State(format!("state write: {e}")))??;
+        self.stats.recorded.fetch_add(recorded, Ordering::Relaxed);
+        self.stats.committed_offset.store(offset, Ordering::Relaxed);
+        Ok(Some(offset))
     }
 
     /// Records the pending matches and, `with_state`, `offset` (everything before it has
