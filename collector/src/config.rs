@@ -323,6 +323,15 @@ impl CollectorConfig {
                     .into(),
             ));
         }
+        if config
+            .index
+            .retention_days
+            .is_some_and(|d| d == 0 || d > 36_500)
+        {
+            return Err(invalid(
+                "index.retention_days must be between 1 and 36500".into(),
+            ));
+        }
         if config.index.retention_check_interval_seconds == 0 {
             return Err(invalid(
                 "index.retention_check_interval_seconds must be above 0".into(),

@@ -144,13 +144,21 @@ pub async fn run_with(
 
     let detector_cancel = CancellationToken::new();
     let detector_task = match mode {
-        RunMode::Full if !config.detect.rules.is_empty() => Some(start_detector(
+        // Detection is not worth refusing to ingest over: without it the collector
+        // still verifies, archives and indexes.
+        RunMode::Full if !config.detect.rules.is_empty() => match start_detector(
             &config,
             store.clone(),
             events.clone(),
             Arc::clone(&archive),
             detector_cancel.clone(),
-        )?),
+        ) {
+            Ok(task) => Some(task),
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "the detector is not running");
+                None
+            }
+        },
         _ => None,
     };
 
@@ -249,12 +257,12 @@ pub async fn run_with(
     let _ = monitor.await;
     let _ = retention.await;
     detector_cancel.cancel();
-    if let Some(task) = detector_task {
-        match task.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "detector stopped with an error"),
-            Err(_) => tracing::error!("detector thread panicked"),
-        }
+    if let Some(task) = detector_task
+        && tokio::task::spawn_blocking(move || task.join())
+            .await
+            .map_or(true, |joined| joined.is_err())
+    {
+        tracing::error!("detector thread panicked");
     }
     indexer_cancel.cancel();
     let indexed = match indexer_task {
@@ -285,7 +293,7 @@ fn start_detector(
     events: CollectorEvents,
     archive: Arc<SegmentArchive>,
     cancel: CancellationToken,
-) -> anyhow::Result<std::thread::JoinHandle<Result<(), crate::detect::live::LiveError>>> {
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let pipeline = crate::detect::ecs_pipeline().map_err(anyhow::Error::msg)?;
     let rules = crate::detect::load_rules(&config.detect.rules, &pipeline)
         .map_err(|problem| anyhow::anyhow!("loading detection rules: {problem}"))?;
@@ -309,6 +317,16 @@ fn start_detector(
     let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("detector".into())
-        .spawn(move || live.run(archive.as_ref(), runtime, cancel))
+        .spawn(move || {
+            if let Err(error) = live.run(archive.as_ref(), runtime, cancel) {
+                // Said now, not at shutdown; and a stopped detector must not hold
+                // ingest (backpressure) or archive retention back.
+                tracing::error!(%error, "the detector stopped");
+                crate::archive::Archive::release_consumer(
+                    archive.as_ref(),
+                    crate::detect::DETECTOR_CONSUMER,
+                );
+            }
+        })
         .context("starting the detector")
 }

@@ -97,6 +97,10 @@ pub trait Archive: Send + Sync + 'static {
     /// Retention never deletes a record a registered consumer has not passed.
     fn commit_consumer_offset(&self, consumer: &str, offset: u64);
 
+    /// Forgets `consumer` (it stopped for good): retention and ingest backpressure no
+    /// longer wait for it.
+    fn release_consumer(&self, consumer: &str);
+
     /// The committed offset of every registered consumer.
     fn consumer_offsets(&self) -> BTreeMap<String, u64>;
 

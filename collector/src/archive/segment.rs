@@ -266,6 +266,12 @@ impl Archive for SegmentArchive {
         }
     }
 
+    fn release_consumer(&self, consumer: &str) {
+        if let Ok(mut map) = self.consumers.lock() {
+            map.remove(consumer);
+        }
+    }
+
     fn consumer_offsets(&self) -> BTreeMap<String, u64> {
         self.consumers.lock().map(|m| m.clone()).unwrap_or_default()
     }

@@ -226,9 +226,10 @@ impl LiveDetector {
     pub async fn resume(&mut self, archive_end: u64) -> Result<u64, LiveError> {
         match self.store.detector_state().await? {
             Some((offset, snapshot)) => {
-                self.detector
-                    .import_state(&snapshot)
-                    .map_err(LiveError::State)?;
+                // A state this version cannot read costs the open windows, not detection.
+                if let Err(error) = self.detector.import_state(&snapshot) {
+                    tracing::warn!(%error, "correlation state not restored: windows start empty");
+                }
                 Ok(offset)
             }
             None => Ok(archive_end),
@@ -272,9 +273,13 @@ impl LiveDetector {
                 }
             }
             let caught_up = reader.offset() >= reader.committed_end();
-            // A state write finished in the background: its offset is the replay point.
-            if let Some(offset) = self.reap_state_write(&runtime, false)? {
-                archive.commit_consumer_offset(DETECTOR_CONSUMER, offset);
+            // A state write finished in the background: its offset is the replay point. A
+            // failed one is tried again at the next interval; its matches were published
+            // and a replay from the older point records them.
+            match self.reap_state_write(&runtime, false) {
+                Ok(Some(offset)) => archive.commit_consumer_offset(DETECTOR_CONSUMER, offset),
+                Ok(None) => {}
+                Err(error) => tracing::error!(%error, "detector state not recorded; retrying"),
             }
             if uncommitted && (stopping || last_commit.elapsed() >= self.commit_interval) {
                 let state_due = self
@@ -293,8 +298,11 @@ impl LiveDetector {
                     self.write_state_in_background(&runtime, reader.offset());
                     uncommitted = false;
                 } else {
-                    runtime.block_on(self.commit(reader.offset(), false))?;
-                    uncommitted = false;
+                    match runtime.block_on(self.commit(reader.offset(), false)) {
+                        Ok(()) => uncommitted = false,
+                        // Kept pending, tried again next round.
+                        Err(error) => tracing::error!(%error, "matches not recorded yet; retrying"),
+                    }
                 }
                 last_commit = Instant::now();
             }

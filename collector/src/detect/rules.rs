@@ -345,8 +345,14 @@ fn lint(path: &Path, text: &str, warnings: &mut Vec<RuleProblem>) {
 }
 
 /// A correlation that names a rule no file defines is an error in the correlation's
-/// file (it would never fire), and that file is not loaded.
+/// file (it would never fire), and that file is not loaded — which can orphan another
+/// file's correlations in turn, so this repeats until nothing more is dropped.
 fn check_references(set: &mut RuleSet) {
+    while drop_unresolved(set) {}
+}
+
+/// One pass of [`check_references`]; whether a file was dropped.
+fn drop_unresolved(set: &mut RuleSet) -> bool {
     let known: std::collections::HashSet<String> = set
         .files
         .iter()
@@ -381,9 +387,11 @@ fn check_references(set: &mut RuleSet) {
         }
     }
     broken.dedup();
+    let dropped = !broken.is_empty();
     for index in broken.into_iter().rev() {
         set.files.remove(index);
     }
+    dropped
 }
 
 #[cfg(test)]
@@ -451,6 +459,38 @@ mod tests {
             problems[1].starts_with(&format!("{}:3:", dir.path().join("yaml.yml").display())),
             "{problems:?}"
         );
+    }
+
+    /// Dropping a broken file can orphan another file's correlation; that one goes too.
+    #[test]
+    fn dropping_a_file_drops_the_correlations_that_needed_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        write(
+            dir.path(),
+            "a.yml",
+            "title: Failed\nname: failed\nlogsource:\n    product: linux\ndetection:\n    sel:\n        event.outcome: failure\n    condition: sel\nlevel: low\n---\ntitle: Typo\ncorrelation:\n    type: event_count\n    rules:\n        - faild\n    group-by:\n        - user.name\n    timespan: 5m\n    condition:\n        gte: 3\nlevel: high\n",
+        );
+        write(
+            dir.path(),
+            "b.yml",
+            "title: Many\ncorrelation:\n    type: event_count\n    rules:\n        - failed\n    group-by:\n        - user.name\n    timespan: 5m\n    condition:\n        gte: 3\nlevel: high\n",
+        );
+        write(dir.path(), "c.yml", GOOD);
+        let pipeline = ecs_pipeline().expect("pipeline");
+        let set = load(&[dir.path().to_path_buf()], &pipeline).expect("load");
+        let names: Vec<String> = set
+            .files
+            .iter()
+            .map(|f| {
+                f.path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(names, ["c.yml"]);
+        assert_eq!(set.errors.len(), 2, "{:?}", set.errors);
+        assert!(crate::detect::Detector::new(&set, pipeline).is_ok());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! ```text
 //! index/
 //!   indexer.json          archive offset every day index covers (written after commits)
+//!   days/.deleting-…      a day being deleted by retention (never read)
 //!   days/2026-11-24/      a tantivy index: events whose day this is
 //!   days/2026-11-25/
 //! ```
@@ -47,7 +48,7 @@ pub(crate) fn day_dir(root: &Path, day: NaiveDate) -> PathBuf {
 }
 
 /// The days that have a directory under `root`, oldest first. Other names (an operator's
-/// backup, a half-deleted `.tmp`) are left alone.
+/// backup, a day being deleted) are left alone.
 pub(crate) fn list_days(root: &Path) -> Result<Vec<NaiveDate>> {
     let dir = root.join(DAYS_DIR);
     let entries = match std::fs::read_dir(&dir) {
@@ -71,6 +72,35 @@ pub(crate) fn list_days(root: &Path) -> Result<Vec<NaiveDate>> {
     }
     days.sort();
     Ok(days)
+}
+
+/// Prefix of a day directory being deleted: not a date, so never opened as a day.
+const DELETING: &str = ".deleting-";
+
+/// Deletes a day: renamed out of the day names first (one atomic step), then removed,
+/// so a crash half-way leaves a directory no start opens as a day; leftovers are
+/// removed by [`remove_leftovers`].
+pub(crate) fn remove_day(root: &Path, day: NaiveDate) -> Result<()> {
+    let dir = day_dir(root, day);
+    let doomed = root
+        .join(DAYS_DIR)
+        .join(format!("{DELETING}{}", day.format(DAY_FORMAT)));
+    std::fs::rename(&dir, &doomed).map_err(|e| io_error(&dir, e))?;
+    std::fs::remove_dir_all(&doomed).map_err(|e| io_error(&doomed, e))
+}
+
+/// Removes day directories a crash left half-deleted.
+pub(crate) fn remove_leftovers(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root.join(DAYS_DIR)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(DELETING)
+            && let Err(error) = std::fs::remove_dir_all(entry.path())
+        {
+            tracing::warn!(path = %entry.path().display(), %error, "half-deleted day not removed");
+        }
+    }
 }
 
 /// Bytes on disk under `dir` (files only, not following links).
@@ -294,6 +324,23 @@ mod tests {
                 NaiveDate::from_ymd_opt(2026, 11, 25).expect("date"),
             ]
         );
+    }
+
+    /// A day is renamed out of the day names before it is removed; what a crash leaves
+    /// of one is never listed and is cleaned at the next start.
+    #[test]
+    fn a_half_deleted_day_is_never_a_day_and_is_cleaned_up() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let day = NaiveDate::from_ymd_opt(2026, 11, 20).expect("date");
+        std::fs::create_dir_all(day_dir(root.path(), day)).expect("mkdir");
+        std::fs::write(day_dir(root.path(), day).join("meta.json"), "{}").expect("write");
+        remove_day(root.path(), day).expect("remove");
+        assert!(list_days(root.path()).expect("list").is_empty());
+        let leftover = root.path().join(DAYS_DIR).join(".deleting-2026-11-21");
+        std::fs::create_dir_all(&leftover).expect("mkdir");
+        assert!(list_days(root.path()).expect("list").is_empty());
+        remove_leftovers(root.path());
+        assert!(!leftover.exists());
     }
 
     #[test]

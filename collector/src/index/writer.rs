@@ -153,6 +153,7 @@ impl Indexer {
         if days::is_single_index_layout(root) {
             days::move_aside(root, "single")?;
         }
+        days::remove_leftovers(root);
         let existing = match open_existing(root)? {
             Some(existing) => existing,
             None => {
@@ -438,7 +439,9 @@ impl Indexer {
         }
         if let Some(budget) = policy.max_bytes {
             let mut total: u64 = remaining.iter().map(|(_, b)| b).sum();
-            while total > budget && remaining.len() > 1 {
+            // Never the newest day, nor today (a day ahead may exist for events dated
+            // slightly in the future).
+            while total > budget && remaining.len() > 1 && remaining[0].0 < now.date_naive() {
                 let (day, bytes) = remaining.remove(0);
                 total -= bytes;
                 doomed.push((day, "size", bytes));
@@ -458,8 +461,9 @@ impl Indexer {
         bytes: u64,
     ) -> Result<DeletedDay> {
         if let Some(writer) = self.writers.remove(&day) {
-            // Nothing uncommitted: retention runs after a commit.
-            drop(writer.writer);
+            // Nothing uncommitted (retention runs after a commit); merges still writing
+            // into the directory finish first.
+            writer.writer.wait_merging_threads()?;
         }
         let events = self
             .days
@@ -467,8 +471,7 @@ impl Indexer {
             .map(|reader| reader.reader.searcher().num_docs())
             .unwrap_or(0);
         self.covered.remove(&day);
-        let dir = days::day_dir(&self.root, day);
-        std::fs::remove_dir_all(&dir).map_err(|e| days::io_error(&dir, e))?;
+        days::remove_day(&self.root, day)?;
         self.stats.days_deleted.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%day, reason, events, bytes, "index retention deleted a day");
         if let Some(sink) = &self.events {
