@@ -1,6 +1,13 @@
 //! The detector: a loaded rule set evaluated on Yagura events, one at a time, in event
 //! time, by `rsigma-eval`'s correlation engine (which runs the single-event rules too).
 //!
+//! Match ids: a single-event match is (rule, event id). A correlation keeps firing on
+//! every event while its condition holds (an attack of a hundred attempts fires on the
+//! tenth and every one after); those firings are one *episode* — one match — as long as
+//! each comes within the correlation's timespan of the previous one, and the id is
+//! (rule, group, event time the episode began). The episodes are part of the state a
+//! restart imports, so a replay gives the same ids.
+//!
 //! Yagura owns what surrounds the library: the field mapping (applied when rules load),
 //! the log source of each event (see [`logsource_of`]: a rule only sees the events of its
 //! `logsource`, as Sigma means it — a `service: sshd` keyword rule never reads a web
@@ -61,13 +68,27 @@ pub struct CorrelationMatch {
     pub group: Vec<(String, String)>,
     pub value: f64,
     pub timespan_seconds: u64,
-    /// Event time (seconds) of the oldest event of the window the match covers.
+    /// Event time (seconds) at which this episode of firings began (see the module
+    /// documentation); with the rule and group, the match's identity.
     pub window_start: Option<i64>,
+}
+
+/// Open correlation episodes, by rule and group: (began, last firing, timespan), seconds.
+type Episodes = std::collections::BTreeMap<String, (i64, i64, i64)>;
+/// Episodes kept before those whose timespan has passed are forgotten.
+const EPISODES_KEPT: usize = 10_000;
+
+/// Everything a restart imports: rsigma's windows and Yagura's episodes.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct DetectorState {
+    rsigma: rsigma_eval::CorrelationSnapshot,
+    episodes: Episodes,
 }
 
 /// A rule set compiled for evaluation, with its correlation state.
 pub struct Detector {
     engine: CorrelationEngine,
+    episodes: Episodes,
     /// Ids of rules that only feed correlations (`generate: false`, Sigma's default):
     /// their single-event matches are not reported.
     correlation_only: std::collections::HashSet<String>,
@@ -119,6 +140,7 @@ impl Detector {
             .collect();
         Ok(Detector {
             engine,
+            episodes: Episodes::new(),
             correlation_only,
             detection_rules: rules.detection_rules(),
             correlation_rules: rules.correlation_rules(),
@@ -140,20 +162,30 @@ impl Detector {
     }
 
     /// A copy of the correlation state, to serialise elsewhere.
-    pub fn snapshot(&self) -> rsigma_eval::CorrelationSnapshot {
-        self.engine.export_state()
+    pub fn snapshot(&self) -> DetectorState {
+        DetectorState {
+            rsigma: self.engine.export_state(),
+            episodes: self.episodes.clone(),
+        }
     }
 
-    /// Restores state from [`Self::export_state`]. Windows of correlations no longer
-    /// loaded are dropped; a snapshot of an incompatible version is an error.
+    /// Restores state from [`Self::export_state`] (or a bare rsigma snapshot). Windows of
+    /// correlations no longer loaded are dropped; a snapshot of an incompatible version
+    /// is an error.
     pub fn import_state(&mut self, json: &str) -> Result<(), String> {
-        let snapshot: rsigma_eval::CorrelationSnapshot =
-            serde_json::from_str(json).map_err(|e| format!("correlation state: {e}"))?;
-        if self.engine.import_state(snapshot) {
-            Ok(())
-        } else {
-            Err("correlation state written by an incompatible version".into())
+        let state = match serde_json::from_str::<DetectorState>(json) {
+            Ok(state) => state,
+            Err(_) => DetectorState {
+                rsigma: serde_json::from_str(json)
+                    .map_err(|e| format!("correlation state: {e}"))?,
+                episodes: Episodes::new(),
+            },
+        };
+        if !self.engine.import_state(state.rsigma) {
+            return Err("correlation state written by an incompatible version".into());
         }
+        self.episodes = state.episodes;
+        Ok(())
     }
 
     /// Evaluates one event; correlation windows advance to the event's `@timestamp`.
@@ -174,7 +206,7 @@ impl Detector {
             None => self.engine.correlate_detections(&view, matches),
         };
         let stamp = timestamp.map(yagura_shared::event::format_timestamp);
-        results
+        let reported: Vec<EvaluationResult> = results
             .into_iter()
             .filter(|r| {
                 r.is_correlation()
@@ -182,7 +214,18 @@ impl Detector {
                         .correlation_only
                         .contains(r.header.rule_id.as_deref().unwrap_or(&r.header.rule_title))
             })
-            .map(|result| detection(result, stamp.clone(), event_id.clone()))
+            .collect();
+        let at = timestamp.map(|t| t.timestamp());
+        reported
+            .into_iter()
+            .map(|result| {
+                let context = MatchContext {
+                    timestamp: stamp.clone(),
+                    event_id: event_id.clone(),
+                    at,
+                };
+                detection(result, context, &mut self.episodes)
+            })
             .collect()
     }
 }
@@ -271,11 +314,38 @@ pub fn logsource_of(event: &Event) -> LogSource {
     }
 }
 
-fn detection(
-    result: EvaluationResult,
+/// The event a result was found on.
+struct MatchContext {
     timestamp: Option<String>,
     event_id: Option<String>,
+    /// Event time, seconds.
+    at: Option<i64>,
+}
+
+/// The episode a correlation firing at `now` belongs to: the one of `key` if its last
+/// firing is within `timespan`, else a new one beginning now. Returns its start.
+fn episode(episodes: &mut Episodes, key: String, now: i64, timespan: i64) -> i64 {
+    let start = match episodes.get(&key) {
+        Some(&(start, last, _)) if now - last <= timespan => start,
+        _ => now,
+    };
+    episodes.insert(key, (start, now, timespan));
+    if episodes.len() > EPISODES_KEPT {
+        episodes.retain(|_, (_, last, span)| now - *last <= *span);
+    }
+    start
+}
+
+fn detection(
+    result: EvaluationResult,
+    context: MatchContext,
+    episodes: &mut Episodes,
 ) -> Detection {
+    let MatchContext {
+        timestamp,
+        event_id,
+        at,
+    } = context;
     let header = &result.header;
     let rule = RuleRef {
         id: header.rule_id.clone(),
@@ -299,18 +369,24 @@ fn detection(
             ("detection", None, fields)
         }
         ResultBody::Correlation(body) => {
-            let window_start = body
+            let mut group = String::new();
+            for (field, value) in &body.group_key {
+                group.push_str(field);
+                group.push('\u{1f}');
+                group.push_str(value);
+                group.push('\u{1e}');
+            }
+            let oldest_ref = body
                 .event_refs
                 .as_ref()
                 .and_then(|refs| refs.iter().map(|r| r.timestamp).min());
+            let now = at.or(oldest_ref).unwrap_or_default();
+            let timespan = i64::try_from(body.timespan_secs).unwrap_or(i64::MAX);
+            let start = episode(episodes, format!("{rule_key}\u{1d}{group}"), now, timespan);
+            let window_start = Some(start);
             hash.update(b"correlation\0");
-            for (field, value) in &body.group_key {
-                hash.update(field.as_bytes());
-                hash.update([0]);
-                hash.update(value.as_bytes());
-                hash.update([0]);
-            }
-            hash.update(window_start.unwrap_or_default().to_be_bytes());
+            hash.update(group.as_bytes());
+            hash.update(start.to_be_bytes());
             let kind = serde_json::to_value(body.correlation_type)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
@@ -633,6 +709,48 @@ level: high
                 "{kind}: alice's 1000 and 1020 (1010), then with 1030 (1016.7, median 1020)"
             );
         }
+    }
+
+    /// A sustained brute force fires the correlation on every failure past the tenth;
+    /// all those firings are one match (one id), also across an export and import of the
+    /// state half-way; a new burst after the timespan is a new match.
+    #[test]
+    fn a_sustained_attack_is_one_match_and_a_later_burst_another() {
+        let ids = |detector: &mut Detector, events: Vec<Event>| -> Vec<String> {
+            events
+                .into_iter()
+                .flat_map(|e| detector.process(e))
+                .filter(|d| d.kind == "correlation")
+                .map(|d| d.id)
+                .collect()
+        };
+        let at = |second: i64| {
+            let mut e = failed_login("2026-11-25T10:00:00Z", "203.0.113.9", 0);
+            e.set_str(
+                "@timestamp",
+                yagura_shared::event::format_timestamp(
+                    chrono::DateTime::from_timestamp(1_795_600_800 + second, 0).expect("time"),
+                ),
+            );
+            e
+        };
+        let mut d = detector(BRUTE_FORCE);
+        let first: Vec<String> = ids(&mut d, (0..25).map(|i| at(i * 5)).collect());
+        let state = d.export_state().expect("export");
+        let mut resumed = detector(BRUTE_FORCE);
+        resumed.import_state(&state).expect("import");
+        let rest = ids(&mut resumed, (25..50).map(|i| at(i * 5)).collect());
+        assert_eq!(first.len(), 23, "fires from the third failure on");
+        assert_eq!(rest.len(), 25);
+        let all: std::collections::HashSet<&String> = first.iter().chain(&rest).collect();
+        assert_eq!(all.len(), 1, "one attack, one match");
+        // Twenty minutes of quiet (longer than the five-minute timespan), then again.
+        let later = ids(
+            &mut resumed,
+            (0..3).map(|i| at(50 * 5 + 1200 + i)).collect(),
+        );
+        assert_eq!(later.len(), 1);
+        assert!(!all.contains(&later[0]), "a new episode, a new match");
     }
 
     #[test]
