@@ -443,33 +443,7 @@ mod tests {
     use crate::detect::{ecs_pipeline, load_rules};
     use yagura_shared::AgentKey;
 
-    const RULES: &str = r#"
-title: SSH login failed
-id: 5e0c7d0e-9a51-4d8b-8a3e-000000000001
-name: ssh_login_failed
-logsource:
-    product: linux
-    service: sshd
-detection:
-    selection:
-        event.action: ssh_login
-        event.outcome: failure
-    condition: selection
-level: low
----
-title: SSH brute force
-id: 5e0c7d0e-9a51-4d8b-8a3e-000000000002
-correlation:
-    type: event_count
-    rules:
-        - ssh_login_failed
-    group-by:
-        - source.ip
-    timespan: 10m
-    condition:
-        gte: 3
-level: high
-"#;
+    use crate::detect::engine::tests::BRUTE_FORCE as RULES;
 
     fn failed_login(minute: u32) -> Event {
         let at = chrono::DateTime::parse_from_rfc3339(&format!("2026-11-25T10:{minute:02}:00Z"))
