@@ -47,6 +47,9 @@ pub struct CollectorConfig {
     pub fleet: FleetConfig,
     #[serde(default)]
     pub detect: DetectConfig,
+    /// Alert policies, routes and destinations (see [`crate::alert::policy`]).
+    #[serde(default)]
+    pub alert: crate::alert::AlertConfig,
 }
 
 /// `[detect]`: the live detector.
@@ -57,8 +60,9 @@ pub struct DetectConfig {
     /// rules, no detector.
     #[serde(default)]
     pub rules: Vec<PathBuf>,
-    /// How often matches and correlation state are committed.
-    #[serde(default = "default_commit_interval_ms")]
+    /// How often matches are committed (alerting reads committed matches, so this is
+    /// part of the time from log line to page).
+    #[serde(default = "default_detect_commit_interval_ms")]
     pub commit_interval_ms: u64,
 }
 
@@ -66,7 +70,7 @@ impl Default for DetectConfig {
     fn default() -> Self {
         DetectConfig {
             rules: Vec::new(),
-            commit_interval_ms: default_commit_interval_ms(),
+            commit_interval_ms: default_detect_commit_interval_ms(),
         }
     }
 }
@@ -203,6 +207,9 @@ fn default_retention_check_interval_seconds() -> u64 {
 fn default_commit_interval_ms() -> u64 {
     500
 }
+fn default_detect_commit_interval_ms() -> u64 {
+    100
+}
 fn default_writer_memory_bytes() -> usize {
     64 * 1024 * 1024
 }
@@ -273,6 +280,7 @@ impl CollectorConfig {
             archive: ArchiveConfig::default(),
             fleet: FleetConfig::default(),
             detect: DetectConfig::default(),
+            alert: crate::alert::AlertConfig::default(),
         }
     }
 
@@ -342,6 +350,7 @@ impl CollectorConfig {
                 "index.commit_interval_ms and detect.commit_interval_ms must be above 0".into(),
             ));
         }
+        crate::alert::AlertPolicies::new(&config.alert).map_err(invalid)?;
         if let Some(parent) = path.parent() {
             if config.data_dir.is_relative() {
                 config.data_dir = parent.join(&config.data_dir);

@@ -6,9 +6,11 @@
 //! [`fleet`] and [`store`] keep agents, tokens and fleet state; [`collector_events`] turns
 //! what the collector itself sees (refused batches, gaps, silent agents) into
 //! collector-signed batches in the archive; [`custody`] traces an event back to its signed
-//! batch and re-verifies it. [`server`] wires them together; `yagura up` adds a local
-//! agent.
+//! batch and re-verifies it. [`detect`] runs the Sigma rules on the archive stream and
+//! [`alert`] turns their matches into alerts, pages and their lifecycle. [`server`] wires
+//! them together; `yagura up` adds a local agent.
 
+pub mod alert;
 pub mod api;
 pub mod archive;
 pub mod collector_events;

@@ -142,6 +142,19 @@ pub async fn run_with(
         RunMode::IngestOnly => (None, None),
     };
 
+    // Alert configuration problems (a destination whose `env:` secret is unset) stop the
+    // start: a collector that cannot page must not look as if it could.
+    let alert_policies = crate::alert::AlertPolicies::new(&config.alert)
+        .map_err(|e| anyhow::anyhow!("[alert]: {e}"))?;
+    let alert_senders = config
+        .alert
+        .destinations
+        .iter()
+        .map(|(name, destination)| crate::alert::outbox::DestinationSender::new(name, destination))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| anyhow::anyhow!("[alert]: {e}"))?;
+    let alerts = crate::alert::AlertService::new(&store);
+
     let detector_cancel = CancellationToken::new();
     let detector_task = match mode {
         // Detection is not worth refusing to ingest over: without it the collector
@@ -153,7 +166,7 @@ pub async fn run_with(
             Arc::clone(&archive),
             detector_cancel.clone(),
         ) {
-            Ok(task) => Some(task),
+            Ok(started) => Some(started),
             Err(error) => {
                 tracing::error!(error = format!("{error:#}"), "the detector is not running");
                 None
@@ -217,6 +230,7 @@ pub async fn run_with(
         ingest,
         index,
         archive_dir: config.archive_dir(),
+        alerts: alerts.clone(),
     });
 
     let listener =
@@ -234,6 +248,44 @@ pub async fn run_with(
         .handle(handle.clone())
         .serve(app.into_make_service_with_connect_info::<SocketAddr>());
     let url = format!("https://{address}");
+
+    // Alerting follows detection: the manager takes recorded matches into alerts, one
+    // sender per destination delivers the outbox.
+    let alert_cancel = CancellationToken::new();
+    let (detector_task, committed) = match detector_task {
+        Some((task, committed)) => (Some(task), Some(committed)),
+        None => (None, None),
+    };
+    let mut alert_tasks = Vec::new();
+    if mode == RunMode::Full {
+        let wants_updates = alert_senders
+            .iter()
+            .filter(|s| {
+                s.sink
+                    .wants(crate::alert::NotificationKind::Update, s.updates)
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        let manager = crate::alert::manager::AlertManager::new(
+            alerts.clone(),
+            alert_policies,
+            config.detect.rules.clone(),
+            wants_updates,
+        );
+        alert_tasks.push(tokio::spawn(manager.run(committed, alert_cancel.clone())));
+        let console_url = config
+            .alert
+            .console_url
+            .clone()
+            .unwrap_or_else(|| url.clone());
+        alert_tasks.extend(crate::alert::outbox::start(
+            &alerts,
+            alert_senders,
+            config.alert.retry,
+            console_url,
+            alert_cancel.clone(),
+        ));
+    }
     tracing::info!(%url, fingerprint = %identity.fingerprint, "collector listening");
     let _ = started.send(Started {
         address,
@@ -256,6 +308,17 @@ pub async fn run_with(
     let _ = sealer.await;
     let _ = monitor.await;
     let _ = retention.await;
+    // A send cut short here is sent again at the next start (at least once).
+    alert_cancel.cancel();
+    for task in alert_tasks {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
     detector_cancel.cancel();
     if let Some(task) = detector_task
         && tokio::task::spawn_blocking(move || task.join())
@@ -293,7 +356,10 @@ fn start_detector(
     events: CollectorEvents,
     archive: Arc<SegmentArchive>,
     cancel: CancellationToken,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
+) -> anyhow::Result<(
+    std::thread::JoinHandle<()>,
+    tokio::sync::watch::Receiver<u64>,
+)> {
     let pipeline = crate::detect::ecs_pipeline().map_err(anyhow::Error::msg)?;
     let rules = crate::detect::load_rules(&config.detect.rules, &pipeline)
         .map_err(|problem| anyhow::anyhow!("loading detection rules: {problem}"))?;
@@ -314,8 +380,9 @@ fn start_detector(
         config.ingest.max_decompressed_bytes,
     )
     .with_reload(config.detect.rules.clone(), Some(events));
+    let committed = live.committed();
     let runtime = tokio::runtime::Handle::current();
-    std::thread::Builder::new()
+    let task = std::thread::Builder::new()
         .name("detector".into())
         .spawn(move || {
             if let Err(error) = live.run(archive.as_ref(), runtime, cancel) {
@@ -328,5 +395,6 @@ fn start_detector(
                 );
             }
         })
-        .context("starting the detector")
+        .context("starting the detector")?;
+    Ok((task, committed))
 }

@@ -2,6 +2,8 @@
 //! binaries once, starts them in temporary directories on loopback ports, and talks to
 //! the collector over HTTPS with the certificate pinned, as an agent or analyst would.
 
+pub mod receiver;
+
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -5,6 +5,7 @@
 //! hashed). Every request body has a size limit, every error is a problem document, and
 //! every response carries headers that forbid framing, sniffing and caching.
 
+mod alerts;
 mod error;
 
 use std::net::SocketAddr;
@@ -48,7 +49,12 @@ pub struct AppState {
     pub index: Option<EventIndex>,
     /// The archive directory, read by provenance checks.
     pub archive_dir: PathBuf,
+    pub alerts: crate::alert::AlertService,
 }
+
+/// Who is calling: the name of the API token presented (recorded in alert histories).
+#[derive(Debug, Clone)]
+pub struct Caller(pub String);
 
 /// The whole router with its layers.
 pub fn router(state: AppState) -> Router {
@@ -61,6 +67,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agents/{id}/revoke", post(revoke_agent))
         .route("/api/v1/events/{id}/provenance", get(event_provenance))
         .route("/api/v1/detections", get(list_detections))
+        .merge(alerts::routes())
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_token,
@@ -99,7 +107,7 @@ pub fn router(state: AppState) -> Router {
 /// Checks `Authorization: Bearer <token>` against the stored token hashes.
 async fn require_api_token(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let presented = request
@@ -114,7 +122,10 @@ async fn require_api_token(
         ));
     };
     match state.store.check_api_token(token).await {
-        Ok(Some(_name)) => Ok(next.run(request).await),
+        Ok(Some(name)) => {
+            request.extensions_mut().insert(Caller(name));
+            Ok(next.run(request).await)
+        }
         Ok(None) => Err(ApiError::unauthorized("invalid API token")),
         Err(e) => Err(ApiError::internal(e)),
     }

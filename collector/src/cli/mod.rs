@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing (raw) and the commands (validated glue).
 
+mod alerts;
 mod bench;
 mod bench_agent;
 mod bench_detect;
@@ -58,6 +59,11 @@ enum Command {
         json: bool,
         #[command(flatten)]
         remote: remote::RemoteArgs,
+    },
+    /// Alerts: list, show, acknowledge, resolve, assign, note; the outbox.
+    Alerts {
+        #[command(subcommand)]
+        command: alerts::AlertsCommand,
     },
     /// Detection rules (Sigma): check rule directories, evaluate events offline.
     Rules {
@@ -308,6 +314,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             remote,
         } => provenance(&event_id, json, &remote).await,
+        Command::Alerts { command } => alerts::run(command).await,
         Command::Archive {
             command: ArchiveCommand::Verify { location, since },
         } => archive_verify(&location, since.as_deref()).await,

@@ -47,11 +47,25 @@ impl RemoteArgs {
 
     /// Sends `GET` or `POST` to `path`; a problem document becomes an error.
     pub async fn call(&self, method: reqwest::Method, path: &str) -> anyhow::Result<Value> {
+        self.call_with(method, path, None).await
+    }
+
+    /// [`Self::call`] with a JSON body.
+    pub async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.url.trim_end_matches('/'));
-        let response = self
+        let mut request = self
             .client()?
             .request(method.clone(), &url)
-            .bearer_auth(&self.token)
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
             .send()
             .await
             .with_context(|| format!("{method} {url}"))?;

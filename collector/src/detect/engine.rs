@@ -51,6 +51,10 @@ pub struct Detection {
     /// Detections: which selections and fields matched.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub matched_fields: Vec<(String, Value)>,
+    /// The matching event (the last one, for a correlation): alerting groups by its
+    /// fields and shows its host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -224,7 +228,9 @@ impl Detector {
                     event_id: event_id.clone(),
                     at,
                 };
-                detection(result, context, &mut self.episodes)
+                let mut found = detection(result, context, &mut self.episodes);
+                found.event = Some(value.clone());
+                found
             })
             .collect()
     }
@@ -412,6 +418,7 @@ fn detection(
         event_id,
         correlation,
         matched_fields,
+        event: None,
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! It runs on its own thread like the indexer and reads the same archive (consumer
 //! `detector`, so archive retention keeps what it has not read). Every match is
-//! published at once on a live stream (alerting reads it) and recorded in the database
+//! published at once on a live stream (live views) and recorded in the database
 //! every `commit_interval`; every [`STATE_INTERVAL`] (and at a clean stop) the same
 //! transaction also records the archive offset read so far and the correlation state
 //! there (rsigma's snapshot, whose size grows with open windows — too costly to write
@@ -112,6 +112,8 @@ pub struct LiveDetector {
     stats: Arc<DetectorStats>,
     source: Option<RuleSource>,
     live: tokio::sync::broadcast::Sender<Arc<Detection>>,
+    /// Ticks each time new matches are committed (alerting reads them then).
+    committed: Arc<tokio::sync::watch::Sender<u64>>,
     state_written: Option<Instant>,
     /// A state write running in the background: its offset and new matches when done.
     state_write: Option<tokio::task::JoinHandle<Result<(u64, u64), LiveError>>>,
@@ -133,17 +135,30 @@ impl LiveDetector {
             stats: Arc::default(),
             source: None,
             live: tokio::sync::broadcast::channel(LIVE_CAPACITY).0,
+            committed: Arc::new(tokio::sync::watch::channel(0).0),
             state_written: None,
             state_write: None,
         }
     }
 
-    /// Every match the moment it is found, before it is committed (for alerting, which
-    /// cannot wait for the commit interval). A match found again on a replay after a
-    /// crash comes again, with the same id; a subscriber too slow to keep up skips the
-    /// oldest (the database has every match).
+    /// Every match the moment it is found, before it is committed (for live views). A
+    /// match found again on a replay after a crash comes again, with the same id; a
+    /// subscriber too slow to keep up skips the oldest (the database has every match).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Detection>> {
         self.live.subscribe()
+    }
+
+    /// Ticks after every commit that recorded new matches: alerting reads the recorded
+    /// matches, so what it pages for is durable.
+    pub fn committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    fn recorded(&self, new: u64) {
+        self.stats.recorded.fetch_add(new, Ordering::Relaxed);
+        if new > 0 {
+            self.committed.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     /// Watches `dirs` (the directories `rules` was loaded from) and swaps in a changed
@@ -368,7 +383,7 @@ impl LiveDetector {
         let (offset, recorded) = runtime
             .block_on(task)
             .map_err(|e| LiveError::State(format!("state write: {e}")))??;
-        self.stats.recorded.fetch_add(recorded, Ordering::Relaxed);
+        self.recorded(recorded);
         self.stats.committed_offset.store(offset, Ordering::Relaxed);
         Ok(Some(offset))
     }
@@ -383,7 +398,7 @@ impl LiveDetector {
         };
         let state = snapshot.as_deref().map(|s| (offset, s));
         let recorded = self.store.commit_detections(&self.pending, state).await?;
-        self.stats.recorded.fetch_add(recorded, Ordering::Relaxed);
+        self.recorded(recorded);
         if with_state {
             self.stats.committed_offset.store(offset, Ordering::Relaxed);
             self.state_written = Some(Instant::now());

@@ -483,22 +483,12 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let offset: i64 = row.try_get("archive_offset")?;
-                Ok(StoredDetection {
-                    id: row.try_get("id")?,
-                    rule_id: row.try_get("rule_id")?,
-                    rule_title: row.try_get("rule_title")?,
-                    level: row.try_get("level")?,
-                    kind: row.try_get("kind")?,
-                    event_time: row.try_get("event_time")?,
-                    event_id: row.try_get("event_id")?,
-                    archive_offset: u64::try_from(offset).unwrap_or(0),
-                    body: row.try_get("body")?,
-                })
-            })
-            .collect()
+        rows.iter().map(StoredDetection::from_row).collect()
+    }
+
+    /// The connection pool, for the stages that keep their own tables here (alerting).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     pub async fn close(&self) {
@@ -518,6 +508,24 @@ pub struct StoredDetection {
     pub event_id: Option<String>,
     pub archive_offset: u64,
     pub body: String,
+}
+
+impl StoredDetection {
+    /// A row of `detections` (every column of the struct selected by name).
+    pub(crate) fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Self> {
+        let offset: i64 = row.try_get("archive_offset")?;
+        Ok(StoredDetection {
+            id: row.try_get("id")?,
+            rule_id: row.try_get("rule_id")?,
+            rule_title: row.try_get("rule_title")?,
+            level: row.try_get("level")?,
+            kind: row.try_get("kind")?,
+            event_time: row.try_get("event_time")?,
+            event_id: row.try_get("event_id")?,
+            archive_offset: u64::try_from(offset).unwrap_or(0),
+            body: row.try_get("body")?,
+        })
+    }
 }
 
 fn to_i64(value: u64) -> i64 {
