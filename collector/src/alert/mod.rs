@@ -135,3 +135,6 @@ impl AlertService {
         self.outbox.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -217,13 +217,19 @@ async fn enqueue(
     Ok(())
 }
 
-/// Pending count updates of an alert are pointless once it is resolved.
-async fn skip_pending_updates(conn: &mut SqliteConnection, alert_id: &str) -> Result<()> {
+/// Pending count updates of an alert are pointless once it is resolved, and unwanted
+/// once it is suppressed; `why` says which.
+async fn skip_pending_updates(
+    conn: &mut SqliteConnection,
+    alert_id: &str,
+    why: &str,
+) -> Result<()> {
     sqlx::query(
-        "UPDATE alert_outbox SET status = 'skipped', last_error = 'superseded by the resolve' \
+        "UPDATE alert_outbox SET status = 'skipped', last_error = $2 \
          WHERE alert_id = $1 AND kind = 'update' AND status = 'pending'",
     )
     .bind(alert_id)
+    .bind(why)
     .execute(conn)
     .await?;
     Ok(())
@@ -517,9 +523,12 @@ impl AlertStore {
                 .await?;
         }
         add_history(&mut tx, id, &at, actor, history, detail.as_deref()).await?;
+        if matches!(action, Action::Suppress) {
+            skip_pending_updates(&mut tx, id, "the alert was suppressed").await?;
+        }
         if let Some(kind) = notify {
             if kind == NotificationKind::Resolve {
-                skip_pending_updates(&mut tx, id).await?;
+                skip_pending_updates(&mut tx, id, "superseded by the resolve").await?;
             }
             // A suppressed alert's receivers heard of it being paged, so they hear of
             // its end too; nothing else is sent for it.
@@ -639,12 +648,13 @@ impl AlertStore {
             .map(|at| at.with_timezone(&Utc)))
     }
 
-    /// Whether `destination` was sent the trigger of `alert_id` (an acknowledge, update
-    /// or resolve is pointless to a receiver that never got the page).
+    /// Whether `destination` heard of `alert_id` — its page was sent, or listed in a
+    /// rate-limit summary (an acknowledge, update or resolve is pointless to a receiver
+    /// that never did: its page failed or was never due).
     pub async fn was_triggered(&self, alert_id: &str, destination: &str) -> Result<bool> {
         let row = sqlx::query(
             "SELECT 1 AS x FROM alert_outbox WHERE alert_id = $1 AND destination = $2 \
-             AND kind = 'trigger' AND status = 'sent'",
+             AND kind = 'trigger' AND status IN ('sent', 'summarized')",
         )
         .bind(alert_id)
         .bind(destination)

@@ -158,7 +158,7 @@ fn sequential_read(path: &Path) -> anyhow::Result<Figures> {
 }
 
 /// A child that is killed when dropped.
-struct Guard(Child);
+pub(super) struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -167,7 +167,7 @@ impl Drop for Guard {
     }
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub(super) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name(name);
     anyhow::ensure!(
@@ -196,14 +196,14 @@ fn read_line_with(
 
 /// A collector in `work/<name>-collector` and an agent enrolled with it in
 /// `work/<name>-agent`, configured with `agent_toml` (after its `state_dir` line).
-struct BenchStack {
+pub(super) struct BenchStack {
     _collector: Guard,
     collector_pid: u32,
     agent_config: PathBuf,
     state_dir: PathBuf,
 }
 
-fn start_stack(
+pub(super) fn start_stack(
     work: &Path,
     name: &str,
     collector_toml: &str,
@@ -273,7 +273,7 @@ fn start_stack(
 }
 
 /// Starts `yagura-agent run` for a stack; returns the guard and the pid.
-fn run_agent(stack: &BenchStack) -> anyhow::Result<(Guard, u32)> {
+pub(super) fn run_agent(stack: &BenchStack) -> anyhow::Result<(Guard, u32)> {
     let agent = Command::new(sibling("yagura-agent")?)
         .args(["run", "--config"])
         .arg(&stack.agent_config)

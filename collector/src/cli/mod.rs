@@ -3,6 +3,7 @@
 mod alerts;
 mod bench;
 mod bench_agent;
+mod bench_alert;
 mod bench_detect;
 mod bench_search;
 mod export;
@@ -106,6 +107,8 @@ enum BenchCommand {
     Search(bench_search::BenchSearchArgs),
     /// Detection latency: archive append → match on the live stream.
     Detect(bench_detect::BenchDetectArgs),
+    /// Alerting latency: line appended to a watched file → page at a webhook receiver.
+    Alert(bench_alert::BenchAlertArgs),
 }
 
 /// Where the collector's data is: a config file or a data directory.
@@ -324,6 +327,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Detect(args),
         } => bench_detect::run(args).await,
+        Command::Bench {
+            command: BenchCommand::Alert(args),
+        } => bench_alert::run(args).await,
         Command::Bench {
             command: BenchCommand::Agent(args),
         } => tokio::task::spawn_blocking(move || bench_agent::run(args)).await?,

@@ -353,6 +353,7 @@ impl LiveDetector {
         let snapshot = self.detector.snapshot();
         let pending = std::mem::take(&mut self.pending);
         let store = self.store.clone();
+        let committed = Arc::clone(&self.committed);
         self.state_written = Some(Instant::now());
         self.state_write = Some(runtime.spawn(async move {
             let json = tokio::task::spawn_blocking(move || serde_json::to_string(&snapshot))
@@ -362,6 +363,11 @@ impl LiveDetector {
             let recorded = store
                 .commit_detections(&pending, Some((offset, json.as_str())))
                 .await?;
+            // Told here, not when the detector next reaps the task: alerting must not
+            // wait for the detector's next round.
+            if recorded > 0 {
+                committed.send_modify(|n| *n = n.wrapping_add(1));
+            }
             Ok((offset, recorded))
         }));
     }
@@ -383,7 +389,7 @@ impl LiveDetector {
         let (offset, recorded) = runtime
             .block_on(task)
             .map_err(|e| LiveError::State(format!("state write: {e}")))??;
-        self.recorded(recorded);
+        self.stats.recorded.fetch_add(recorded, Ordering::Relaxed);
         self.stats.committed_offset.store(offset, Ordering::Relaxed);
         Ok(Some(offset))
     }
