@@ -210,6 +210,33 @@ async fn five_hundred_matches_page_once_update_the_count_and_resolve_when_quiet(
     let running = start(tmp.path(), &alert_config(&receiver.url(), "6s", "2s"))?;
     let collector = &running.collector;
 
+    // The console's live stream, open before anything happens.
+    let streamed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stream = collector
+        .client()?
+        .get(format!("{}/api/v1/alerts/stream", collector.url))
+        .bearer_auth(&collector.api_token)
+        .send()
+        .await?;
+    assert_eq!(stream.status(), 200);
+    assert!(
+        stream
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"))
+    );
+    let reader = {
+        let streamed = std::sync::Arc::clone(&streamed);
+        tokio::spawn(async move {
+            while let Ok(Some(chunk)) = stream.chunk().await {
+                if let Ok(mut text) = streamed.lock() {
+                    text.push_str(&String::from_utf8_lossy(&chunk));
+                }
+            }
+        })
+    };
+
     // 500 failed logins from one address over ten seconds.
     for second in 0..10 {
         append_lines(&running.log, second * 50..(second + 1) * 50, |i| {
@@ -239,6 +266,19 @@ async fn five_hundred_matches_page_once_update_the_count_and_resolve_when_quiet(
         alert["rule"]["runbook"],
         "runbooks/5e0c2f1a-1d7b-4c55-9a43-000000000001.md"
     );
+
+    // The live stream told of the new alert, then of matches joining it.
+    let text = streamed.lock().map(|t| t.clone()).unwrap_or_default();
+    assert!(text.contains("event: alert"), "{text}");
+    let changes: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    assert_eq!(changes[0]["change"], "created", "{changes:#?}");
+    assert_eq!(changes[0]["alert"]["id"], id.as_str());
+    assert!(changes.iter().any(|c| c["change"] == "updated"));
+    reader.abort();
 
     // PagerDuty: exactly one trigger, in the Events API v2 format.
     let triggers = pager_events(&receiver, "trigger");
@@ -348,6 +388,8 @@ async fn five_hundred_matches_page_once_update_the_count_and_resolve_when_quiet(
     );
     let listed = cli(collector, &["list", "--status", "acknowledged"])?;
     assert!(listed.contains(&id), "{listed}");
+    cli(collector, &["assign", &id, "alice"])?;
+    cli(collector, &["note", &id, "blocked 203.0.113.9 at the edge"])?;
 
     // Quiet for the policy's 6 s: resolved, and PagerDuty gets resolve with the key.
     let resolved = wait_until(
@@ -369,8 +411,17 @@ async fn five_hundred_matches_page_once_update_the_count_and_resolve_when_quiet(
         .iter()
         .filter_map(|h| h["action"].as_str())
         .collect();
-    assert_eq!(actions, vec!["created", "acknowledged", "resolved"]);
-    assert_eq!(detail["history"][2]["actor"], "yagura");
+    assert_eq!(
+        actions,
+        vec!["created", "acknowledged", "assigned", "note", "resolved"]
+    );
+    assert_eq!(detail["alert"]["assignee"], "alice");
+    assert_eq!(detail["history"][1]["actor"], "first-run");
+    assert_eq!(
+        detail["history"][3]["detail"],
+        "blocked 203.0.113.9 at the edge"
+    );
+    assert_eq!(detail["history"][4]["actor"], "yagura");
     let samples = detail["samples"].as_array().expect("samples");
     assert!(!samples.is_empty());
     let provenance = samples[0]["provenance"].as_str().expect("provenance link");
@@ -431,6 +482,32 @@ async fn a_receiver_down_for_a_minute_gets_every_notification_once() -> anyhow::
     })
     .await?;
     assert_eq!(counts["failed"].as_u64().unwrap_or(0), 0, "{counts}");
+    let metrics = collector
+        .client()?
+        .get(format!("{}/metrics", collector.url))
+        .bearer_auth(&collector.api_token)
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("yagura_alerts{status=\"open\"} 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("yagura_alert_notifications{status=\"failed\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("yagura_alert_notifications{status=\"pending\"} 0"),
+        "{metrics}"
+    );
+    let retries: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("yagura_alert_notification_retries_total "))
+        .and_then(|n| n.parse().ok())
+        .expect("retries counter");
+    assert!(retries > 0, "the outage was retried: {metrics}");
 
     let received = receiver.received();
     // Each phase was met: 500s and 429s answered, then deliveries.

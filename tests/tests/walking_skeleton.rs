@@ -225,12 +225,28 @@ async fn bad_batches_are_refused_and_never_indexed() -> anyhow::Result<()> {
         json!(3)
     );
 
-    // The API refuses requests without the token.
-    let anonymous = collector
+    // The API refuses requests without the token, with a problem document.
+    for path in [
+        "/api/v1/search?q=*",
+        "/api/v1/alerts",
+        "/api/v1/alerts/stream",
+        "/api/v1/alerts/outbox",
+        "/metrics",
+    ] {
+        let anonymous = collector
+            .client()?
+            .get(format!("{}{path}", collector.url))
+            .send()
+            .await?;
+        assert_eq!(anonymous.status().as_u16(), 401, "{path}");
+        let problem: serde_json::Value = anonymous.json().await?;
+        assert_eq!(problem["status"], 401, "{path}");
+    }
+    let anonymous_ack = collector
         .client()?
-        .get(format!("{}/api/v1/search?q=*", collector.url))
+        .post(format!("{}/api/v1/alerts/0123abcd/ack", collector.url))
         .send()
         .await?;
-    assert_eq!(anonymous.status().as_u16(), 401);
+    assert_eq!(anonymous_ack.status().as_u16(), 401);
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 mod alerts;
 mod error;
+mod metrics;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events/{id}/provenance", get(event_provenance))
         .route("/api/v1/detections", get(list_detections))
         .merge(alerts::routes())
+        .route("/metrics", get(metrics::metrics))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
