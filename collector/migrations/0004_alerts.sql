@@ -33,7 +33,7 @@ CREATE TABLE alerts (
     updated_at TEXT NOT NULL,
     resolved_at TEXT
 );
-CREATE INDEX alerts_by_group ON alerts (group_key, status);
+CREATE INDEX alerts_by_group ON alerts (group_key, status, created_at);
 CREATE INDEX alerts_by_resolve_at ON alerts (resolve_at);
 CREATE INDEX alerts_by_updated ON alerts (updated_at);
 
@@ -75,10 +75,14 @@ CREATE TABLE alert_outbox (
     -- A summary's text (the notifications it stands for); other kinds are rendered from
     -- the alert when sent, so a late message carries the latest count.
     detail TEXT,
+    -- For a notification held by the rate limit: the summary that carries it (what comes
+    -- after it for the same alert waits for that summary).
+    summary_id BIGINT,
     created_at TEXT NOT NULL,
     sent_at TEXT
 );
-CREATE INDEX alert_outbox_due ON alert_outbox (status, next_attempt_at);
+CREATE INDEX alert_outbox_due ON alert_outbox (destination, status, id);
+CREATE INDEX alert_outbox_by_status ON alert_outbox (status, id);
 CREATE INDEX alert_outbox_by_alert ON alert_outbox (alert_id, destination, status);
 
 -- How far the alert manager has read the detections table (by rowid), written in the

@@ -271,6 +271,7 @@ pub async fn run_with(
             alert_policies,
             config.detect.rules.clone(),
             wants_updates,
+            config.alert.destinations.keys().cloned().collect(),
         );
         alert_tasks.push(tokio::spawn(manager.run(committed, alert_cancel.clone())));
         let console_url = config

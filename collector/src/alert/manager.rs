@@ -35,6 +35,21 @@ pub struct AlertManager {
     rule_dirs: Vec<PathBuf>,
     /// Destinations that take count updates.
     wants_updates: HashSet<String>,
+    /// Every configured destination: pending notifications for any other are failed.
+    configured: Vec<String>,
+}
+
+/// Longest group value kept (event fields are attacker-controlled; receivers limit
+/// message sizes).
+const MAX_GROUP_VALUE: usize = 256;
+
+/// `value`, cut to [`MAX_GROUP_VALUE`] characters.
+fn cap(value: String) -> String {
+    if value.chars().count() <= MAX_GROUP_VALUE {
+        value
+    } else {
+        value.chars().take(MAX_GROUP_VALUE).collect()
+    }
 }
 
 /// A field's value as text (arrays joined with `,`), for grouping and display.
@@ -59,12 +74,14 @@ impl AlertManager {
         policies: AlertPolicies,
         rule_dirs: Vec<PathBuf>,
         wants_updates: HashSet<String>,
+        configured: Vec<String>,
     ) -> Self {
         AlertManager {
             service,
             policies,
             rule_dirs,
             wants_updates,
+            configured,
         }
     }
 
@@ -128,37 +145,34 @@ impl AlertManager {
                 .map(|(_, v)| v.clone())
                 .or_else(|| event.as_ref().and_then(|e| e.get(field)).and_then(text_of));
             if let Some(value) = value {
-                group.push((field.clone(), value));
+                group.push((field.clone(), cap(value)));
             }
         }
         for (field, value) in &correlation_group {
             if !group.iter().any(|(f, _)| f == field) {
-                group.push((field.clone(), value.clone()));
+                group.push((field.clone(), cap(value.clone())));
             }
         }
         let rule_key = detection
             .rule_id
             .clone()
             .unwrap_or_else(|| detection.rule_title.clone());
-        let mut hash = sha2::Sha256::new();
-        hash.update(rule_key.as_bytes());
-        hash.update([0]);
-        hash.update(policy.name.as_bytes());
-        for field in &policy.by {
-            hash.update([0]);
-            hash.update(field.as_bytes());
-            hash.update([0x1f]);
-            if let Some((_, value)) = group.iter().find(|(f, _)| f == field) {
-                hash.update(value.as_bytes());
-            }
-        }
-        for (field, value) in &correlation_group {
-            hash.update([0x1e]);
-            hash.update(field.as_bytes());
-            hash.update([0x1f]);
-            hash.update(value.as_bytes());
-        }
-        let group_key = hex::encode(&hash.finalize()[..16]);
+        // Canonical JSON: a missing field (null) differs from an empty one, and no value
+        // can forge a field boundary.
+        let by_values: Vec<(&String, Option<&String>)> = policy
+            .by
+            .iter()
+            .map(|field| {
+                let value = correlation_group
+                    .iter()
+                    .chain(group.iter())
+                    .find(|(f, _)| f == field)
+                    .map(|(_, v)| v);
+                (field, value)
+            })
+            .collect();
+        let identity = serde_json::json!([rule_key, policy.name, by_values, correlation_group]);
+        let group_key = hex::encode(&sha2::Sha256::digest(identity.to_string().as_bytes())[..16]);
         let host = event
             .as_ref()
             .and_then(|e| e.host_name().map(str::to_string))
@@ -240,8 +254,20 @@ impl AlertManager {
         Ok(taken)
     }
 
-    /// Resolves the alerts whose quiet period has passed.
+    /// Resolves the alerts whose quiet period has passed, and fails the notifications of
+    /// destinations no longer configured.
     pub async fn resolve_quiet(&self) -> Result<usize, crate::store::StoreError> {
+        let orphaned = self
+            .service
+            .store()
+            .fail_unconfigured(&self.configured)
+            .await?;
+        if orphaned > 0 {
+            tracing::error!(
+                notifications = orphaned,
+                "notifications for destinations no longer configured marked failed"
+            );
+        }
         let due = self.service.store().due_for_resolve(Utc::now()).await?;
         let mut resolved = 0;
         for id in due {

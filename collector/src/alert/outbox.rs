@@ -131,10 +131,14 @@ impl Worker {
                 .await?;
             return Ok(Attempt::Done);
         }
+        // Pages and count updates are held over the limit; an acknowledge or resolve
+        // never is (held, it would leave the receiver's incident open). PagerDuty gets
+        // every page as it is: its incidents are keyed by the alert, and a summary would
+        // be an incident nothing ever resolves.
         let limited = matches!(
             notification.kind,
-            NotificationKind::Trigger | NotificationKind::Update | NotificationKind::Acknowledge
-        );
+            NotificationKind::Trigger | NotificationKind::Update
+        ) && !matches!(self.destination.sink, Sink::PagerDuty(_));
         let clock = tokio::time::Instant::now();
         while self
             .sent
@@ -176,6 +180,10 @@ impl Worker {
             summary: summary.as_ref(),
             console_url: &self.console_url,
         };
+        // A resolve or suppress may have cancelled it since it was read.
+        if store.notification_status(notification.id).await?.as_deref() != Some("pending") {
+            return Ok(Attempt::Done);
+        }
         let started = std::time::Instant::now();
         let outcome = self.destination.sink.send(&message).await;
         match outcome {

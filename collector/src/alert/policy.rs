@@ -60,6 +60,9 @@ impl std::fmt::Debug for SecretValue {
     }
 }
 
+/// The longest duration a policy or the retry budget may name.
+const MAX_SPAN: Duration = Duration::from_secs(365 * 86_400);
+
 /// A duration as `90`, `"90s"`, `"15m"`, `"2h"` or `"1d"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span(pub Duration);
@@ -327,6 +330,18 @@ impl AlertPolicies {
             if policy.name.trim().is_empty() {
                 return Err(format!("alert.policy[{i}]: name is empty"));
             }
+            for (key, span) in [
+                ("for", policy.suppress_for),
+                ("resolve_after", policy.resolve_after),
+                ("update_interval", policy.update_interval),
+            ] {
+                if span.0 > MAX_SPAN {
+                    return Err(format!(
+                        "alert.policy[{i}] ({}): {key} is longer than 365 days",
+                        policy.name
+                    ));
+                }
+            }
             if policy.suppress_for.0.is_zero() {
                 return Err(format!(
                     "alert.policy[{i}] ({}): `for` must be above 0",
@@ -360,6 +375,9 @@ impl AlertPolicies {
         }
         for (name, destination) in &config.destinations {
             check_destination(name, destination)?;
+        }
+        if config.retry.give_up_after.0 > MAX_SPAN {
+            return Err("alert.retry.give_up_after is longer than 365 days".into());
         }
         if config.retry.initial_delay_ms == 0
             || config.retry.max_delay_ms < config.retry.initial_delay_ms
@@ -621,6 +639,9 @@ mod tests {
         assert!(
             toml::from_str::<AlertConfig>("[[policy]]\nname = \"x\"\nfor = \"soon\"\n").is_err()
         );
+        let forever = parse("[[alert.policy]]\nname = \"x\"\nfor = \"100000000d\"\n");
+        let error = AlertPolicies::new(&forever).expect_err("a span past a year");
+        assert!(error.contains("for is longer than 365 days"), "{error}");
         assert!(
             toml::from_str::<AlertConfig>("[[policy]]\nname = \"x\"\nfour = \"1h\"\n").is_err()
         );

@@ -103,6 +103,19 @@ impl std::fmt::Debug for AlertStore {
     }
 }
 
+/// The condition (on outbox row `o`) that nothing sent before it for the same alert and
+/// destination is still unsent: no earlier pending row other than a count update, and no
+/// pending rate-limit summary carrying one of them. So a resolve never overtakes its page.
+macro_rules! not_blocked {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM alert_outbox p WHERE p.destination = o.destination \
+         AND p.alert_id = o.alert_id AND p.status = 'pending' AND p.kind != 'update' \
+         AND p.id < o.id) AND NOT EXISTS (SELECT 1 FROM alert_outbox h JOIN alert_outbox s \
+         ON s.id = h.summary_id WHERE h.destination = o.destination AND h.alert_id = o.alert_id \
+         AND h.status = 'summarized' AND s.status = 'pending')"
+    };
+}
+
 /// The columns of [`Alert`], as a literal (sqlx takes static SQL only).
 macro_rules! alert_columns {
     () => {
@@ -242,6 +255,13 @@ impl AlertStore {
         }
     }
 
+    /// A transaction that reads, then writes: `BEGIN IMMEDIATE` takes the write lock
+    /// first (waiting for it under the busy timeout), where a deferred one would fail at
+    /// once with "database is locked" if another writer committed after its first read.
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// The rowid of the last detection taken into alerts; on the very first start the
     /// newest one (alerts look forward, as rules do).
     pub async fn cursor(&self) -> Result<i64> {
@@ -295,7 +315,7 @@ impl AlertStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<MatchOutcome>> {
         let at = stamp(now);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let mut outcomes = Vec::with_capacity(matches.len());
         for m in matches {
             let d = &m.detection;
@@ -461,7 +481,7 @@ impl AlertStore {
         now: DateTime<Utc>,
     ) -> Result<ActionOutcome> {
         let at = stamp(now);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let Some(alert) = alert_in(&mut tx, id).await? else {
             return Ok(ActionOutcome::NotFound);
         };
@@ -524,7 +544,14 @@ impl AlertStore {
         }
         add_history(&mut tx, id, &at, actor, history, detail.as_deref()).await?;
         if matches!(action, Action::Suppress) {
-            skip_pending_updates(&mut tx, id, "the alert was suppressed").await?;
+            sqlx::query(
+                "UPDATE alert_outbox SET status = 'skipped', last_error = 'the alert was \
+                 suppressed' WHERE alert_id = $1 AND status = 'pending' \
+                 AND kind IN ('trigger', 'update', 'acknowledge')",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         if let Some(kind) = notify {
             if kind == NotificationKind::Resolve {
@@ -618,13 +645,12 @@ impl AlertStore {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Notification>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT * FROM alert_outbox o WHERE o.destination = $1 AND o.status = 'pending' \
-             AND o.next_attempt_at <= $2 AND NOT EXISTS (SELECT 1 FROM alert_outbox p \
-             WHERE p.destination = o.destination AND p.alert_id = o.alert_id \
-             AND p.status = 'pending' AND p.kind != 'update' AND p.id < o.id) \
-             ORDER BY o.id LIMIT $3",
-        )
+             AND o.next_attempt_at <= $2 AND ",
+            not_blocked!(),
+            " ORDER BY o.id LIMIT $3"
+        ))
         .bind(destination)
         .bind(stamp(now))
         .bind(i64::from(limit))
@@ -633,12 +659,14 @@ impl AlertStore {
         rows.iter().map(notification_from_row).collect()
     }
 
-    /// When the next notification of `destination` falls due, if any is pending.
+    /// When the next notification of `destination` falls due, if any is pending (and not
+    /// waiting behind another).
     pub async fn next_due(&self, destination: &str) -> Result<Option<DateTime<Utc>>> {
-        let row = sqlx::query(
-            "SELECT MIN(next_attempt_at) AS at FROM alert_outbox WHERE destination = $1 \
-             AND status = 'pending'",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT MIN(o.next_attempt_at) AS at FROM alert_outbox o WHERE o.destination = $1 \
+             AND o.status = 'pending' AND ",
+            not_blocked!()
+        ))
         .bind(destination)
         .fetch_one(&self.pool)
         .await?;
@@ -666,7 +694,7 @@ impl AlertStore {
     pub async fn mark_sent(&self, id: i64, attempts: u64, now: DateTime<Utc>) -> Result<()> {
         sqlx::query(
             "UPDATE alert_outbox SET status = 'sent', attempts = $2, sent_at = $3, \
-             last_error = NULL WHERE id = $1",
+             last_error = NULL WHERE id = $1 AND status = 'pending'",
         )
         .bind(id)
         .bind(to_i64(attempts))
@@ -685,7 +713,7 @@ impl AlertStore {
     ) -> Result<()> {
         sqlx::query(
             "UPDATE alert_outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 \
-             WHERE id = $1",
+             WHERE id = $1 AND status = 'pending'",
         )
         .bind(id)
         .bind(to_i64(attempts))
@@ -706,7 +734,8 @@ impl AlertStore {
         error: &str,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE alert_outbox SET status = $2, attempts = $3, last_error = $4 WHERE id = $1",
+            "UPDATE alert_outbox SET status = $2, attempts = $3, last_error = $4 \
+             WHERE id = $1 AND status = 'pending'",
         )
         .bind(id)
         .bind(status)
@@ -729,10 +758,10 @@ impl AlertStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let at = stamp(now);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let pending = sqlx::query(
             "SELECT id, detail FROM alert_outbox WHERE destination = $1 AND kind = 'summary' \
-             AND status = 'pending' ORDER BY id LIMIT 1",
+             AND status = 'pending' AND attempts = 0 AND alert_id IS NULL ORDER BY id LIMIT 1",
         )
         .bind(destination)
         .fetch_optional(&mut *tx)
@@ -771,24 +800,63 @@ impl AlertStore {
                 row.try_get("id")?
             }
         };
-        sqlx::query("UPDATE alert_outbox SET status = 'summarized', last_error = $2 WHERE id = $1")
-            .bind(id)
-            .bind(format!("rate limit: in summary {summary_id}"))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE alert_outbox SET status = 'summarized', last_error = $2, summary_id = $3 \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(format!("rate limit: in summary {summary_id}"))
+        .bind(summary_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
+    /// Ends the pending notifications of destinations no longer configured as `failed`
+    /// (nothing would ever send them); returns how many.
+    pub async fn fail_unconfigured(&self, configured: &[String]) -> Result<u64> {
+        let names = serde_json::to_string(configured).map_err(|e| invalid("destinations", e))?;
+        let done = sqlx::query(
+            "UPDATE alert_outbox SET status = 'failed', last_error = 'destination no longer \
+             configured' WHERE status = 'pending' AND destination NOT IN \
+             (SELECT value FROM json_each($1))",
+        )
+        .bind(names)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The status of a notification (to check it is still to be sent just before sending).
+    pub async fn notification_status(&self, id: i64) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT status FROM alert_outbox WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("status")).transpose()?)
+    }
+
     /// The outbox, newest first, optionally of one status.
     pub async fn outbox(&self, status: Option<&str>, limit: u32) -> Result<Vec<Notification>> {
-        let rows = sqlx::query(
-            "SELECT * FROM alert_outbox WHERE ($1 IS NULL OR status = $1) ORDER BY id DESC LIMIT $2",
-        )
-        .bind(status)
-        .bind(i64::from(limit.max(1)))
-        .fetch_all(&self.pool)
-        .await?;
+        let limit = i64::from(limit.max(1));
+        let rows = match status {
+            Some(status) => {
+                sqlx::query(
+                    "SELECT * FROM alert_outbox WHERE status = $1 ORDER BY id DESC LIMIT $2",
+                )
+                .bind(status)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM alert_outbox ORDER BY id DESC LIMIT $1")
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
         rows.iter().map(notification_from_row).collect()
     }
 

@@ -163,8 +163,13 @@ impl Fixture {
         let policies = AlertPolicies::new(&config).expect("valid alert config");
         let wants_updates: HashSet<String> =
             wants_updates.iter().map(|d| (*d).to_string()).collect();
-        let manager =
-            AlertManager::new(service.clone(), policies, Vec::new(), wants_updates.clone());
+        let manager = AlertManager::new(
+            service.clone(),
+            policies,
+            Vec::new(),
+            wants_updates.clone(),
+            config.destinations.keys().cloned().collect(),
+        );
         // The manager's position starts at the (empty) table's end, so every detection
         // recorded by the test is after it.
         assert_eq!(
@@ -834,10 +839,13 @@ async fn a_suppressed_alert_counts_matches_but_sends_no_updates() {
         matches!(&outcome, ActionOutcome::Done(a) if a.status == AlertStatus::Suppressed),
         "{outcome:?}"
     );
-    assert_eq!(
-        f.notifications(&id).await,
-        before,
-        "suppressing sends nothing"
+    // Suppressing sends nothing, and cancels what was still waiting to go out.
+    let after = f.notifications(&id).await;
+    assert_eq!(after.len(), before.len(), "suppressing sends nothing");
+    assert!(
+        after.iter().all(|n| n.status == "skipped"
+            && n.last_error.as_deref() == Some("the alert was suppressed")),
+        "{after:?}"
     );
     let history = f.alerts().history(&id).await.expect("history");
     let last = history.last().expect("a history entry");
@@ -876,7 +884,7 @@ async fn a_suppressed_alert_counts_matches_but_sends_no_updates() {
             .all(|n| n.kind != NotificationKind::Update),
         "no update for a suppressed alert: {notifications:?}"
     );
-    assert_eq!(notifications, before);
+    assert_eq!(notifications, after);
 }
 
 #[tokio::test]
@@ -1356,4 +1364,33 @@ async fn an_update_scheduled_before_a_suppress_is_not_sent_after_it() {
     let kinds: Vec<String> = receiver.requests().iter().map(Received::kind).collect();
     assert_eq!(kinds, vec!["alert.trigger"], "nothing after the suppress");
     assert_ne!(done.status, "sent", "{done:?}");
+}
+
+/// A destination taken out of the configuration leaves nothing pending forever: its
+/// notifications are failed, visibly.
+#[tokio::test]
+async fn notifications_for_an_unconfigured_destination_are_failed() {
+    let f = Fixture::new(TWO_DESTINATIONS, &["hook"]).await;
+    let id = f.open_alert("d1", IP_A, t0()).await;
+    let failed = f
+        .alerts()
+        .fail_unconfigured(&["chat".to_string()])
+        .await
+        .expect("fail unconfigured");
+    assert_eq!(failed, 1);
+    let notifications = f.notifications(&id).await;
+    let hook = notifications
+        .iter()
+        .find(|n| n.destination == "hook")
+        .expect("the hook's page");
+    assert_eq!(hook.status, "failed");
+    assert_eq!(
+        hook.last_error.as_deref(),
+        Some("destination no longer configured")
+    );
+    let chat = notifications
+        .iter()
+        .find(|n| n.destination == "chat")
+        .expect("the chat's page");
+    assert_eq!(chat.status, "pending");
 }

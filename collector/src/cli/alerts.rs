@@ -111,19 +111,22 @@ fn checked_id(id: &str) -> anyhow::Result<&str> {
     }
 }
 
+/// A value for the terminal: control characters (escape sequences from event fields,
+/// notes or receivers' errors) are dropped.
 fn text(value: &Value) -> String {
-    match value {
+    let raw = match value {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
-    }
+    };
+    raw.chars().filter(|c| !c.is_control()).collect()
 }
 
 /// Destination, kind, status, attempts and the last error of a notification.
 fn notification_line(n: &Value) -> String {
     let error = n["last_error"]
         .as_str()
-        .map(|e| format!(" ({e})"))
+        .map(|_| format!(" ({})", text(&n["last_error"])))
         .unwrap_or_default();
     format!(
         "{:<10} {:<12} {:<10} attempts {}{error}",
@@ -209,7 +212,7 @@ pub async fn run(command: AlertsCommand) -> anyhow::Result<()> {
             for h in body["history"].as_array().into_iter().flatten() {
                 let detail = h["detail"]
                     .as_str()
-                    .map(|d| format!(" — {d}"))
+                    .map(|_| format!(" — {}", text(&h["detail"])))
                     .unwrap_or_default();
                 println!(
                     "  {}  {:<12} by {}{detail}",

@@ -102,6 +102,10 @@ fn fingerprint(dirs: &[std::path::PathBuf]) -> String {
     hex::encode(hash.finalize())
 }
 
+/// What a background state write comes to: its offset and how many matches were new, or
+/// the error with the matches it carried (put back, to be recorded at the next commit).
+type StateWrite = Result<(u64, u64), (LiveError, Vec<StoredDetection>)>;
+
 /// The rules on the archive stream, with their state in the database.
 pub struct LiveDetector {
     detector: Detector,
@@ -116,7 +120,7 @@ pub struct LiveDetector {
     committed: Arc<tokio::sync::watch::Sender<u64>>,
     state_written: Option<Instant>,
     /// A state write running in the background: its offset and new matches when done.
-    state_write: Option<tokio::task::JoinHandle<Result<(u64, u64), LiveError>>>,
+    state_write: Option<tokio::task::JoinHandle<StateWrite>>,
 }
 
 impl LiveDetector {
@@ -294,7 +298,10 @@ impl LiveDetector {
             match self.reap_state_write(&runtime, false) {
                 Ok(Some(offset)) => archive.commit_consumer_offset(DETECTOR_CONSUMER, offset),
                 Ok(None) => {}
-                Err(error) => tracing::error!(%error, "detector state not recorded; retrying"),
+                Err(error) => {
+                    tracing::error!(%error, "detector state not recorded; retrying");
+                    uncommitted = true;
+                }
             }
             if uncommitted && (stopping || last_commit.elapsed() >= self.commit_interval) {
                 let state_due = self
@@ -356,19 +363,29 @@ impl LiveDetector {
         let committed = Arc::clone(&self.committed);
         self.state_written = Some(Instant::now());
         self.state_write = Some(runtime.spawn(async move {
-            let json = tokio::task::spawn_blocking(move || serde_json::to_string(&snapshot))
-                .await
-                .map_err(|e| LiveError::State(format!("state serialisation: {e}")))?
-                .map_err(|e| LiveError::State(format!("correlation state: {e}")))?;
-            let recorded = store
-                .commit_detections(&pending, Some((offset, json.as_str())))
-                .await?;
-            // Told here, not when the detector next reaps the task: alerting must not
-            // wait for the detector's next round.
-            if recorded > 0 {
-                committed.send_modify(|n| *n = n.wrapping_add(1));
+            let written = async {
+                let json = tokio::task::spawn_blocking(move || serde_json::to_string(&snapshot))
+                    .await
+                    .map_err(|e| LiveError::State(format!("state serialisation: {e}")))?
+                    .map_err(|e| LiveError::State(format!("correlation state: {e}")))?;
+                Ok::<u64, LiveError>(
+                    store
+                        .commit_detections(&pending, Some((offset, json.as_str())))
+                        .await?,
+                )
             }
-            Ok((offset, recorded))
+            .await;
+            match written {
+                Ok(recorded) => {
+                    // Told here, not when the detector next reaps the task: alerting must
+                    // not wait for the detector's next round.
+                    if recorded > 0 {
+                        committed.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                    Ok((offset, recorded))
+                }
+                Err(error) => Err((error, pending)),
+            }
         }));
     }
 
@@ -386,9 +403,16 @@ impl LiveDetector {
             self.state_write = Some(task);
             return Ok(None);
         }
-        let (offset, recorded) = runtime
-            .block_on(task)
-            .map_err(|e| LiveError::State(format!("state write: {e}")))??;
+        let (offset, recorded) = match runtime.block_on(task) {
+            Ok(Ok(done)) => done,
+            Ok(Err((error, carried))) => {
+                // Its matches go with the next commit, ahead of the newer ones.
+                let newer = std::mem::replace(&mut self.pending, carried);
+                self.pending.extend(newer);
+                return Err(error);
+            }
+            Err(error) => return Err(LiveError::State(format!("state write: {error}"))),
+        };
         self.stats.recorded.fetch_add(recorded, Ordering::Relaxed);
         self.stats.committed_offset.store(offset, Ordering::Relaxed);
         Ok(Some(offset))

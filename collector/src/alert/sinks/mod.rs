@@ -130,6 +130,9 @@ impl Sink {
                 .timeout(Duration::from_millis(config.timeout_ms))
                 .connect_timeout(Duration::from_millis(config.timeout_ms.min(5_000)))
                 .user_agent(concat!("yagura/", env!("CARGO_PKG_VERSION")))
+                // A redirect would turn the POST into a GET (or https into http) and a
+                // 200 at its end would count as delivered.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| format!("{at}: HTTP client: {e}"))
         };
@@ -181,11 +184,12 @@ impl Sink {
 
 /// Sends a prepared request and sorts the answer.
 pub async fn send_http(request: reqwest::RequestBuilder) -> Result<(), SendError> {
-    let response = match request.send().await {
+    let mut response = match request.send().await {
         Ok(response) => response,
         Err(error) => {
             return Err(SendError::Retry {
-                reason: format!("not delivered: {}", describe(&error)),
+                // Without the URL: a Slack webhook's URL is its secret.
+                reason: format!("not delivered: {}", describe(&error.without_url())),
                 after: None,
             });
         }
@@ -195,11 +199,18 @@ pub async fn send_http(request: reqwest::RequestBuilder) -> Result<(), SendError
         return Ok(());
     }
     let after = retry_after(response.headers());
-    let body: String = response
-        .text()
-        .await
-        .unwrap_or_default()
+    // The start of the body says why; the rest is not read (a receiver's error page can
+    // be large).
+    let mut head: Vec<u8> = Vec::new();
+    while head.len() < 1024 {
+        match response.chunk().await {
+            Ok(Some(chunk)) => head.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    let body: String = String::from_utf8_lossy(&head)
         .chars()
+        .filter(|c| !c.is_control() || *c == ' ')
         .take(200)
         .collect();
     let reason = format!("HTTP {status}: {}", body.trim());
@@ -338,6 +349,24 @@ pub(crate) mod tests {
             "soon".parse().expect("header"),
         );
         assert_eq!(retry_after(&headers), None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_send_never_names_the_url() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("address").port()
+        };
+        let url = format!("http://127.0.0.1:{port}/services/T000/B000/S3CRETT0KEN");
+        let request = reqwest::Client::new().post(&url).body("{}");
+        match send_http(request).await {
+            Err(SendError::Retry { reason, .. }) => {
+                assert!(!reason.contains("S3CRETT0KEN"), "{reason}");
+                assert!(reason.starts_with("not delivered"), "{reason}");
+            }
+            other => panic!("expected a retry, got {other:?}"),
+        }
     }
 
     #[test]

@@ -87,7 +87,8 @@ pub fn body(message: &Message<'_>, routing_key: &str) -> Value {
             .collect();
         event["payload"] = json!({
             "summary": summary,
-            "source": alert.host.as_deref().unwrap_or("yagura"),
+            // PagerDuty refuses an empty source.
+            "source": alert.host.as_deref().filter(|h| !h.trim().is_empty()).unwrap_or("yagura"),
             "severity": severity(alert.rule.level.as_deref()),
             "timestamp": alert.first_seen,
             "component": alert.host,
