@@ -21,9 +21,9 @@
 //! ```
 //!
 //! The first policy that names a rule applies; a rule no policy names gets the default
-//! (grouped by `host.name`, one hour, resolved after fifteen quiet minutes). A
-//! correlation's group-by values are always part of its group. With no routes, every
-//! alert goes to every destination.
+//! (grouped by `host.name` and `yagura.subject_agent_id`, one hour, resolved after
+//! fifteen quiet minutes). A correlation's group-by values are always part of its group.
+//! With no routes, every alert goes to every destination.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -230,7 +230,9 @@ impl Default for RetryConfig {
 }
 
 fn default_by() -> Vec<String> {
-    vec!["host.name".into()]
+    // The collector raises its events about agents (silent, gaps, refusals) as itself:
+    // the agent they are about keeps them apart.
+    vec!["host.name".into(), "yagura.subject_agent_id".into()]
 }
 fn default_for() -> Span {
     Span(Duration::from_secs(3600))
@@ -571,7 +573,13 @@ mod tests {
         );
         let d = policies.policy_for(rule("Other", Level::Low, &[]));
         assert_eq!(d.name, "default");
-        assert_eq!(d.by, vec!["host.name".to_string()]);
+        assert_eq!(
+            d.by,
+            vec![
+                "host.name".to_string(),
+                "yagura.subject_agent_id".to_string()
+            ]
+        );
     }
 
     #[test]
