@@ -37,7 +37,8 @@ CREATE INDEX alerts_by_group ON alerts (group_key, status, created_at);
 CREATE INDEX alerts_by_resolve_at ON alerts (resolve_at);
 CREATE INDEX alerts_by_updated ON alerts (updated_at);
 
--- Every match taken into an alert (the first few are kept as samples; all are counted).
+-- The first matches taken into an alert (its samples, twenty; all are counted in the
+-- alert's event_count).
 CREATE TABLE alert_matches (
     detection_id TEXT PRIMARY KEY NOT NULL,
     alert_id TEXT NOT NULL,

@@ -27,6 +27,9 @@ use crate::store::StoredDetection;
 const BATCH: u32 = 500;
 /// How often quiet alerts are looked for, and the longest wait for new detections.
 const TICK: Duration = Duration::from_secs(1);
+/// Delivered (and skipped) notifications are kept this long, then deleted, once an hour.
+const OUTBOX_KEPT: chrono::Duration = chrono::Duration::days(30);
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 pub struct AlertManager {
     service: AlertService,
@@ -304,7 +307,23 @@ impl AlertManager {
         };
         tracing::info!(detection_rowid = cursor, "alert manager running");
         let mut last_sweep = tokio::time::Instant::now();
+        let mut last_prune: Option<tokio::time::Instant> = None;
         loop {
+            if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                last_prune = Some(tokio::time::Instant::now());
+                match self
+                    .service
+                    .store()
+                    .prune_outbox(Utc::now() - OUTBOX_KEPT)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(notifications = n, "old delivered notifications deleted")
+                    }
+                    Err(error) => tracing::error!(%error, "alert manager: outbox not pruned"),
+                }
+            }
             match self.take_new(&mut cursor).await {
                 // A full batch: there may be more at once.
                 Ok(n) if n >= BATCH as usize => continue,

@@ -32,6 +32,8 @@ use crate::store::{Store, StoreError};
 /// Live changes held for slow stream subscribers before the oldest are skipped (the
 /// console reloads the list when it lags).
 const CHANGES_CAPACITY: usize = 1024;
+/// Live streams open at once (each holds a connection and a subscription).
+pub const MAX_STREAMS: usize = 64;
 
 /// A change to an alert, as the live stream carries it.
 #[derive(Debug, Clone, Serialize)]
@@ -61,6 +63,7 @@ pub struct AlertService {
     changes: tokio::sync::broadcast::Sender<Arc<AlertChange>>,
     outbox: Arc<tokio::sync::watch::Sender<u64>>,
     stats: Arc<AlertStats>,
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for AlertService {
@@ -76,7 +79,14 @@ impl AlertService {
             changes: tokio::sync::broadcast::channel(CHANGES_CAPACITY).0,
             outbox: Arc::new(tokio::sync::watch::channel(0).0),
             stats: Arc::default(),
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
         }
+    }
+
+    /// A place for one more live stream, while fewer than [`MAX_STREAMS`] are open; the
+    /// stream holds it until it ends.
+    pub fn stream_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.streams).try_acquire_owned().ok()
     }
 
     pub fn store(&self) -> &AlertStore {

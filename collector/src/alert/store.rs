@@ -330,7 +330,7 @@ impl AlertStore {
             let event_time = d.event_time.clone().unwrap_or_else(|| at.clone());
             let resolve_at = m.policy.resolve_after.map(|q| stamp(now + seconds(q)));
             let open = sqlx::query(
-                "SELECT id, status, destinations, update_interval_seconds FROM alerts \
+                "SELECT id, status, destinations, update_interval_seconds, event_count FROM alerts \
                  WHERE group_key = $1 AND status != 'resolved' AND suppress_until > $2 \
                  ORDER BY created_at DESC LIMIT 1",
             )
@@ -338,12 +338,13 @@ impl AlertStore {
             .bind(&at)
             .fetch_optional(&mut *tx)
             .await?;
-            let alert_id = match open {
+            let (alert_id, count) = match open {
                 Some(row) => {
                     let id: String = row.try_get("id")?;
                     let status: String = row.try_get("status")?;
                     let destinations: String = row.try_get("destinations")?;
                     let interval: i64 = row.try_get("update_interval_seconds")?;
+                    let count: i64 = row.try_get("event_count")?;
                     sqlx::query(
                         "UPDATE alerts SET event_count = event_count + 1, \
                          last_seen = CASE WHEN last_seen < $2 THEN $2 ELSE last_seen END, \
@@ -384,7 +385,7 @@ impl AlertStore {
                         }
                     }
                     outcomes.push(MatchOutcome::Joined(id.clone()));
-                    id
+                    (id, count.saturating_add(1))
                 }
                 None => {
                     let id = alert_id(&m.group_key, &d.id);
@@ -433,9 +434,15 @@ impl AlertStore {
                         enqueue(&mut tx, &id, destination, NotificationKind::Trigger, &at).await?;
                     }
                     outcomes.push(MatchOutcome::Created(id.clone()));
-                    id
+                    (id, 1)
                 }
             };
+            // The first matches are kept as samples (with their provenance); the rest are
+            // counted. (Replays are excluded by the read position, which moves in this
+            // transaction; the check above covers the samples.)
+            if count > i64::from(SAMPLES) {
+                continue;
+            }
             sqlx::query(
                 "INSERT INTO alert_matches (detection_id, alert_id, event_id, archive_offset, \
                  event_time) VALUES ($1, $2, $3, $4, $5)",
@@ -823,6 +830,19 @@ impl AlertStore {
              (SELECT value FROM json_each($1))",
         )
         .bind(names)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes notifications that were delivered, summarized or skipped before `before`
+    /// (failed ones stay until someone deals with the alert's history); returns how many.
+    pub async fn prune_outbox(&self, before: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM alert_outbox WHERE status IN ('sent', 'summarized', 'skipped') \
+             AND created_at < $1",
+        )
+        .bind(stamp(before))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())

@@ -1394,3 +1394,51 @@ async fn notifications_for_an_unconfigured_destination_are_failed() {
         .expect("the chat's page");
     assert_eq!(chat.status, "pending");
 }
+
+/// A flood of matches is counted in full but keeps only the first matches as samples
+/// (the table does not grow with the flood).
+#[tokio::test]
+async fn a_flood_is_counted_but_only_the_first_matches_are_kept_as_samples() {
+    let f = Fixture::new(TWO_DESTINATIONS, &["hook"]).await;
+    let now = t0();
+    let flood: Vec<StoredDetection> = (0..30)
+        .map(|i| brute(&format!("d{i}"), IP_A, &stamp(now)))
+        .collect();
+    let outcomes = f.record_and_take(&flood, now).await;
+    let MatchOutcome::Created(id) = &outcomes[0] else {
+        panic!("the first match opens the alert: {outcomes:?}");
+    };
+    assert_eq!(f.alert(id).await.event_count, 30);
+    let samples = f.alerts().samples(id).await.expect("samples");
+    assert_eq!(samples.len(), super::store::SAMPLES as usize);
+    assert_eq!(samples[0].detection_id, "d0");
+}
+
+/// Delivered notifications are deleted after their time; failed and pending ones stay.
+#[tokio::test]
+async fn pruning_the_outbox_keeps_what_was_not_delivered() {
+    let f = Fixture::new(TWO_DESTINATIONS, &["hook"]).await;
+    let id = f.open_alert("d1", IP_A, t0()).await;
+    let notifications = f.notifications(&id).await;
+    let (sent, kept) = (&notifications[0], &notifications[1]);
+    f.alerts()
+        .mark_sent(sent.id, 1, t0())
+        .await
+        .expect("mark sent");
+    assert_eq!(
+        f.alerts().prune_outbox(t0()).await.expect("prune"),
+        0,
+        "nothing older than the cut-off"
+    );
+    assert_eq!(
+        f.alerts()
+            .prune_outbox(t0() + minutes(1))
+            .await
+            .expect("prune"),
+        1
+    );
+    let left = f.notifications(&id).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, kept.id);
+    assert_eq!(left[0].status, "pending");
+}

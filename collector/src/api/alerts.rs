@@ -279,8 +279,13 @@ async fn outbox(
 /// `GET /api/v1/alerts/stream`: every alert change as an SSE event (`event: alert`, data
 /// `{"change": …, "alert": …}`); a client that falls behind gets `event: lagged` and
 /// should reload the list.
-async fn stream(State(state): State<AppState>) -> impl IntoResponse {
-    let changes = BroadcastStream::new(state.alerts.subscribe()).map(|item| {
+async fn stream(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let Some(permit) = state.alerts.stream_permit() else {
+        return Err(ApiError::unavailable(5));
+    };
+    let changes = BroadcastStream::new(state.alerts.subscribe()).map(move |item| {
+        // Held for as long as the stream lives.
+        let _open = &permit;
         Ok::<_, Infallible>(match item {
             Ok(change) => Event::default()
                 .event("alert")
@@ -291,5 +296,7 @@ async fn stream(State(state): State<AppState>) -> impl IntoResponse {
             }
         })
     });
-    Sse::new(changes).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(changes)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
