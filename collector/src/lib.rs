@@ -22,5 +22,6 @@ pub mod index;
 pub mod ingest;
 pub mod search;
 pub mod server;
+pub mod shop;
 pub mod store;
 pub mod tls;

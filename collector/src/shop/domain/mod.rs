@@ -1,0 +1,7 @@
+//! The shop's entities and rules. Every value that comes from a request is parsed into
+//! one of these types at the edge, so a `Sku`, a `Quantity` or an `Email` in the rest of
+//! the code is valid by construction.
+
+pub mod cart;
+pub mod password;
+pub mod user;
