@@ -102,8 +102,8 @@ impl TotpSecret {
     }
 }
 
-/// Fresh recovery codes (`XXXX-XXXX-XXXX-XXXX`, 80 random bits each), shown once, and
-/// their hashes, stored.
+/// Fresh recovery codes (four groups of four base32 characters, e.g. `K7QF-2MZA-P4TD-W6HX`;
+/// 80 random bits each), shown once, and their hashes, stored.
 pub fn recovery_codes() -> Result<(Vec<String>, Vec<String>), TotpError> {
     let mut codes = Vec::with_capacity(RECOVERY_CODES);
     for _ in 0..RECOVERY_CODES {
