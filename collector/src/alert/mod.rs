@@ -115,15 +115,7 @@ impl AlertService {
             .act(id, action, actor, chrono::Utc::now())
             .await?;
         if let ActionOutcome::Done(alert) = &outcome {
-            let change = match action {
-                Action::Acknowledge => "acknowledged",
-                Action::Resolve { .. } => "resolved",
-                Action::Suppress => "suppressed",
-                Action::Reopen => "reopened",
-                Action::Assign(_) => "assigned",
-                Action::Note(_) => "note",
-            };
-            self.publish(change, alert.clone());
+            self.publish(action.name(), alert.clone());
             self.wake_outbox();
         }
         Ok(outcome)

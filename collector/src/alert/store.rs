@@ -75,6 +75,20 @@ pub enum Action {
     Note(String),
 }
 
+impl Action {
+    /// What the action is called in an alert's history and on the live stream.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Acknowledge => "acknowledged",
+            Action::Resolve { .. } => "resolved",
+            Action::Suppress => "suppressed",
+            Action::Reopen => "reopened",
+            Action::Assign(_) => "assigned",
+            Action::Note(_) => "note",
+        }
+    }
+}
+
 /// What an action found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ActionOutcome {
@@ -493,34 +507,32 @@ impl AlertStore {
             return Ok(ActionOutcome::NotFound);
         };
         let status = alert.status;
-        let (new_status, notify, history, detail): (
+        let (new_status, notify, detail): (
             Option<AlertStatus>,
             Option<NotificationKind>,
-            &str,
             Option<String>,
         ) = match action {
             Action::Acknowledge if status == AlertStatus::Open => (
                 Some(AlertStatus::Acknowledged),
                 Some(NotificationKind::Acknowledge),
-                "acknowledged",
                 None,
             ),
             Action::Resolve { reason } if status.is_active() => (
                 Some(AlertStatus::Resolved),
                 Some(NotificationKind::Resolve),
-                "resolved",
                 reason.clone(),
             ),
             Action::Suppress if status.is_active() && status != AlertStatus::Suppressed => {
-                (Some(AlertStatus::Suppressed), None, "suppressed", None)
+                (Some(AlertStatus::Suppressed), None, None)
             }
             Action::Reopen if status != AlertStatus::Open && status != AlertStatus::Resolved => {
-                (Some(AlertStatus::Open), None, "reopened", None)
+                (Some(AlertStatus::Open), None, None)
             }
-            Action::Assign(who) if alert.assignee != *who => (None, None, "assigned", who.clone()),
-            Action::Note(text) => (None, None, "note", Some(text.clone())),
+            Action::Assign(who) if alert.assignee != *who => (None, None, who.clone()),
+            Action::Note(text) => (None, None, Some(text.clone())),
             _ => return Ok(ActionOutcome::Unchanged(alert)),
         };
+        let history = action.name();
         if let Some(new_status) = new_status {
             let resolved_at = (new_status == AlertStatus::Resolved).then(|| at.clone());
             sqlx::query(

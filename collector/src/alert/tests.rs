@@ -1154,10 +1154,18 @@ async fn over_the_rate_limit_triggers_are_held_in_one_summary() {
     assert_eq!(stats.held.load(Ordering::Relaxed), 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_notification_is_failed_at_once() {
+/// An alert paged to a webhook whose receiver answers `status`, before any sender runs.
+struct Hooked {
+    cancel: CancellationToken,
+    receiver: Receiver,
+    f: Fixture,
+    id: String,
+    trigger: super::Notification,
+}
+
+async fn hooked_alert(status: u16) -> Hooked {
     let cancel = CancellationToken::new();
-    let receiver = Receiver::start(400, &cancel).await;
+    let receiver = Receiver::start(status, &cancel).await;
     let f = Fixture::new(&receiver.destination(""), &["hook"]).await;
     let id = f.open_alert("d1", IP_A, Utc::now()).await;
     let trigger = of(
@@ -1165,7 +1173,26 @@ async fn a_refused_notification_is_failed_at_once() {
         NotificationKind::Trigger,
         "hook",
     )[0]
-    .id;
+    .clone();
+    Hooked {
+        cancel,
+        receiver,
+        f,
+        id,
+        trigger,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_notification_is_failed_at_once() {
+    let Hooked {
+        cancel,
+        receiver,
+        f,
+        id,
+        trigger,
+    } = hooked_alert(400).await;
+    let trigger = trigger.id;
 
     let tasks = f.start_sender(quick_retry(Duration::from_secs(60)), &cancel);
     let done = settled(f.alerts(), &id, trigger).await;
@@ -1189,16 +1216,14 @@ async fn a_refused_notification_is_failed_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_past_the_retry_budget_fails_the_notification_after_retries() {
-    let cancel = CancellationToken::new();
-    let receiver = Receiver::start(503, &cancel).await;
-    let f = Fixture::new(&receiver.destination(""), &["hook"]).await;
-    let id = f.open_alert("d1", IP_A, Utc::now()).await;
-    let trigger = of(
-        &f.notifications(&id).await,
-        NotificationKind::Trigger,
-        "hook",
-    )[0]
-    .id;
+    let Hooked {
+        cancel,
+        receiver,
+        f,
+        id,
+        trigger,
+    } = hooked_alert(503).await;
+    let trigger = trigger.id;
 
     let tasks = f.start_sender(quick_retry(Duration::from_secs(1)), &cancel);
     let done = settled(f.alerts(), &id, trigger).await;
@@ -1235,16 +1260,13 @@ async fn a_receiver_down_past_the_retry_budget_fails_the_notification_after_retr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivered_notification_is_sent_and_signed() {
-    let cancel = CancellationToken::new();
-    let receiver = Receiver::start(200, &cancel).await;
-    let f = Fixture::new(&receiver.destination(""), &["hook"]).await;
-    let id = f.open_alert("d1", IP_A, Utc::now()).await;
-    let trigger = of(
-        &f.notifications(&id).await,
-        NotificationKind::Trigger,
-        "hook",
-    )[0]
-    .clone();
+    let Hooked {
+        cancel,
+        receiver,
+        f,
+        id,
+        trigger,
+    } = hooked_alert(200).await;
 
     let tasks = f.start_sender(quick_retry(Duration::from_secs(60)), &cancel);
     let done = settled(f.alerts(), &id, trigger.id).await;

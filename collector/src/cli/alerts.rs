@@ -122,12 +122,18 @@ fn text(value: &Value) -> String {
     raw.chars().filter(|c| !c.is_control()).collect()
 }
 
+/// `value` as terminal text between `before` and `after`, or nothing when it is absent.
+fn optional(value: &Value, before: &str, after: &str) -> String {
+    if value.is_null() {
+        String::new()
+    } else {
+        format!("{before}{}{after}", text(value))
+    }
+}
+
 /// Destination, kind, status, attempts and the last error of a notification.
 fn notification_line(n: &Value) -> String {
-    let error = n["last_error"]
-        .as_str()
-        .map(|_| format!(" ({})", text(&n["last_error"])))
-        .unwrap_or_default();
+    let error = optional(&n["last_error"], " (", ")");
     format!(
         "{:<10} {:<12} {:<10} attempts {}{error}",
         text(&n["destination"]),
@@ -210,10 +216,7 @@ pub async fn run(command: AlertsCommand) -> anyhow::Result<()> {
             }
             println!("history:");
             for h in body["history"].as_array().into_iter().flatten() {
-                let detail = h["detail"]
-                    .as_str()
-                    .map(|_| format!(" — {}", text(&h["detail"])))
-                    .unwrap_or_default();
+                let detail = optional(&h["detail"], " — ", "");
                 println!(
                     "  {}  {:<12} by {}{detail}",
                     text(&h["at"]),
