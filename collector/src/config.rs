@@ -50,6 +50,112 @@ pub struct CollectorConfig {
     /// Alert policies, routes and destinations (see [`crate::alert::policy`]).
     #[serde(default)]
     pub alert: crate::alert::AlertConfig,
+    /// The reference shop service.
+    #[serde(default)]
+    pub shop: ShopConfig,
+}
+
+/// `[shop]`: the reference shop (accounts with MFA, cart, form) and its audit trail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `sqlite:…` or `postgres://…`; default: `shop.db` in the data directory.
+    pub database_url: Option<String>,
+    /// PostgreSQL only: the owner role's URL, used for migrations; the service then
+    /// connects as `database_url`'s role, granted only what it needs.
+    pub migrate_url: Option<String>,
+    /// The field-encryption keyring (`key_id:base64` lines, mode 0600); default:
+    /// `shop-field.keys` in the data directory, made at first start.
+    pub field_keys_file: Option<PathBuf>,
+    /// An environment variable holding the keyring instead of a file.
+    pub field_keys_env: Option<String>,
+    #[serde(default = "default_argon2_memory_kib")]
+    pub argon2_memory_kib: u32,
+    #[serde(default = "default_argon2_iterations")]
+    pub argon2_iterations: u32,
+    #[serde(default = "default_argon2_parallelism")]
+    pub argon2_parallelism: u32,
+    #[serde(default = "default_session_idle_seconds")]
+    pub session_idle_seconds: u64,
+    #[serde(default = "default_session_absolute_seconds")]
+    pub session_absolute_seconds: u64,
+    #[serde(default = "default_lockout_threshold")]
+    pub lockout_threshold: u32,
+    #[serde(default = "default_lockout_seconds")]
+    pub lockout_seconds: u64,
+    /// Failed sign-ins one address may make per `ip_window_seconds`.
+    #[serde(default = "default_ip_failure_limit")]
+    pub ip_failure_limit: usize,
+    #[serde(default = "default_ip_window_seconds")]
+    pub ip_window_seconds: u64,
+    /// Roles that must pass a second factor.
+    #[serde(default = "default_mfa_required_roles")]
+    pub mfa_required_roles: Vec<String>,
+    /// Addresses (CIDR) admin routes are served to.
+    #[serde(default = "default_admin_allowlist")]
+    pub admin_allowlist: Vec<ipnet::IpNet>,
+}
+
+impl Default for ShopConfig {
+    fn default() -> Self {
+        ShopConfig {
+            enabled: true,
+            database_url: None,
+            migrate_url: None,
+            field_keys_file: None,
+            field_keys_env: None,
+            argon2_memory_kib: default_argon2_memory_kib(),
+            argon2_iterations: default_argon2_iterations(),
+            argon2_parallelism: default_argon2_parallelism(),
+            session_idle_seconds: default_session_idle_seconds(),
+            session_absolute_seconds: default_session_absolute_seconds(),
+            lockout_threshold: default_lockout_threshold(),
+            lockout_seconds: default_lockout_seconds(),
+            ip_failure_limit: default_ip_failure_limit(),
+            ip_window_seconds: default_ip_window_seconds(),
+            mfa_required_roles: default_mfa_required_roles(),
+            admin_allowlist: default_admin_allowlist(),
+        }
+    }
+}
+
+fn default_argon2_memory_kib() -> u32 {
+    19 * 1024
+}
+fn default_argon2_iterations() -> u32 {
+    2
+}
+fn default_argon2_parallelism() -> u32 {
+    1
+}
+fn default_session_idle_seconds() -> u64 {
+    30 * 60
+}
+fn default_session_absolute_seconds() -> u64 {
+    12 * 3600
+}
+fn default_lockout_threshold() -> u32 {
+    5
+}
+fn default_lockout_seconds() -> u64 {
+    15 * 60
+}
+fn default_ip_failure_limit() -> usize {
+    50
+}
+fn default_ip_window_seconds() -> u64 {
+    15 * 60
+}
+fn default_mfa_required_roles() -> Vec<String> {
+    vec!["analyst".into(), "admin".into()]
+}
+fn default_admin_allowlist() -> Vec<ipnet::IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }
 
 /// `[detect]`: the live detector.
@@ -281,6 +387,7 @@ impl CollectorConfig {
             fleet: FleetConfig::default(),
             detect: DetectConfig::default(),
             alert: crate::alert::AlertConfig::default(),
+            shop: ShopConfig::default(),
         }
     }
 
@@ -351,7 +458,23 @@ impl CollectorConfig {
             ));
         }
         crate::alert::AlertPolicies::new(&config.alert).map_err(invalid)?;
+        for role in &config.shop.mfa_required_roles {
+            if crate::shop::domain::user::Role::parse(role).is_none() {
+                return Err(invalid(format!(
+                    "shop.mfa_required_roles: {role:?} is not customer, analyst or admin"
+                )));
+            }
+        }
+        if let Some(url) = &config.shop.database_url {
+            crate::shop::infrastructure::database::Backend::of_url(url)
+                .map_err(|e| invalid(e.to_string()))?;
+        }
         if let Some(parent) = path.parent() {
+            if let Some(file) = &mut config.shop.field_keys_file
+                && file.is_relative()
+            {
+                *file = parent.join(&*file);
+            }
             if config.data_dir.is_relative() {
                 config.data_dir = parent.join(&config.data_dir);
             }
@@ -375,6 +498,26 @@ impl CollectorConfig {
     }
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("state.db")
+    }
+    /// The shop's database URL: configured, or `shop.db` in the data directory.
+    pub fn shop_database_url(&self) -> String {
+        self.shop.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("shop.db").display()
+            )
+        })
+    }
+    /// The shop's field-encryption keyring file.
+    pub fn shop_field_keys_path(&self) -> PathBuf {
+        self.shop
+            .field_keys_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("shop-field.keys"))
+    }
+    /// The shop audit trail's own Ed25519 signing key (mode 0600).
+    pub fn shop_key_path(&self) -> PathBuf {
+        self.data_dir.join("shop.key")
     }
     /// The collector's own Ed25519 signing key (mode 0600).
     pub fn collector_key_path(&self) -> PathBuf {

@@ -223,15 +223,48 @@ pub async fn run_with(
         events,
         config.ingest_limits(),
     ));
-    let app = api::router(AppState {
-        store: store.clone(),
-        agents,
-        fleet: fleet_state,
-        ingest,
-        index,
-        archive_dir: config.archive_dir(),
-        alerts: alerts.clone(),
-    });
+    // The shop: its own database, and its audit trail forwarded into the archive under
+    // its own signing identity.
+    let (shop_router, shop_forwarder) = if config.shop.enabled {
+        let shop = crate::shop::open(&config).await?;
+        let shop_key = collector_events::load_or_create_key(&config.shop_key_path())
+            .context("loading the shop's signing key")?;
+        let shop_identity = store
+            .service_identity(
+                crate::store::SHOP_KIND,
+                crate::shop::infrastructure::audit_trail::SHOP_SERVICE,
+                &shop_key.public_key_base64(),
+                env!("CARGO_PKG_VERSION"),
+            )
+            .await
+            .context("registering the shop's signing identity")?;
+        let forwarder = tokio::spawn(crate::shop::infrastructure::audit_forwarder::run(
+            shop.repository().clone(),
+            shop_key,
+            shop_identity.id,
+            Arc::clone(&archive),
+            background_cancel.clone(),
+        ));
+        let router = crate::shop::http::router(crate::shop::http::ShopState {
+            shop,
+            admin_allowlist: Arc::new(config.shop.admin_allowlist.clone()),
+        });
+        (Some(router), Some(forwarder))
+    } else {
+        (None, None)
+    };
+    let app = api::router(
+        AppState {
+            store: store.clone(),
+            agents,
+            fleet: fleet_state,
+            ingest,
+            index,
+            archive_dir: config.archive_dir(),
+            alerts: alerts.clone(),
+        },
+        shop_router,
+    );
 
     let listener =
         TcpListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
@@ -309,6 +342,9 @@ pub async fn run_with(
     let _ = sealer.await;
     let _ = monitor.await;
     let _ = retention.await;
+    if let Some(forwarder) = shop_forwarder {
+        let _ = forwarder.await;
+    }
     // A send cut short here is sent again at the next start (at least once).
     alert_cancel.cancel();
     for task in alert_tasks {

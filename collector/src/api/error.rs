@@ -15,6 +15,8 @@ pub struct ApiError {
     retry_after_seconds: Option<u64>,
     /// Where in a query the problem is, for a client to point at.
     query_position: Option<QueryPosition>,
+    /// Per-field problems of a refused form (`errors` member).
+    field_errors: Option<serde_json::Value>,
 }
 
 /// The place of a query error: RFC 9457 extension members of the problem document.
@@ -36,6 +38,8 @@ struct Problem<'a> {
     detail: &'a str,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     position: Option<&'a QueryPosition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a serde_json::Value>,
 }
 
 impl ApiError {
@@ -45,6 +49,7 @@ impl ApiError {
             detail: detail.into(),
             retry_after_seconds: None,
             query_position: None,
+            field_errors: None,
         }
     }
 
@@ -75,6 +80,7 @@ impl ApiError {
             detail: "the collector cannot take this request right now; retry later".into(),
             retry_after_seconds: Some(retry_after_seconds),
             query_position: None,
+            field_errors: None,
         }
     }
 
@@ -85,6 +91,7 @@ impl ApiError {
             detail: detail.into(),
             retry_after_seconds: Some(retry_after_seconds),
             query_position: None,
+            field_errors: None,
         }
     }
 
@@ -92,6 +99,17 @@ impl ApiError {
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+
+    /// 422 for input that parsed but is not acceptable, with what is wrong per field.
+    pub fn invalid_fields(errors: serde_json::Value) -> Self {
+        ApiError {
+            field_errors: Some(errors),
+            ..Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "some fields are not acceptable; see errors",
+            )
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -119,6 +137,7 @@ impl IntoResponse for ApiError {
             status: self.status.as_u16(),
             detail: &self.detail,
             position: self.query_position.as_ref(),
+            errors: self.field_errors.as_ref(),
         };
         let mut response = (self.status, Json(body)).into_response();
         response.headers_mut().insert(

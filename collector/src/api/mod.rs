@@ -57,8 +57,9 @@ pub struct AppState {
 #[derive(Debug, Clone)]
 pub struct Caller(pub String);
 
-/// The whole router with its layers.
-pub fn router(state: AppState) -> Router {
+/// The whole router with its layers; `extra` (the shop) is served under the same
+/// security headers, body limits and problem documents.
+pub fn router(state: AppState, extra: Option<Router>) -> Router {
     let max_batch = state.ingest.limits().max_body_bytes;
     let protected = Router::new()
         .route("/api/v1/search", get(search))
@@ -82,11 +83,22 @@ pub fn router(state: AppState) -> Router {
     let enroll = Router::new()
         .route("/api/v1/enroll", post(enroll))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
-    Router::new()
+    let api = Router::new()
         .merge(protected)
         .merge(ingest)
         .merge(enroll)
-        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state);
+    let app = match extra {
+        Some(extra) => api.merge(extra),
+        None => api,
+    };
+    with_security_headers(app.fallback(|| async { ApiError::not_found("no such route") }))
+}
+
+/// The headers every response carries: a CSP that allows nothing inline and forbids
+/// framing, no MIME sniffing, no caching, HSTS, no referrer.
+pub fn with_security_headers(router: Router) -> Router {
+    router
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
@@ -101,9 +113,16 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(SetResponseHeaderLayer::overriding(
             header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=31536000"),
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
         ))
-        .with_state(state)
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::HeaderName::from_static("cross-origin-opener-policy"),
+            HeaderValue::from_static("same-origin"),
+        ))
 }
 
 /// Checks `Authorization: Bearer <token>` against the stored token hashes.

@@ -56,6 +56,8 @@ pub type Labels = BTreeMap<String, String>;
 
 /// The `kind` of the collector's own signing identity in the agents table.
 pub const COLLECTOR_KIND: &str = "collector";
+/// `kind` of the shop's audit-trail identity.
+pub const SHOP_KIND: &str = "shop";
 
 /// An enrolled agent (or, with `kind == "collector"`, the collector's own identity).
 #[derive(Debug, Clone)]
@@ -277,19 +279,32 @@ impl Store {
     /// `public_key`, found again at every later start. A stored identity whose key differs
     /// from the key file is an error (the key file was replaced or the database swapped).
     pub async fn collector_identity(&self, public_key: &str, version: &str) -> Result<AgentRecord> {
+        self.service_identity(COLLECTOR_KIND, "yagura-collector", public_key, version)
+            .await
+    }
+
+    /// The identity of a service inside the collector process that signs its own
+    /// batches (`kind`: `collector`, `shop`), registered at its first start.
+    pub async fn service_identity(
+        &self,
+        kind: &'static str,
+        hostname: &str,
+        public_key: &str,
+        version: &str,
+    ) -> Result<AgentRecord> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(select_agents!(
             "WHERE kind = $1 ORDER BY enrolled_at LIMIT 1"
         ))
-        .bind(COLLECTOR_KIND)
+        .bind(kind)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = row {
             let record = agent_from_row(&row)?;
             if record.public_key != public_key {
                 return Err(StoreError::Invalid(format!(
-                    "the collector identity {} in the database has another public key than \
-                     the collector key file",
+                    "the {kind} identity {} in the database has another public key than \
+                     its key file",
                     record.id
                 )));
             }
@@ -298,11 +313,11 @@ impl Store {
         let record = AgentRecord {
             id: Uuid::now_v7(),
             public_key: public_key.to_string(),
-            hostname: "yagura-collector".into(),
+            hostname: hostname.to_string(),
             version: version.to_string(),
             status: "active".into(),
             enrolled_at: Utc::now().to_rfc3339(),
-            kind: COLLECTOR_KIND.into(),
+            kind: kind.into(),
             labels: Labels::new(),
             revoked_at: None,
         };

@@ -68,17 +68,25 @@ pub struct CartLine {
     pub quantity: Quantity,
 }
 
+/// A cart's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct CartId(pub uuid::Uuid);
+
 /// A user's cart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Cart {
+    /// The id a client names the cart by; never enough to reach it (every access is
+    /// checked against the session's user).
+    pub id: CartId,
     #[serde(skip)]
     pub owner: UserId,
     pub lines: Vec<CartLine>,
 }
 
 impl Cart {
-    pub fn empty(owner: UserId) -> Self {
+    pub fn empty(id: CartId, owner: UserId) -> Self {
         Cart {
+            id,
             owner,
             lines: Vec::new(),
         }
@@ -155,7 +163,7 @@ mod tests {
 
     #[test]
     fn adding_merges_lines_within_the_limits() {
-        let mut cart = Cart::empty(UserId(uuid::Uuid::nil()));
+        let mut cart = Cart::empty(CartId(uuid::Uuid::nil()), UserId(uuid::Uuid::nil()));
         cart.add(sku("TEA-001"), qty(2)).expect("add");
         cart.add(sku("TEA-001"), qty(3)).expect("add again");
         assert_eq!(cart.lines.len(), 1);
@@ -189,7 +197,7 @@ mod tests {
         /// Whatever sequence of operations, the cart's invariants hold.
         #[test]
         fn invariants_hold(ops in proptest::collection::vec((0u8..4, 0usize..60, 0u32..120), 0..200)) {
-            let mut cart = Cart::empty(UserId(uuid::Uuid::nil()));
+            let mut cart = Cart::empty(CartId(uuid::Uuid::nil()), UserId(uuid::Uuid::nil()));
             for (op, product, n) in ops {
                 let sku = sku(&format!("P-{product}"));
                 let _ = match (op, Quantity::new(n)) {

@@ -87,19 +87,23 @@ impl Email {
 pub struct User {
     pub id: UserId,
     pub email: Email,
-    pub roles: Vec<Role>,
+    /// One role per account; roles are ranked (customer < analyst < admin) and a higher
+    /// one holds every permission of a lower one.
+    pub role: Role,
     /// Whether a TOTP secret is enrolled and verified.
     pub mfa_enrolled: bool,
 }
 
 impl User {
+    /// Whether this account holds the permissions of `role`.
     pub fn has(&self, role: Role) -> bool {
-        self.roles.contains(&role)
+        self.role >= role
     }
 
-    /// Whether this account must pass a second factor to sign in.
+    /// Whether this account must pass a second factor to sign in, by the built-in policy
+    /// (the configured policy may name other roles; see `ShopPolicy`).
     pub fn requires_mfa(&self) -> bool {
-        self.roles.iter().any(|r| r.requires_mfa())
+        self.role.requires_mfa()
     }
 }
 
@@ -136,15 +140,17 @@ mod tests {
 
     #[test]
     fn mfa_is_required_for_analysts_and_admins() {
-        let user = |roles: Vec<Role>| User {
+        let user = |role: Role| User {
             id: UserId(Uuid::nil()),
             email: Email::parse("a@example.org").expect("valid"),
-            roles,
+            role,
             mfa_enrolled: false,
         };
-        assert!(!user(vec![Role::Customer]).requires_mfa());
-        assert!(user(vec![Role::Customer, Role::Analyst]).requires_mfa());
-        assert!(user(vec![Role::Admin]).requires_mfa());
+        assert!(!user(Role::Customer).requires_mfa());
+        assert!(user(Role::Analyst).requires_mfa());
+        assert!(user(Role::Admin).requires_mfa());
+        assert!(user(Role::Admin).has(Role::Customer));
+        assert!(!user(Role::Analyst).has(Role::Admin));
         assert_eq!(Role::parse("admin"), Some(Role::Admin));
         assert_eq!(Role::parse("root"), None);
     }

@@ -64,8 +64,19 @@ pub fn append(previous: Option<&ChainedRecord>, at: String, event: String) -> Ch
 /// Checks records in order from the first: sequences 1, 2, 3…, each link to the record
 /// before, each hash over its own content. Returns how many records hold.
 pub fn verify<'a>(records: impl IntoIterator<Item = &'a ChainedRecord>) -> Result<u64, ChainBreak> {
-    let mut expected_previous = GENESIS.to_string();
-    let mut expected_sequence = 1u64;
+    verify_after(None, records)
+}
+
+/// [`verify`] for records that continue after `previous` (already verified), so a long
+/// trail can be checked page by page. Returns the last sequence that holds.
+pub fn verify_after<'a>(
+    previous: Option<&ChainedRecord>,
+    records: impl IntoIterator<Item = &'a ChainedRecord>,
+) -> Result<u64, ChainBreak> {
+    let (mut expected_sequence, mut expected_previous) = match previous {
+        Some(p) => (p.sequence + 1, p.hash.clone()),
+        None => (1, GENESIS.to_string()),
+    };
     for record in records {
         let broken = |problem: &str| ChainBreak {
             sequence: record.sequence,
