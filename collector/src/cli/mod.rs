@@ -10,6 +10,7 @@ mod export;
 mod remote;
 mod rules;
 mod search;
+mod shop;
 mod up;
 
 use std::path::PathBuf;
@@ -70,6 +71,11 @@ enum Command {
     Rules {
         #[command(subcommand)]
         command: rules::RulesCommand,
+    },
+    /// The reference shop: audit-chain verification, key rotation, masked export.
+    Shop {
+        #[command(subcommand)]
+        command: shop::ShopCommand,
     },
     /// The archive of signed batches.
     Archive {
@@ -261,6 +267,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Search(args) => search::run(args).await,
         Command::Export(args) => export::run(args).await,
         Command::Rules { command } => rules::run(command).await,
+        Command::Shop { command } => shop::run(command).await,
         Command::Agents {
             command:
                 AgentsCommand::Token {

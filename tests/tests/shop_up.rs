@@ -1,0 +1,178 @@
+//! The shop inside the running `yagura up` stack: a brute force and an IDOR attempt
+//! against it become audit events the analyst finds in search, and the audit chain they
+//! were appended to verifies with `yagura shop audit verify`.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header;
+use serde_json::{Value, json};
+use yagura_e2e::{Process, binaries};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+async fn login(
+    client: &reqwest::Client,
+    url: &str,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<(u16, Option<Session>)> {
+    let response = client
+        .post(format!("{url}/shop/api/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let cookie = response
+        .headers()
+        .get(header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string);
+    let body: Value = response.json().await?;
+    Ok((
+        status,
+        cookie.map(|cookie| Session {
+            cookie,
+            csrf: body["csrf_token"].as_str().unwrap_or_default().to_string(),
+        }),
+    ))
+}
+
+async fn search_total(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    query: &str,
+) -> anyhow::Result<u64> {
+    let body: Value = client
+        .get(format!("{url}/api/v1/search"))
+        .bearer_auth(token)
+        .query(&[("q", query), ("limit", "5")])
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(body["total"].as_u64().unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brute_force_and_idor_through_yagura_up_are_audit_events_in_search() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let data_arg = data.display().to_string();
+    let mut up = Process::spawn(
+        "yagura up",
+        &binaries().collector,
+        &[
+            "up",
+            "--data-dir",
+            &data_arg,
+            "--listen",
+            "127.0.0.1:0",
+            "--no-host-logs",
+        ],
+        &tmp.path().join("up.log"),
+    )?;
+    let url = up.expect_line("API URL:", Duration::from_secs(60))?;
+    let fingerprint = up.expect_line("Certificate:  sha256", Duration::from_secs(5))?;
+    let token = up.expect_line("API token:", Duration::from_secs(5))?;
+    let (client, _) =
+        yagura_agent::tls::pinned_client(Some(&fingerprint), Duration::from_secs(10))?;
+
+    for email in ["alice@example.org", "mallory@example.org"] {
+        let registered = client
+            .post(format!("{url}/shop/api/register"))
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await?;
+        assert_eq!(registered.status().as_u16(), 202);
+    }
+    // Brute force: the sixth guess meets a locked account.
+    for _ in 0..6 {
+        let (status, _) = login(&client, &url, "alice@example.org", "guess guess guess").await?;
+        assert_eq!(status, 401);
+    }
+    let (locked, _) = login(&client, &url, "alice@example.org", PASSWORD).await?;
+    assert_eq!(locked, 401, "locked out, even with the right password");
+
+    // IDOR: mallory asks for a cart that is not hers.
+    let (_, mallory) = login(&client, &url, "mallory@example.org", PASSWORD).await?;
+    let mallory = mallory.expect("session");
+    let own: Value = client
+        .get(format!("{url}/shop/api/cart"))
+        .header(header::COOKIE, &mallory.cookie)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(own["id"].is_string(), "{own}");
+    let victim_cart = uuid::Uuid::now_v7();
+    let idor = client
+        .post(format!("{url}/shop/api/carts/{victim_cart}/items"))
+        .header(header::COOKIE, &mallory.cookie)
+        .header("x-csrf-token", &mallory.csrf)
+        .json(&json!({"sku": "TEA-1", "quantity": 1}))
+        .send()
+        .await?;
+    assert_eq!(idor.status().as_u16(), 404);
+    let headers = idor.headers().clone();
+    assert!(headers.contains_key(header::STRICT_TRANSPORT_SECURITY));
+    assert!(
+        headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()?
+            .contains("frame-ancestors 'none'")
+    );
+
+    // The audit events reach search through the archive and the index.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let queries = [
+        "event.dataset:yagura.shop.audit AND event.action:lockout",
+        "event.dataset:yagura.shop.audit AND event.action:login AND event.outcome:failure",
+        "event.dataset:yagura.shop.audit AND event.action:access_denied",
+    ];
+    let mut totals = [0u64; 3];
+    while Instant::now() < deadline {
+        for (total, query) in totals.iter_mut().zip(queries) {
+            *total = search_total(&client, &url, &token, query).await?;
+        }
+        if totals[0] >= 1 && totals[1] >= 6 && totals[2] >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(totals[0] >= 1, "lockout searchable: {totals:?}");
+    assert!(totals[1] >= 6, "failed logins searchable: {totals:?}");
+    assert!(totals[2] >= 1, "IDOR attempt searchable: {totals:?}");
+    let hits: Value = client
+        .get(format!("{url}/api/v1/search"))
+        .bearer_auth(&token)
+        .query(&[("q", queries[2]), ("limit", "1")])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let hit = &hits["hits"][0];
+    let text = hit.to_string();
+    assert!(text.contains("mallory@example.org"), "{text}");
+    assert!(text.contains(&victim_cart.to_string()), "{text}");
+
+    let status = up.stop("INT", Duration::from_secs(30))?;
+    assert!(status.success(), "{status}");
+    // The chain the events were appended to verifies offline.
+    let verify = std::process::Command::new(&binaries().collector)
+        .args(["shop", "audit", "verify", "--data-dir", &data_arg])
+        .output()?;
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(out.contains("audit trail intact"), "{out}");
+    Ok(())
+}
