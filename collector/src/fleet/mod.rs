@@ -274,6 +274,7 @@ pub async fn run_fleet_monitor(
                     continue;
                 }
                 let hostname = match registry.get(agent).await {
+                    Ok(Some(known)) if known.record.is_internal() => continue,
                     Ok(Some(known)) => known.record.hostname.clone(),
                     _ => String::new(),
                 };

@@ -223,7 +223,7 @@ impl<A: Archive> BatchIngest<A> {
                     Rejection::UnknownAgent(header.agent_id),
                 )
             })?;
-        if agent.record.is_collector() {
+        if agent.record.is_internal() {
             return Err(self.refuse(
                 "impersonated_collector",
                 peer,

@@ -84,6 +84,13 @@ impl AgentRecord {
     pub fn is_collector(&self) -> bool {
         self.kind == COLLECTOR_KIND
     }
+
+    /// Whether this identity signs only inside the collector process (the collector's
+    /// own events, the shop's audit trail): never accepted from the network, never
+    /// revoked, never expected to send heartbeats.
+    pub fn is_internal(&self) -> bool {
+        self.kind == COLLECTOR_KIND || self.kind == SHOP_KIND
+    }
 }
 
 /// Fleet state of one agent as persisted by the fleet monitor.
@@ -331,7 +338,7 @@ impl Store {
         let Some(agent) = self.agent(id).await? else {
             return Ok(RevokeOutcome::NotFound);
         };
-        if agent.is_collector() {
+        if agent.is_internal() {
             return Ok(RevokeOutcome::Refused);
         }
         if !agent.is_active() {
