@@ -153,3 +153,102 @@ pub async fn forward_once<A: Archive>(
     .map_err(err)?;
     Ok(records.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::SegmentArchive;
+    use crate::shop::domain::audit::{AuditEvent, Outcome};
+    use crate::shop::domain::ports::ShopRepository as _;
+    use crate::shop::infrastructure::database::ShopDatabase;
+
+    async fn setup() -> (
+        tempfile::TempDir,
+        SqlShopRepository,
+        SegmentArchive,
+        AgentKey,
+        Uuid,
+    ) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = ShopDatabase::open(
+            &format!("sqlite://{}?mode=rwc", dir.path().join("shop.db").display()),
+            None,
+        )
+        .await
+        .expect("db");
+        let archive = SegmentArchive::open(&dir.path().join("archive"), 1 << 20).expect("archive");
+        let key = AgentKey::generate().expect("key");
+        (
+            dir,
+            SqlShopRepository::new(db),
+            archive,
+            key,
+            Uuid::now_v7(),
+        )
+    }
+
+    async fn record(repo: &SqlShopRepository, n: usize) {
+        for _ in 0..n {
+            repo.record(AuditEvent::new("login", "authentication", Outcome::Failure))
+                .await
+                .expect("record");
+        }
+    }
+
+    /// Every audit sequence the archive holds, in order.
+    fn archived(archive: &SegmentArchive, key: &AgentKey) -> Vec<u64> {
+        let mut reader = archive.reader(0).expect("reader");
+        let mut sequences = Vec::new();
+        while let Some(record) = reader.next_record().expect("record") {
+            let batch = SignedBatch::from_bytes(record.batch).expect("batch");
+            batch
+                .verify(&key.verifying_key())
+                .expect("signed by the shop key");
+            for event in batch.events(1 << 24).expect("events") {
+                assert_eq!(event.dataset(), Some(audit_trail::AUDIT_DATASET));
+                sequences.push(
+                    event
+                        .get("yagura.shop.audit_sequence")
+                        .and_then(serde_json::Value::as_u64)
+                        .expect("sequence"),
+                );
+            }
+        }
+        sequences
+    }
+
+    async fn set_forwarding(repo: &SqlShopRepository, through: i64, pending: Option<(i64, i64)>) {
+        sqlx::query(
+            "UPDATE audit_forwarding SET through_sequence = $1, pending_batch = $2, \
+             pending_through = $3 WHERE id = 1",
+        )
+        .bind(through)
+        .bind(pending.map(|p| p.0))
+        .bind(pending.map(|p| p.1))
+        .execute(&repo.database().pool)
+        .await
+        .expect("update");
+    }
+
+    #[tokio::test]
+    async fn each_record_reaches_the_archive_once_across_crashes() {
+        let (_dir, repo, archive, key, agent) = setup().await;
+        record(&repo, 3).await;
+        assert_eq!(forward_once(&repo, &key, agent, &archive).await, Ok(3));
+        assert_eq!(forward_once(&repo, &key, agent, &archive).await, Ok(0));
+
+        // A crash after the append, before the cursor moved: the batch is not sent again.
+        record(&repo, 2).await;
+        assert_eq!(forward_once(&repo, &key, agent, &archive).await, Ok(2));
+        set_forwarding(&repo, 3, Some((2, 5))).await;
+        assert_eq!(forward_once(&repo, &key, agent, &archive).await, Ok(0));
+
+        // A crash after announcing a batch, before appending it: it is sent.
+        record(&repo, 2).await;
+        set_forwarding(&repo, 5, Some((3, 7))).await;
+        assert_eq!(forward_once(&repo, &key, agent, &archive).await, Ok(2));
+
+        assert_eq!(archived(&archive, &key), [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(archive.last_sequence(agent), Some(3));
+    }
+}
