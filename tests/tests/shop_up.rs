@@ -161,6 +161,38 @@ async fn brute_force_and_idor_through_yagura_up_are_audit_events_in_search() -> 
     assert!(text.contains("mallory@example.org"), "{text}");
     assert!(text.contains(&victim_cart.to_string()), "{text}");
 
+    // The shop's signing identity signs only inside the collector: a batch under it
+    // from the network is refused, even correctly signed with the stolen key.
+    let agents: Value = client
+        .get(format!("{url}/api/v1/agents"))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let shop_id: uuid::Uuid = agents
+        .as_array()
+        .and_then(|list| list.iter().find(|a| a["kind"] == "shop"))
+        .and_then(|a| a["id"].as_str())
+        .expect("the shop identity is registered")
+        .parse()?;
+    let stolen =
+        yagura_shared::AgentKey::from_file_text(&std::fs::read_to_string(data.join("shop.key"))?)?;
+    let forged = yagura_shared::SignedBatch::seal(
+        &stolen,
+        shop_id,
+        1_000_000,
+        chrono::Utc::now(),
+        &[yagura_shared::Event::new(chrono::Utc::now())],
+    )?;
+    let refused = client
+        .post(format!("{url}/api/v1/ingest"))
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(forged.into_bytes())
+        .send()
+        .await?;
+    assert_eq!(refused.status().as_u16(), 401, "{}", refused.text().await?);
+
     let status = up.stop("INT", Duration::from_secs(30))?;
     assert!(status.success(), "{status}");
     // The chain the events were appended to verifies offline.

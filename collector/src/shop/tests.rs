@@ -129,6 +129,10 @@ fn test_policy() -> ShopPolicy {
 }
 
 async fn harness(engine: Engine) -> Option<Harness> {
+    harness_with(engine, test_policy()).await
+}
+
+async fn harness_with(engine: Engine, policy: ShopPolicy) -> Option<Harness> {
     let dir = tempfile::tempdir().expect("tempdir");
     let (url, migrate_url, pg) = match engine {
         Engine::Sqlite => (
@@ -156,7 +160,7 @@ async fn harness(engine: Engine) -> Option<Harness> {
         SqlShopRepository::new(db.clone()),
         hasher,
         keys,
-        test_policy(),
+        policy,
     ));
     let router = crate::api::with_security_headers(http::router(ShopState {
         shop: Arc::clone(&shop),
@@ -1439,3 +1443,75 @@ on_both!(
         assert!(pool.execute("SELECT count(*) FROM users").await.is_ok());
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mfa_can_be_required_for_any_role_by_configuration() {
+    let config = crate::config::CollectorConfig::parse(
+        "data_dir = \"/tmp/x\"\n[shop]\nmfa_required_roles = [\"customer\", \"admin\"]\n",
+        std::path::Path::new("collector.toml"),
+    )
+    .expect("config");
+    let policy = super::policy(&config);
+    assert_eq!(policy.mfa_required, [Role::Customer, Role::Admin]);
+    let refused = crate::config::CollectorConfig::parse(
+        "data_dir = \"/tmp/x\"\n[shop]\nmfa_required_roles = [\"root\"]\n",
+        std::path::Path::new("collector.toml"),
+    )
+    .expect_err("unknown role");
+    assert!(refused.to_string().contains("collector.toml"), "{refused}");
+
+    let h = harness_with(
+        Engine::Sqlite,
+        ShopPolicy {
+            mfa_required: policy.mfa_required,
+            ..test_policy()
+        },
+    )
+    .await
+    .expect("sqlite");
+    h.register("uma@example.org").await;
+    let (answer, customer) = h.login_with("uma@example.org", PASSWORD, None).await;
+    assert_eq!(answer.json()["mfa_required"], true);
+    assert_eq!(
+        h.send(&customer, Method::GET, "/shop/api/cart", None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Enrolment is open to the half-signed-in session, and completes the sign-in.
+    let enrolment = h
+        .send(&customer, Method::POST, "/shop/api/mfa/enroll", None)
+        .await;
+    let secret = secret_of(enrolment.json()["otpauth_uri"].as_str().expect("uri"));
+    let confirmed = h
+        .send(
+            &customer,
+            Method::POST,
+            "/shop/api/mfa/confirm",
+            Some(json!({"code": secret.code_at(now()).expect("code")})),
+        )
+        .await;
+    assert_eq!(confirmed.json()["stage"], "full", "{}", confirmed.text);
+    let full = Client {
+        cookie: confirmed.session_cookie(),
+        csrf: confirmed.json()["csrf_token"].as_str().map(str::to_string),
+        peer: None,
+    };
+    assert_eq!(
+        h.send(&full, Method::GET, "/shop/api/cart", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // A role that requires the factor cannot turn it off.
+    let code = secret.code_at(now() + 30).expect("code");
+    let off = h
+        .send(
+            &full,
+            Method::POST,
+            "/shop/api/mfa/disable",
+            Some(json!({"code": code})),
+        )
+        .await;
+    assert_eq!(off.status, StatusCode::FORBIDDEN);
+}
