@@ -158,7 +158,7 @@ fn sequential_read(path: &Path) -> anyhow::Result<Figures> {
 }
 
 /// A child that is killed when dropped.
-pub(super) struct Guard(Child);
+pub(super) struct Guard(pub(super) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -179,7 +179,7 @@ pub(super) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn read_line_with(
+pub(super) fn read_line_with(
     child: &mut Child,
     prefix: &str,
 ) -> anyhow::Result<(String, std::io::Lines<BufReader<std::process::ChildStdout>>)> {

@@ -6,6 +6,7 @@ mod bench_agent;
 mod bench_alert;
 mod bench_detect;
 mod bench_search;
+mod bench_shop;
 mod export;
 mod remote;
 mod rules;
@@ -115,6 +116,8 @@ enum BenchCommand {
     Detect(bench_detect::BenchDetectArgs),
     /// Alerting latency: line appended to a watched file → page at a webhook receiver.
     Alert(bench_alert::BenchAlertArgs),
+    /// Shop cart requests/s and p99 with wrk, sign-ins/s, Argon2id hash time.
+    Shop(bench_shop::BenchShopArgs),
 }
 
 /// Where the collector's data is: a config file or a data directory.
@@ -343,6 +346,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Search(args),
         } => bench_search::run(args).await,
+        Command::Bench {
+            command: BenchCommand::Shop(args),
+        } => bench_shop::run(args).await,
         Command::ApiToken {
             command: ApiTokenCommand::Create { location, name },
         } => {
