@@ -184,6 +184,11 @@ fn print_banner(started: &server::Started, data_dir: &Path, host_logs: &[&str]) 
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "  Shop:         {}/shop/api (described at {}/shop/openapi.json; audit trail in event.dataset:yagura.shop.audit)",
+        started.url, started.url
+    );
     let _ = writeln!(out, "  Data:         {}", data_dir.display());
     if !host_logs.is_empty() {
         let _ = writeln!(out, "  Tailing:      {}", host_logs.join(", "));
