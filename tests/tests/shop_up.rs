@@ -161,6 +161,19 @@ async fn brute_force_and_idor_through_yagura_up_are_audit_events_in_search() -> 
     assert!(text.contains("mallory@example.org"), "{text}");
     assert!(text.contains(&victim_cart.to_string()), "{text}");
 
+    // A form submission: its phone and address are stored encrypted.
+    let submitted = client
+        .post(format!("{url}/shop/api/form"))
+        .header(header::COOKIE, &mallory.cookie)
+        .header("x-csrf-token", &mallory.csrf)
+        .json(&json!({
+            "name": "Mallory Example", "email": "mallory@example.org",
+            "phone": "+44 20 7946 0958", "address": "1 Main Street", "message": "hello"
+        }))
+        .send()
+        .await?;
+    assert_eq!(submitted.status().as_u16(), 201);
+
     // The shop's signing identity signs only inside the collector: a batch under it
     // from the network is refused, even correctly signed with the stolen key.
     let agents: Value = client
@@ -206,5 +219,50 @@ async fn brute_force_and_idor_through_yagura_up_are_audit_events_in_search() -> 
         String::from_utf8_lossy(&verify.stderr)
     );
     assert!(out.contains("audit trail intact"), "{out}");
+
+    let shop = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(std::process::Command::new(&binaries().collector)
+            .arg("shop")
+            .args(args)
+            .args(["--data-dir", &data_arg])
+            .output()?)
+    };
+    // The masked export keeps no personal value; an unmasked one is not offered.
+    let export = shop(&["export", "--masked"])?;
+    assert!(export.status.success());
+    let exported = String::from_utf8(export.stdout)?;
+    assert!(exported.contains("\"phone\":\"***58\""), "{exported}");
+    assert!(exported.contains("m***@example.org"), "{exported}");
+    for secret in ["7946", "Main Street", "Mallory", "alice@"] {
+        assert!(!exported.contains(secret), "{secret} in {exported}");
+    }
+    assert!(!shop(&["export"])?.status.success());
+    // Key rotation re-encrypts the submission, and the chain records it.
+    let rotated = shop(&["rotate-key"])?;
+    let said = String::from_utf8_lossy(&rotated.stdout).into_owned();
+    assert!(
+        rotated.status.success() && said.contains("1 submissions re-encrypted"),
+        "{said}"
+    );
+    assert!(
+        shop(&["export", "--masked"])?.status.success(),
+        "still readable after rotation"
+    );
+    // A record changed in the database breaks the chain at that record.
+    let db = yagura_collector::shop::infrastructure::database::ShopDatabase::open(
+        &format!("sqlite://{}", data.join("shop.db").display()),
+        None,
+    )
+    .await?;
+    sqlx::query(
+        "UPDATE audit_log SET event = REPLACE(event, 'failure', 'success') WHERE sequence = 4",
+    )
+    .execute(&db.pool)
+    .await?;
+    db.close().await;
+    let broken = shop(&["audit", "verify"])?;
+    assert_eq!(broken.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&broken.stderr).into_owned();
+    assert!(said.contains("BROKEN at record 4"), "{said}");
     Ok(())
 }

@@ -1515,3 +1515,33 @@ async fn mfa_can_be_required_for_any_role_by_configuration() {
         .await;
     assert_eq!(off.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_end_at_the_absolute_timeout_even_in_use() {
+    let policy = ShopPolicy {
+        session_idle: Duration::from_secs(3600),
+        session_absolute: Duration::from_secs(2),
+        ..test_policy()
+    };
+    let h = harness_with(Engine::Sqlite, policy).await.expect("sqlite");
+    h.register("vera@example.org").await;
+    let c = h.login("vera@example.org").await;
+    for _ in 0..3 {
+        assert_eq!(
+            h.send(&c, Method::GET, "/shop/api/session", None)
+                .await
+                .status,
+            StatusCode::OK
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        h.send(&c, Method::GET, "/shop/api/session", None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let expired = h.audited("session_expired", "success").await;
+    assert_eq!(expired[0]["event.reason"], "absolute timeout");
+}
