@@ -1,21 +1,24 @@
 //! The shop's repository over SQL (SQLite or PostgreSQL through sqlx's Any driver).
 //!
-//! Every write and the audit records describing it commit in one transaction. Appends to
-//! the chain are serialised in this process (the chain's head is cached under a lock
-//! held until the transaction commits), and the primary key on `sequence` refuses a
-//! fork should a second process ever write to the same database.
+//! Every write and the audit records describing it commit in one transaction. Writes are
+//! serialised in this process: a write takes the chain lock *before* its transaction
+//! begins (so no transaction ever waits on the lock while holding database locks), reads
+//! the chain's head inside the transaction, and appends. The head is read each time, not
+//! cached, so another process appending (`yagura shop create-account`, `rotate-key`)
+//! never leaves this one on a stale head; on SQLite the transaction begins `IMMEDIATE`
+//! (the write lock first), and the primary key on `sequence` refuses a fork.
 
 use std::sync::Arc;
 
 use chrono::Utc;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row as _, Transaction};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use uuid::Uuid;
 
 use super::audit_chain::{GENESIS, link_hash};
 use super::audit_trail::ecs_event;
-use super::database::ShopDatabase;
+use super::database::{Backend, ShopDatabase};
 use crate::shop::domain::audit::AuditEvent;
 use crate::shop::domain::cart::{Cart, CartId, CartLine, Quantity, Sku};
 use crate::shop::domain::ports::{
@@ -29,12 +32,24 @@ impl From<sqlx::Error> for RepoError {
     }
 }
 
+/// One write: its transaction and the chain lock, held until it commits or drops.
+struct Unit {
+    tx: Transaction<'static, Any>,
+    _chain: OwnedMutexGuard<()>,
+}
+
+impl Unit {
+    fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
+}
+
 /// The repository; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SqlShopRepository {
     db: ShopDatabase,
-    /// The chain's last (sequence, hash), `None` until read (or after a failed commit).
-    head: Arc<Mutex<Option<(u64, String)>>>,
+    /// Held from the start of every write transaction to its commit.
+    chain: Arc<Mutex<()>>,
     /// The last sequence committed, for the forwarder to wake on.
     appended: watch::Sender<u64>,
 }
@@ -126,7 +141,7 @@ impl SqlShopRepository {
     pub fn new(db: ShopDatabase) -> Self {
         SqlShopRepository {
             db,
-            head: Arc::default(),
+            chain: Arc::default(),
             appended: watch::channel(0).0,
         }
     }
@@ -140,33 +155,27 @@ impl SqlShopRepository {
         self.appended.subscribe()
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Any>, RepoError> {
-        Ok(self.db.pool.begin().await?)
+    async fn begin(&self) -> Result<Unit, RepoError> {
+        let guard = Arc::clone(&self.chain).lock_owned().await;
+        let tx = match self.db.backend {
+            Backend::Sqlite => self.db.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.db.pool.begin().await?,
+        };
+        Ok(Unit { tx, _chain: guard })
     }
 
-    /// Appends `audits` to the chain inside `tx` and commits it.
-    async fn commit(
-        &self,
-        mut tx: Transaction<'static, Any>,
-        audits: Vec<AuditEvent>,
-    ) -> Result<(), RepoError> {
-        let mut head = self.head.lock().await;
-        let (mut sequence, mut hash) = match head.take() {
-            Some(known) => known,
-            None => {
-                let row = sqlx::query(
-                    "SELECT sequence, hash FROM audit_log ORDER BY sequence DESC LIMIT 1",
-                )
-                .fetch_optional(&mut *tx)
+    /// Appends `audits` to the chain inside `unit` and commits it.
+    async fn commit(&self, mut unit: Unit, audits: Vec<AuditEvent>) -> Result<(), RepoError> {
+        let row =
+            sqlx::query("SELECT sequence, hash FROM audit_log ORDER BY sequence DESC LIMIT 1")
+                .fetch_optional(unit.conn())
                 .await?;
-                match row {
-                    Some(row) => (
-                        u64::try_from(row.try_get::<i64, _>("sequence")?).unwrap_or(0),
-                        row.try_get("hash")?,
-                    ),
-                    None => (0, GENESIS.to_string()),
-                }
-            }
+        let (mut sequence, mut hash) = match row {
+            Some(row) => (
+                u64::try_from(row.try_get::<i64, _>("sequence")?).unwrap_or(0),
+                row.try_get("hash")?,
+            ),
+            None => (0, GENESIS.to_string()),
         };
         for audit in &audits {
             let now = Utc::now();
@@ -183,13 +192,11 @@ impl SqlShopRepository {
             .bind(event)
             .bind(&hash)
             .bind(&next_hash)
-            .execute(&mut *tx)
+            .execute(unit.conn())
             .await?;
             (sequence, hash) = (next, next_hash);
         }
-        tx.commit().await?;
-        *head = Some((sequence, hash));
-        drop(head);
+        unit.tx.commit().await?;
         if !audits.is_empty() {
             self.appended.send_replace(sequence);
         }
@@ -267,7 +274,7 @@ impl ShopRepository for SqlShopRepository {
         .bind(&user.password_hash)
         .bind(user.user.role.as_str())
         .bind(user.created_at)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?
         .rows_affected()
             == 1;
@@ -276,7 +283,7 @@ impl ShopRepository for SqlShopRepository {
                 .bind(Uuid::now_v7().to_string())
                 .bind(user.user.id.0.to_string())
                 .bind(user.created_at)
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
         }
         self.commit(tx, vec![if inserted { audit } else { taken }])
@@ -301,7 +308,7 @@ impl ShopRepository for SqlShopRepository {
         .bind(locked_until)
         .bind(new_hash)
         .bind(id.0.to_string())
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         self.commit(tx, audits).await
     }
@@ -322,17 +329,17 @@ impl ShopRepository for SqlShopRepository {
         .bind(secret)
         .bind(i64::from(enabled))
         .bind(id.0.to_string())
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
             .bind(id.0.to_string())
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         for hash in recovery_hashes {
             sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
                 .bind(id.0.to_string())
                 .bind(hash)
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
         }
         self.commit(tx, vec![audit]).await
@@ -352,14 +359,14 @@ impl ShopRepository for SqlShopRepository {
         )
         .bind(step)
         .bind(id.0.to_string())
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?
         .rows_affected()
             == 1;
         if accepted {
             self.commit(tx, vec![audit]).await?;
         } else {
-            tx.rollback().await?;
+            tx.tx.rollback().await?;
         }
         Ok(accepted)
     }
@@ -378,14 +385,14 @@ impl ShopRepository for SqlShopRepository {
         .bind(now_ms())
         .bind(id.0.to_string())
         .bind(code_hash)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?
         .rows_affected()
             == 1;
         if used {
             self.commit(tx, vec![audit]).await?;
         } else {
-            tx.rollback().await?;
+            tx.tx.rollback().await?;
         }
         Ok(used)
     }
@@ -395,11 +402,11 @@ impl ShopRepository for SqlShopRepository {
         sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
             .bind(role.as_str())
             .bind(id.0.to_string())
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         sqlx::query("DELETE FROM sessions WHERE user_id = $1")
             .bind(id.0.to_string())
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         self.commit(tx, vec![audit]).await
     }
@@ -415,7 +422,7 @@ impl ShopRepository for SqlShopRepository {
         if let Some(old) = replaces {
             sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
                 .bind(old)
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
         }
         sqlx::query(
@@ -428,7 +435,7 @@ impl ShopRepository for SqlShopRepository {
         .bind(session.stage.as_str())
         .bind(session.created_at)
         .bind(session.last_seen_at)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         self.commit(tx, vec![audit]).await
     }
@@ -461,7 +468,7 @@ impl ShopRepository for SqlShopRepository {
         let mut tx = self.begin().await?;
         sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(id_hash)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         self.commit(tx, audit.into_iter().collect()).await
     }
@@ -470,7 +477,7 @@ impl ShopRepository for SqlShopRepository {
         let mut tx = self.begin().await?;
         let ended = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
             .bind(id.0.to_string())
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?
             .rows_affected();
         self.commit(tx, vec![audit.detail("sessions_ended", ended)])
@@ -504,11 +511,11 @@ impl ShopRepository for SqlShopRepository {
         .bind(&id)
         .bind(cart.owner.0.to_string())
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         sqlx::query("DELETE FROM cart_items WHERE cart_id = $1")
             .bind(&id)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         for (position, line) in cart.lines.iter().enumerate() {
             sqlx::query(
@@ -519,7 +526,7 @@ impl ShopRepository for SqlShopRepository {
             .bind(i64::try_from(position).unwrap_or(i64::MAX))
             .bind(line.sku.as_str())
             .bind(i64::from(line.quantity.get()))
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         }
         self.commit(tx, vec![audit]).await
@@ -544,7 +551,7 @@ impl ShopRepository for SqlShopRepository {
         .bind(&submission.phone_enc)
         .bind(&submission.address_enc)
         .bind(&submission.message)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         self.commit(tx, vec![audit]).await
     }
@@ -580,7 +587,7 @@ impl ShopRepository for SqlShopRepository {
             .bind(phone_enc)
             .bind(address_enc)
             .bind(id.to_string())
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         self.commit(tx, vec![audit]).await
     }
@@ -588,5 +595,47 @@ impl ShopRepository for SqlShopRepository {
     async fn record(&self, audit: AuditEvent) -> Result<(), RepoError> {
         let tx = self.begin().await?;
         self.commit(tx, vec![audit]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shop::domain::audit::Outcome;
+    use crate::shop::infrastructure::audit_trail::{self, Verification};
+
+    fn audit() -> AuditEvent {
+        AuditEvent::new("login", "authentication", Outcome::Failure)
+    }
+
+    /// Two writers on one database — another process, say `yagura shop create-account`
+    /// next to the running collector — and many concurrent writes in one: the chain
+    /// stays one unbroken line.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_chain_stays_linear_with_concurrent_and_foreign_writers() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("shop.db").display());
+        let this = SqlShopRepository::new(ShopDatabase::open(&url, None).await.expect("db"));
+        let other = SqlShopRepository::new(ShopDatabase::open(&url, None).await.expect("db"));
+        for _ in 0..5 {
+            this.record(audit()).await.expect("this");
+            other.record(audit()).await.expect("other");
+        }
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let repo = if i % 4 == 0 {
+                other.clone()
+            } else {
+                this.clone()
+            };
+            tasks.push(tokio::spawn(async move { repo.record(audit()).await }));
+        }
+        for task in tasks {
+            task.await.expect("join").expect("record");
+        }
+        assert_eq!(
+            audit_trail::verify(this.database()).await.expect("verify"),
+            Verification::Intact { records: 50 }
+        );
     }
 }
