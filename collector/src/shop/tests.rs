@@ -1545,3 +1545,69 @@ async fn sessions_end_at_the_absolute_timeout_even_in_use() {
     let expired = h.audited("session_expired", "success").await;
     assert_eq!(expired[0]["event.reason"], "absolute timeout");
 }
+
+on_both!(
+    admins_can_end_sessions_and_reset_a_second_factor,
+    |h: Harness| async move {
+        let (admin, _) = h.account("root@example.org", Role::Admin).await;
+        let (analyst, _) = h.account("wade@example.org", Role::Analyst).await;
+        let id = h
+            .send(&analyst, Method::GET, "/shop/api/session", None)
+            .await
+            .json()["user_id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        let reset = h
+            .send(
+                &admin,
+                Method::POST,
+                &format!("/shop/api/admin/users/{id}/mfa/reset"),
+                None,
+            )
+            .await;
+        assert_eq!(reset.status, StatusCode::OK, "{}", reset.text);
+        assert_eq!(
+            h.send(&analyst, Method::GET, "/shop/api/session", None)
+                .await
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
+        let again = h.login("wade@example.org").await;
+        let me = h
+            .send(&again, Method::GET, "/shop/api/session", None)
+            .await
+            .json();
+        assert_eq!(
+            (me["stage"].as_str(), me["mfa_enrolled"].as_bool()),
+            (Some("mfa"), Some(false))
+        );
+        assert_eq!(
+            h.send(&again, Method::POST, "/shop/api/mfa/enroll", None)
+                .await
+                .status,
+            StatusCode::OK
+        );
+        let revoked = h
+            .send(
+                &admin,
+                Method::POST,
+                &format!("/shop/api/admin/users/{id}/sessions/revoke"),
+                None,
+            )
+            .await;
+        assert_eq!(revoked.json()["sessions_ended"], 1);
+        assert_eq!(
+            h.send(&again, Method::GET, "/shop/api/session", None)
+                .await
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
+        let resets = h.audited("mfa_reset", "success").await;
+        assert_eq!(resets[0]["user.name"], "root@example.org");
+        assert_eq!(
+            resets[0]["yagura.shop.target_user_name"],
+            "wade@example.org"
+        );
+    }
+);

@@ -1079,6 +1079,43 @@ impl<R: ShopRepository> Shop<R> {
         Ok(())
     }
 
+    /// Ends every session of another account (a suspected takeover).
+    pub async fn revoke_sessions_of(
+        &self,
+        caller: &Caller,
+        user: UserId,
+    ) -> Result<u64, ShopError> {
+        let Some(target) = self.repo.user(user).await? else {
+            return Err(ShopError::NotFound);
+        };
+        let audit = caller
+            .audit("sessions_revoked", "session", Outcome::Success)
+            .detail("target_user_id", user.0.to_string())
+            .detail("target_user_name", target.user.email.as_str());
+        Ok(self.repo.delete_sessions_of(user, audit).await?)
+    }
+
+    /// Removes another account's second factor and recovery codes (a lost phone) and
+    /// ends its sessions; at its next sign-in it enrols again (required roles must).
+    pub async fn reset_mfa(&self, caller: &Caller, user: UserId) -> Result<(), ShopError> {
+        let Some(target) = self.repo.user(user).await? else {
+            return Err(ShopError::NotFound);
+        };
+        let audit = |action| {
+            caller
+                .audit(action, "iam", Outcome::Success)
+                .detail("target_user_id", user.0.to_string())
+                .detail("target_user_name", target.user.email.as_str())
+        };
+        self.repo
+            .set_totp(user, None, false, Vec::new(), audit("mfa_reset"))
+            .await?;
+        self.repo
+            .delete_sessions_of(user, audit("sessions_revoked"))
+            .await?;
+        Ok(())
+    }
+
     /// Records a refusal made at the edge (RBAC, CSRF, address allowlist, bad input).
     pub async fn record_denial(&self, audit: AuditEvent) -> Result<(), ShopError> {
         Ok(self.repo.record(audit).await?)

@@ -609,6 +609,38 @@ async fn unlock(
     )
 }
 
+async fn revoke_sessions(
+    State(state): State<ShopState>,
+    Extension(caller): CallerExt,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match user_id(&state, &caller, id).await {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    answer(
+        state
+            .shop
+            .revoke_sessions_of(&caller, id)
+            .await
+            .map(|ended| json!({"status": "sessions ended", "sessions_ended": ended})),
+    )
+}
+
+async fn reset_mfa(
+    State(state): State<ShopState>,
+    Extension(caller): CallerExt,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match user_id(&state, &caller, id).await {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    answer(state.shop.reset_mfa(&caller, id).await.map(
+        |()| json!({"status": "second factor removed; the user enrols again at the next sign-in"}),
+    ))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuditPage {
@@ -868,6 +900,22 @@ pub fn routes() -> Vec<ShopRoute> {
             "Lift an account's lockout",
             None,
             post(unlock),
+        ),
+        route(
+            &[Method::POST],
+            "/shop/api/admin/users/{id}/sessions/revoke",
+            Access::Admin,
+            "End every session of an account",
+            None,
+            post(revoke_sessions),
+        ),
+        route(
+            &[Method::POST],
+            "/shop/api/admin/users/{id}/mfa/reset",
+            Access::Admin,
+            "Remove an account's second factor (it enrols again) and end its sessions",
+            None,
+            post(reset_mfa),
         ),
         route(
             &[Method::GET],
