@@ -24,6 +24,7 @@ pub mod config;
 mod durable;
 pub mod enroll;
 pub mod health;
+pub mod inventory;
 pub mod loss;
 pub mod parse;
 mod seal;
