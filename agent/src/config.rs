@@ -74,6 +74,31 @@ pub struct AgentConfig {
     /// Seconds between heartbeat events (and status file updates). Default 60.
     #[serde(default = "default_heartbeat_interval_seconds")]
     pub heartbeat_interval_seconds: u64,
+    /// The endpoint inventory (processes, ports, USB, users, packages, neighbours).
+    #[serde(default)]
+    pub inventory: InventoryConfig,
+}
+
+/// `[inventory]`: snapshots and change events of what is on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InventoryConfig {
+    /// Off unless set (`yagura up` turns it on for its local agent).
+    pub enabled: bool,
+    /// Seconds between diff cycles (change events). Default 10.
+    pub diff_interval_seconds: u64,
+    /// Minutes between full snapshots. Default 60.
+    pub snapshot_interval_minutes: u64,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        InventoryConfig {
+            enabled: false,
+            diff_interval_seconds: 10,
+            snapshot_interval_minutes: 60,
+        }
+    }
 }
 
 /// How the agent notices that files changed.
@@ -312,6 +337,7 @@ impl AgentConfig {
             sources: Vec::new(),
             watch: WatchMode::default(),
             heartbeat_interval_seconds: default_heartbeat_interval_seconds(),
+            inventory: InventoryConfig::default(),
         }
     }
 
@@ -368,6 +394,16 @@ impl AgentConfig {
                 "ship.batch_max_bytes".into(),
                 "must be at least 1024",
             ));
+        }
+        if self.inventory.diff_interval_seconds == 0
+            || self.inventory.snapshot_interval_minutes == 0
+        {
+            return Err(ConfigError::Invalid {
+                path: None,
+                key: "inventory".into(),
+                reason: "diff_interval_seconds and snapshot_interval_minutes must be above 0"
+                    .into(),
+            });
         }
         if self.heartbeat_interval_seconds == 0 {
             return Err(invalid(

@@ -184,6 +184,26 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         .map(|s| s.parser_setup().unwrap_or_default())
         .collect::<Vec<_>>();
     let patterns: Vec<String> = sources.iter().flat_map(|s| s.paths.clone()).collect();
+    // The inventory runs on its own thread; its events join the stream in the producer.
+    let inventory_stop = Arc::new(AtomicBool::new(false));
+    let inventory_events = if config.inventory.enabled {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(8);
+        inventory::observe::spawn(
+            inventory::observe::Roots::default(),
+            tail::EventContext {
+                host_name: host_name.clone(),
+                agent_id: enrollment.agent_id,
+            },
+            Duration::from_secs(config.inventory.diff_interval_seconds),
+            Duration::from_secs(config.inventory.snapshot_interval_minutes * 60),
+            sender,
+            Arc::clone(&inventory_stop),
+        )
+        .map_err(|e| Error::io("starting the inventory thread", e))?;
+        Some(receiver)
+    } else {
+        None
+    };
     let mut producer = blocking({
         let spool = Arc::clone(&spool);
         let key = Arc::clone(&key);
@@ -241,6 +261,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                 seal_retry_at: None,
                 sealing: seal::SealPipeline::new(Arc::clone(&spool), key, agent_id, batch_sealed),
                 spool,
+                inventory: inventory_events,
             }
         }
     })
@@ -289,6 +310,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         }
     };
 
+    inventory_stop.store(true, Ordering::Relaxed);
     let mut producer = match ended {
         Ok(producer) => producer,
         Err(e) => {
@@ -387,6 +409,8 @@ struct Producer {
     /// Seals full batches on a thread of their own while the next one is read.
     sealing: seal::SealPipeline,
     spool: Arc<Mutex<spool::Spool>>,
+    /// Inventory events from the inventory thread (`[inventory] enabled`).
+    inventory: Option<std::sync::mpsc::Receiver<Vec<Event>>>,
 }
 
 impl Producer {
@@ -447,6 +471,7 @@ impl Producer {
             .first_pending_at
             .is_some_and(|t| t.elapsed() >= self.max_wait);
         let retry_ok = self.seal_retry_at.is_none_or(|t| Instant::now() >= t);
+        self.take_inventory();
         self.heartbeat_if_due();
         let full_batch =
             self.pending.len() >= self.max_events || self.pending_bytes >= self.max_bytes;
@@ -572,6 +597,23 @@ impl Producer {
             .fetch_add(fresh, Ordering::Relaxed);
     }
 
+    /// Inventory events waiting from the inventory thread, into the pending batch while it
+    /// has room (the rest wait in the channel, which then holds the inventory back).
+    fn take_inventory(&mut self) {
+        let Some(inventory) = &self.inventory else {
+            return;
+        };
+        while self.pending.len() < self.max_events {
+            let Ok(events) = inventory.try_recv() else {
+                break;
+            };
+            for event in &events {
+                self.pending.push_event(event);
+            }
+            self.first_pending_at.get_or_insert_with(Instant::now);
+        }
+    }
+
     /// Every heartbeat interval: a heartbeat event into the stream and `status.json`.
     fn heartbeat_if_due(&mut self) {
         if self
@@ -656,6 +698,7 @@ mod tests {
                 Arc::new(Notify::new()),
             ),
             spool,
+            inventory: None,
         }
     }
 

@@ -11,6 +11,7 @@
 
 pub mod accounts;
 pub mod neighbours;
+pub mod observe;
 pub mod packages;
 pub mod processes;
 pub mod procnet;

@@ -100,6 +100,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
 
     let mut agent_config = AgentConfig::new(&agent_dir);
+    agent_config.inventory.enabled = true;
     let demo_stop = CancellationToken::new();
     let mut demo = None;
     if !args.no_demo {
