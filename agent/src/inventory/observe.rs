@@ -139,6 +139,14 @@ fn base(
     event
 }
 
+/// Names the item an event is about: its kind and a key unique on the host at one time
+/// (a process by pid and start time, a port by protocol and address, …), so the
+/// collector can keep each item's lifetime.
+fn item(event: &mut Event, kind: &str, key: String) {
+    event.set_str("yagura.inventory.item", kind);
+    event.set_str("yagura.inventory.key", key);
+}
+
 fn process_fields(event: &mut Event, p: &Process) {
     event.set("process.pid", json!(p.pid));
     event.set("process.parent.pid", json!(p.ppid));
@@ -170,6 +178,11 @@ fn process_event(
     kind_type: &str,
 ) -> Event {
     let mut event = base(context, action, kind, "process", kind_type);
+    item(
+        &mut event,
+        "process",
+        format!("{}:{}", p.pid, p.start_ticks),
+    );
     process_fields(&mut event, p);
     let verb = match action {
         "process_started" => "started",
@@ -182,6 +195,11 @@ fn process_event(
 
 fn port_event(context: &EventContext, port: &Port, action: &str, kind: &str) -> Event {
     let mut event = base(context, action, kind, "network", "info");
+    item(
+        &mut event,
+        "port",
+        format!("{}/{}", protocol_name(port.protocol), port.local),
+    );
     event.set_str("network.transport", protocol_name(port.protocol));
     event.set_str("server.ip", port.local.ip().to_string());
     event.set("server.port", json!(port.local.port()));
@@ -213,6 +231,11 @@ fn port_event(context: &EventContext, port: &Port, action: &str, kind: &str) -> 
 
 fn usb_event(context: &EventContext, device: &UsbDevice, action: &str, kind: &str) -> Event {
     let mut event = base(context, action, kind, "host", "info");
+    item(
+        &mut event,
+        "usb",
+        format!("{}/{}", device.bus_id, device.key()),
+    );
     event.set_str("device.id", device.key());
     event.set_str(
         "device.model.identifier",
@@ -258,6 +281,7 @@ fn user_event(
     kind_type: &str,
 ) -> Event {
     let mut event = base(context, action, kind, "iam", kind_type);
+    item(&mut event, "user", user.name.clone());
     event.set("event.type", json!(["user", kind_type]));
     event.set_str("user.name", user.name.clone());
     event.set_str("user.id", user.uid.to_string());
@@ -290,6 +314,7 @@ fn neighbour_event(
     previous_mac: Option<&str>,
 ) -> Event {
     let mut event = base(context, action, kind, "network", "info");
+    item(&mut event, "neighbour", n.ip.to_string());
     let mut fields = json!({
         "ip": n.ip.to_string(),
         "mac": n.mac,
@@ -484,6 +509,7 @@ pub fn snapshot(
     }
     for group in &groups {
         let mut event = base(context, "group_present", "state", "iam", "group");
+        item(&mut event, "group", group.name.clone());
         event.set_str("group.name", group.name.clone());
         event.set_str("group.id", group.gid.to_string());
         event.set("yagura.inventory.group_members", json!(group.members));
@@ -495,6 +521,15 @@ pub fn snapshot(
     }
     for package in &packages {
         let mut event = base(context, "package_present", "state", "package", "info");
+        item(
+            &mut event,
+            "package",
+            format!(
+                "{}:{}",
+                package.name,
+                package.architecture.as_deref().unwrap_or("")
+            ),
+        );
         event.set_str("package.name", package.name.clone());
         event.set_str("package.version", package.version.clone());
         if let Some(arch) = &package.architecture {

@@ -67,6 +67,7 @@ pub fn router(state: AppState, extra: Option<Router>) -> Router {
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/{id}", get(show_agent))
         .route("/api/v1/agents/{id}/revoke", post(revoke_agent))
+        .route("/api/v1/agents/{id}/inventory", get(agent_inventory))
         .route("/api/v1/events/{id}/provenance", get(event_provenance))
         .route("/api/v1/detections", get(list_detections))
         .merge(alerts::routes())
@@ -670,6 +671,44 @@ async fn show_agent(
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(format!("no agent {id}")))?;
     Ok(Json(AgentView::new(record, state.fleet.get(id))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InventoryParams {
+    /// RFC 3339, or a relative time like `2h` (ago); default: now.
+    at: Option<String>,
+}
+
+/// `GET /api/v1/agents/{id}/inventory?at=…`: what was on the host at that time.
+async fn agent_inventory(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    params: Result<Query<InventoryParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let id = agent_id(&id)?;
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let now = Utc::now();
+    let at = match params.at.as_deref() {
+        Some(text) => parse_since(text, now).map_err(ApiError::bad_request)?,
+        None => now,
+    };
+    if state
+        .store
+        .agent(id)
+        .await
+        .map_err(ApiError::internal)?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!("no agent {id}")));
+    }
+    let index = index_of(&state)?;
+    let answer =
+        tokio::task::spawn_blocking(move || crate::fleet::inventory::inventory_at(&index, id, at))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(search_error)?;
+    Ok(Json(answer).into_response())
 }
 
 /// `POST /api/v1/agents/{id}/revoke`: through the running collector, so its key cache

@@ -63,6 +63,23 @@ enum Command {
         #[command(flatten)]
         remote: remote::RemoteArgs,
     },
+    /// What was on an agent's host at a time: processes, ports, USB devices, users,
+    /// groups, packages, neighbours.
+    Inventory {
+        /// The agent id.
+        agent: uuid::Uuid,
+        /// RFC 3339, or how long ago (`2h`); default now.
+        #[arg(long)]
+        at: Option<String>,
+        /// Only these kinds (comma-separated: process,port,usb,user,group,package,neighbour).
+        #[arg(long)]
+        kinds: Option<String>,
+        /// Print the whole answer as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+    },
     /// Alerts: list, show, acknowledge, resolve, assign, note; the outbox.
     Alerts {
         #[command(subcommand)]
@@ -328,6 +345,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             remote,
         } => provenance(&event_id, json, &remote).await,
         Command::Alerts { command } => alerts::run(command).await,
+        Command::Inventory {
+            agent,
+            at,
+            kinds,
+            json,
+            remote,
+        } => inventory(agent, at.as_deref(), kinds.as_deref(), json, &remote).await,
         Command::Archive {
             command: ArchiveCommand::Verify { location, since },
         } => archive_verify(&location, since.as_deref()).await,
@@ -381,6 +405,95 @@ async fn agent_views(
             yagura_collector::api::AgentView::new(a, state)
         })
         .collect())
+}
+
+/// One line per item: kind, key, and what identifies it best.
+fn inventory_line(kind: &str, item: &serde_json::Value) -> String {
+    let event = &item["event"];
+    let field = |path: &str| {
+        path.split('.')
+            .try_fold(event, |v, p| v.get(p))
+            .map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .unwrap_or_default()
+    };
+    let detail = match kind {
+        "process" => format!(
+            "{} {} {}",
+            field("process.name"),
+            field("user.name"),
+            field("process.executable")
+        ),
+        "port" => format!("{} {}", field("process.name"), field("process.pid")),
+        "usb" => format!(
+            "{} {}",
+            field("device.manufacturer"),
+            field("device.model.name")
+        ),
+        "user" => format!("uid {}", field("user.id")),
+        "group" => format!("gid {}", field("group.id")),
+        "package" => field("package.version"),
+        "neighbour" => field("yagura.inventory.neighbour.mac"),
+        _ => String::new(),
+    };
+    format!(
+        "{kind:<10} {:<40} {}  (since {})",
+        item["key"].as_str().unwrap_or("-"),
+        detail.trim(),
+        item["since"].as_str().unwrap_or("-")
+    )
+}
+
+async fn inventory(
+    agent: uuid::Uuid,
+    at: Option<&str>,
+    kinds: Option<&str>,
+    json: bool,
+    remote: &remote::RemoteArgs,
+) -> anyhow::Result<()> {
+    let mut path = format!("/api/v1/agents/{agent}/inventory");
+    if let Some(at) = at {
+        let encoded: String = url_encode(at);
+        path.push_str(&format!("?at={encoded}"));
+    }
+    let answer = remote.call(reqwest::Method::GET, &path).await?;
+    if json {
+        println!("{answer}");
+        return Ok(());
+    }
+    let wanted: Option<Vec<&str>> = kinds.map(|k| k.split(',').map(str::trim).collect());
+    println!(
+        "agent {agent} at {} (snapshot {} of {}, {} changes after it)",
+        answer["at"].as_str().unwrap_or("-"),
+        answer["snapshot_id"].as_str().unwrap_or("none"),
+        answer["snapshot_at"].as_str().unwrap_or("-"),
+        answer["changes_applied"]
+    );
+    if let Some(items) = answer["items"].as_object() {
+        for (kind, list) in items {
+            if wanted.as_ref().is_some_and(|w| !w.contains(&kind.as_str())) {
+                continue;
+            }
+            for item in list.as_array().into_iter().flatten() {
+                println!("{}", inventory_line(kind, item));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encodes a query value (RFC 3339 times carry `+` and `:`).
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 async fn provenance(event_id: &str, json: bool, remote: &remote::RemoteArgs) -> anyhow::Result<()> {

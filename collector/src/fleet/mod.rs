@@ -13,6 +13,8 @@
 //! `agent_offline` event once per silence) and writes the state to the database every few
 //! seconds, so `yagura agents list` can read it offline.
 
+pub mod inventory;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
