@@ -77,6 +77,19 @@ pub struct AgentConfig {
     /// The endpoint inventory (processes, ports, USB, users, packages, neighbours).
     #[serde(default)]
     pub inventory: InventoryConfig,
+    /// The local allowlist (judged on every inventory observation).
+    #[serde(default)]
+    pub allowlist: Option<AllowlistConfig>,
+}
+
+/// `[allowlist]`: the signed policy and who signs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowlistConfig {
+    /// The policy (TOML); its signature is the file beside it with `.sig` appended.
+    pub policy: PathBuf,
+    /// The collector's policy-signing public key (base64; `yagura allowlist key`).
+    pub signer: String,
 }
 
 /// `[inventory]`: snapshots and change events of what is on the host.
@@ -338,6 +351,7 @@ impl AgentConfig {
             watch: WatchMode::default(),
             heartbeat_interval_seconds: default_heartbeat_interval_seconds(),
             inventory: InventoryConfig::default(),
+            allowlist: None,
         }
     }
 
@@ -404,6 +418,23 @@ impl AgentConfig {
                 reason: "diff_interval_seconds and snapshot_interval_minutes must be above 0"
                     .into(),
             });
+        }
+        if let Some(allowlist) = &self.allowlist {
+            if !self.inventory.enabled {
+                return Err(ConfigError::Invalid {
+                    path: None,
+                    key: "allowlist".into(),
+                    reason: "needs [inventory] enabled = true (it judges what the inventory sees)"
+                        .into(),
+                });
+            }
+            if let Err(error) = yagura_shared::verifying_key_from_base64(&allowlist.signer) {
+                return Err(ConfigError::Invalid {
+                    path: None,
+                    key: "allowlist.signer".into(),
+                    reason: error.to_string(),
+                });
+            }
         }
         if self.heartbeat_interval_seconds == 0 {
             return Err(invalid(

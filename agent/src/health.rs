@@ -97,7 +97,7 @@ fn rss_bytes() -> Option<u64> {
 
 /// User plus system CPU time of this process, from `/proc/self/stat` (USER_HZ is 100 on
 /// every Linux architecture for this interface).
-fn cpu_seconds() -> Option<f64> {
+pub fn cpu_seconds() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = &text[text.rfind(')')? + 2..];

@@ -20,6 +20,7 @@
 //! installs no signal handlers, so the collector's `yagura up` can run an agent in-process:
 //! cancel the token to stop it cleanly.
 
+pub mod allowlist;
 pub mod config;
 mod durable;
 pub mod enroll;
@@ -198,6 +199,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             Duration::from_secs(config.inventory.snapshot_interval_minutes * 60),
             sender,
             Arc::clone(&inventory_stop),
+            config.allowlist.as_ref().and_then(|a| {
+                let signer = yagura_shared::verifying_key_from_base64(&a.signer).ok()?;
+                Some(allowlist::runtime::Enforcer::new(
+                    allowlist::runtime::PolicySource {
+                        path: a.policy.clone(),
+                        signer,
+                    },
+                    PathBuf::from("/proc"),
+                ))
+            }),
         )
         .map_err(|e| Error::io("starting the inventory thread", e))?;
         Some(receiver)

@@ -402,6 +402,41 @@ impl AgentKey {
     pub fn public_key_base64(&self) -> String {
         B64.encode(self.0.verifying_key().as_bytes())
     }
+
+    /// A detached signature (base64) over `document` for `purpose` (e.g.
+    /// `yagura-allowlist-v1`): the purpose is signed with it, so a signature made for one
+    /// kind of document is never valid for another.
+    pub fn sign_document(&self, purpose: &str, document: &[u8]) -> String {
+        B64.encode(self.0.sign(&document_message(purpose, document)).to_bytes())
+    }
+}
+
+fn document_message(purpose: &str, document: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(purpose.len() + 1 + document.len());
+    message.extend_from_slice(purpose.as_bytes());
+    message.push(0);
+    message.extend_from_slice(document);
+    message
+}
+
+/// Checks a [`AgentKey::sign_document`] signature.
+pub fn verify_document(
+    key: &VerifyingKey,
+    purpose: &str,
+    document: &[u8],
+    signature_base64: &str,
+) -> Result<(), BatchError> {
+    let raw = B64
+        .decode(signature_base64.trim())
+        .map_err(|e| BatchError::Malformed(format!("signature: {e}")))?;
+    let bytes: [u8; 64] = raw
+        .try_into()
+        .map_err(|_| BatchError::Malformed("signature is not 64 bytes".into()))?;
+    key.verify_strict(
+        &document_message(purpose, document),
+        &Signature::from_bytes(&bytes),
+    )
+    .map_err(|_| BatchError::BadSignature)
 }
 
 /// Decodes a base64 public key as sent at enrollment and stored by the collector.

@@ -18,7 +18,7 @@ pub mod event;
 pub mod flat;
 
 pub use batch::{
-    AgentKey, BatchError, BatchHeader, EventLines, SignedBatch, parse_header,
+    AgentKey, BatchError, BatchHeader, EventLines, SignedBatch, parse_header, verify_document,
     verifying_key_from_base64,
 };
 pub use bundle::{BatchResult, BundleAnswer, decode_bundle, encode_bundle};

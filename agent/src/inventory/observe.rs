@@ -55,6 +55,8 @@ impl Default for Roots {
 pub struct Port {
     pub protocol: Protocol,
     pub local: SocketAddr,
+    /// The socket's inode (a new socket on the same address is another inode).
+    pub inode: u64,
     pub pid: Option<u32>,
     pub process: Option<String>,
 }
@@ -79,10 +81,27 @@ fn protocol_name(protocol: Protocol) -> &'static str {
 
 /// Reads the diffable tables.
 pub fn observe(roots: &Roots, hasher: &mut ExeHasher) -> Observed {
+    observe_since(roots, hasher, None)
+}
+
+/// [`observe`], reusing what `previous` already knows: processes still running are not
+/// read again, and sockets' owners are looked up (a scan of every process's open files)
+/// only when a listening socket is new. This is what keeps a diff cycle cheap.
+pub fn observe_since(
+    roots: &Roots,
+    hasher: &mut ExeHasher,
+    previous: Option<&Observed>,
+) -> Observed {
     let users = accounts::read_users(&roots.etc).unwrap_or_default();
     let names = accounts::user_names(&users);
     let mut processes = BTreeMap::new();
-    for mut process in processes::read_processes(&roots.proc, hasher) {
+    let read = match previous {
+        Some(previous) => {
+            processes::read_processes_reusing(&roots.proc, hasher, &previous.processes)
+        }
+        None => processes::read_processes(&roots.proc, hasher),
+    };
+    for mut process in read {
         process.user = names.get(&process.uid).cloned();
         processes.insert((process.pid, process.start_ticks), process);
     }
@@ -90,13 +109,30 @@ pub fn observe(roots: &Roots, hasher: &mut ExeHasher) -> Observed {
         .values()
         .map(|p| (p.pid, p.name.clone()))
         .collect();
-    let owners = procnet::socket_owners(&roots.proc);
+    let listening = procnet::read_listening(&roots.proc).unwrap_or_default();
+    let known: std::collections::HashMap<u64, Option<u32>> = previous
+        .map(|p| {
+            p.ports
+                .values()
+                .map(|port| (port.inode, port.pid))
+                .collect()
+        })
+        .unwrap_or_default();
+    let owners = if listening.iter().all(|s| known.contains_key(&s.inode)) {
+        known
+            .iter()
+            .filter_map(|(inode, pid)| pid.map(|pid| (*inode, pid)))
+            .collect()
+    } else {
+        procnet::socket_owners(&roots.proc)
+    };
     let mut ports = BTreeMap::new();
-    for socket in procnet::read_listening(&roots.proc).unwrap_or_default() {
+    for socket in listening {
         let pid = owners.get(&socket.inode).copied();
         let port = Port {
             protocol: socket.protocol,
             local: socket.local,
+            inode: socket.inode,
             pid,
             process: pid.and_then(|p| by_pid.get(&p).cloned()),
         };
@@ -587,6 +623,7 @@ pub fn spawn(
     snapshot_every: std::time::Duration,
     out: std::sync::mpsc::SyncSender<Vec<Event>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mut allowlist: Option<crate::allowlist::runtime::Enforcer>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
@@ -602,7 +639,18 @@ pub fn spawn(
                 }
                 true
             };
-            let (events, mut last) = snapshot(&context, &roots, &mut hasher);
+            // The allowlist judges every observation (loading its policy first).
+            let mut judged = |observed: &Observed, events: &mut Vec<Event>, full: bool| {
+                if let Some(enforcer) = allowlist.as_mut() {
+                    events.extend(enforcer.reload_if_changed(&context));
+                    events.extend(enforcer.judge(observed, &context));
+                    if full {
+                        events.extend(enforcer.proposal(observed, &context));
+                    }
+                }
+            };
+            let (mut events, mut last) = snapshot(&context, &roots, &mut hasher);
+            judged(&last, &mut events, true);
             if !send(events) {
                 return;
             }
@@ -616,12 +664,14 @@ pub fn spawn(
                 next_diff = Instant::now() + diff_every;
                 let events = if last_snapshot.elapsed() >= snapshot_every {
                     last_snapshot = Instant::now();
-                    let (events, now) = snapshot(&context, &roots, &mut hasher);
+                    let (mut events, now) = snapshot(&context, &roots, &mut hasher);
+                    judged(&now, &mut events, true);
                     last = now;
                     events
                 } else {
-                    let now = observe(&roots, &mut hasher);
-                    let events = changes(&context, &last, &now);
+                    let now = observe_since(&roots, &mut hasher, Some(&last));
+                    let mut events = changes(&context, &last, &now);
+                    judged(&now, &mut events, false);
                     last = now;
                     events
                 };
@@ -670,7 +720,8 @@ mod tests {
             .expect("sleep");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = u64::from(listener.local_addr().expect("addr").port());
-        let during = observe(&roots, &mut hasher);
+        // As the inventory thread does: each cycle reuses what the one before read.
+        let during = observe_since(&roots, &mut hasher, Some(&before));
         let started = changes(&context(), &before, &during);
         let seen = actions(&started);
         assert!(
@@ -708,7 +759,7 @@ mod tests {
         child.kill().expect("kill");
         child.wait().expect("wait");
         drop(listener);
-        let after = observe(&roots, &mut hasher);
+        let after = observe_since(&roots, &mut hasher, Some(&during));
         let ended = actions(&changes(&context(), &during, &after));
         assert!(
             ended.contains(&("process_exited".into(), Some(u64::from(child.id())))),

@@ -189,6 +189,33 @@ pub fn read_processes(proc_root: &Path, hasher: &mut ExeHasher) -> Vec<Process> 
     processes
 }
 
+/// The processes now, reusing the records in `known` for processes still running (same
+/// pid and start time) instead of reading them again: a diff cycle reads one `stat` per
+/// process and reads in full only the new ones. The hash cache is pruned by
+/// [`read_processes`] (at snapshots), not here.
+pub fn read_processes_reusing(
+    proc_root: &Path,
+    hasher: &mut ExeHasher,
+    known: &std::collections::BTreeMap<(u32, u64), Process>,
+) -> Vec<Process> {
+    let Ok(entries) = fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut processes: Vec<Process> = entries
+        .flatten()
+        .filter_map(|entry| parse_pid(entry.file_name().as_bytes()))
+        .filter_map(|pid| {
+            let stat = read_stat(&proc_root.join(pid.to_string()))?;
+            match known.get(&(pid, stat.start_ticks)) {
+                Some(process) => Some(process.clone()),
+                None => read_process(proc_root, pid, hasher),
+            }
+        })
+        .collect();
+    processes.sort_by_key(|p| p.pid);
+    processes
+}
+
 /// A `/proc` entry name that is a pid: decimal digits only (`u32::from_str` would also
 /// take `+5`).
 fn parse_pid(name: &[u8]) -> Option<u32> {

@@ -117,20 +117,7 @@ fn event(i: u64, n: u64, end: chrono::DateTime<Utc>, agent: &str, rng: &mut XorS
 
 /// CPU seconds of this process so far (all threads).
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+    yagura_agent::health::cpu_seconds().unwrap_or(0.0)
 }
 
 fn dir_bytes(dir: &Path) -> u64 {

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing (raw) and the commands (validated glue).
 
 mod alerts;
+mod allowlist;
 mod bench;
 mod bench_agent;
 mod bench_alert;
@@ -79,6 +80,11 @@ enum Command {
         json: bool,
         #[command(flatten)]
         remote: remote::RemoteArgs,
+    },
+    /// Allowlist policies for agents: the signing key, signing a policy.
+    Allowlist {
+        #[command(subcommand)]
+        command: allowlist::AllowlistCommand,
     },
     /// Alerts: list, show, acknowledge, resolve, assign, note; the outbox.
     Alerts {
@@ -345,6 +351,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             remote,
         } => provenance(&event_id, json, &remote).await,
         Command::Alerts { command } => alerts::run(command).await,
+        Command::Allowlist { command } => allowlist::run(command),
         Command::Inventory {
             agent,
             at,
