@@ -487,3 +487,43 @@ pub fn incompressible_text(len: usize) -> String {
         })
         .collect()
 }
+
+/// `yagura up` in `dir/data` on a free port, without the host's logs: the running stack
+/// and what its first start printed.
+pub struct Up {
+    pub process: Process,
+    pub url: String,
+    pub fingerprint: String,
+    pub token: String,
+    /// The `--data-dir` it runs on.
+    pub data_arg: String,
+}
+
+impl Up {
+    pub fn start(dir: &Path) -> anyhow::Result<Up> {
+        let data_arg = dir.join("data").display().to_string();
+        let process = Process::spawn(
+            "yagura up",
+            &binaries().collector,
+            &[
+                "up",
+                "--data-dir",
+                &data_arg,
+                "--listen",
+                "127.0.0.1:0",
+                "--no-host-logs",
+            ],
+            &dir.join("up.log"),
+        )?;
+        let url = process.expect_line("API URL:", Duration::from_secs(60))?;
+        let fingerprint = process.expect_line("Certificate:  sha256", Duration::from_secs(5))?;
+        let token = process.expect_line("API token:", Duration::from_secs(5))?;
+        Ok(Up {
+            process,
+            url,
+            fingerprint,
+            token,
+            data_arg,
+        })
+    }
+}

@@ -4,29 +4,18 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use yagura_e2e::{Process, binaries};
+use yagura_e2e::{Up, binaries};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_searchable_demo_events_and_stops_cleanly_on_ctrl_c() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let data = tmp.path().join("data");
-    let data_arg = data.display().to_string();
-    let mut up = Process::spawn(
-        "yagura up",
-        &binaries().collector,
-        &[
-            "up",
-            "--data-dir",
-            &data_arg,
-            "--listen",
-            "127.0.0.1:0",
-            "--no-host-logs",
-        ],
-        &tmp.path().join("up.log"),
-    )?;
-    let url = up.expect_line("API URL:", Duration::from_secs(60))?;
-    let fingerprint = up.expect_line("Certificate:  sha256", Duration::from_secs(5))?;
-    let token = up.expect_line("API token:", Duration::from_secs(5))?;
+    let Up {
+        process: mut up,
+        url,
+        fingerprint,
+        token,
+        data_arg,
+    } = Up::start(tmp.path())?;
     assert!(
         token.starts_with("ygt_"),
         "first run prints the API token: {token}"

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::header;
 use serde_json::{Value, json};
-use yagura_e2e::{Process, binaries};
+use yagura_e2e::{Up, binaries};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -64,23 +64,13 @@ async fn search_total(
 async fn brute_force_and_idor_through_yagura_up_are_audit_events_in_search() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");
-    let data_arg = data.display().to_string();
-    let mut up = Process::spawn(
-        "yagura up",
-        &binaries().collector,
-        &[
-            "up",
-            "--data-dir",
-            &data_arg,
-            "--listen",
-            "127.0.0.1:0",
-            "--no-host-logs",
-        ],
-        &tmp.path().join("up.log"),
-    )?;
-    let url = up.expect_line("API URL:", Duration::from_secs(60))?;
-    let fingerprint = up.expect_line("Certificate:  sha256", Duration::from_secs(5))?;
-    let token = up.expect_line("API token:", Duration::from_secs(5))?;
+    let Up {
+        process: mut up,
+        url,
+        fingerprint,
+        token,
+        data_arg,
+    } = Up::start(tmp.path())?;
     let (client, _) =
         yagura_agent::tls::pinned_client(Some(&fingerprint), Duration::from_secs(10))?;
 

@@ -25,6 +25,17 @@ use crate::shop::infrastructure::audit_trail;
 
 type Body<T> = Result<Json<T>, JsonRejection>;
 
+/// The value of an `Ok`, or the early answer an `Err` carries (a refusal already audited
+/// and rendered by the step that made it).
+macro_rules! or_return {
+    ($step:expr) => {
+        match $step {
+            Ok(value) => value,
+            Err(response) => return response,
+        }
+    };
+}
+
 /// A refused body: audited (`validation_rejected`) and answered 400/413/415.
 async fn parsed<T: DeserializeOwned>(
     state: &ShopState,
@@ -113,10 +124,7 @@ async fn register(
     Extension(origin): Extension<Origin>,
     body: Body<Credentials>,
 ) -> Response {
-    let body = match parsed(&state, Who::Anonymous(&origin), body).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+    let body = or_return!(parsed(&state, Who::Anonymous(&origin), body).await);
     match state
         .shop
         .register(&body.email, &body.password, &origin)
@@ -137,10 +145,7 @@ async fn login(
     headers: HeaderMap,
     body: Body<Credentials>,
 ) -> Response {
-    let body = match parsed(&state, Who::Anonymous(&origin), body).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+    let body = or_return!(parsed(&state, Who::Anonymous(&origin), body).await);
     let presented = session_cookie(&headers);
     match state
         .shop
@@ -171,10 +176,7 @@ async fn login_mfa(
     Extension(caller): CallerExt,
     body: Body<MfaCode>,
 ) -> Response {
-    let body = match parsed(&state, Who::Caller(&caller), body).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+    let body = or_return!(parsed(&state, Who::Caller(&caller), body).await);
     match state
         .shop
         .verify_mfa(&caller, body.code.as_deref(), body.recovery_code.as_deref())
@@ -240,10 +242,7 @@ async fn mfa_confirm(
     Extension(caller): CallerExt,
     body: Body<Code>,
 ) -> Response {
-    let body = match parsed(&state, Who::Caller(&caller), body).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+    let body = or_return!(parsed(&state, Who::Caller(&caller), body).await);
     match state.shop.confirm_mfa(&caller, &body.code).await {
         Ok((codes, Some(session))) => {
             session_response(&session, StatusCode::OK, json!({"recovery_codes": codes}))
@@ -258,10 +257,7 @@ async fn mfa_disable(
     Extension(caller): CallerExt,
     body: Body<Code>,
 ) -> Response {
-    let body = match parsed(&state, Who::Caller(&caller), body).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+    let body = or_return!(parsed(&state, Who::Caller(&caller), body).await);
     answer(
         state
             .shop
@@ -392,10 +388,7 @@ async fn add_my_item(
     Extension(caller): CallerExt,
     body: Body<NewItem>,
 ) -> Response {
-    let body = match parsed(&state, Who::Caller(&caller), body).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+    let body = or_return!(parsed(&state, Who::Caller(&caller), body).await);
     item_change(&state, &caller, None, &body.sku, Some(body.quantity), add).await
 }
 
@@ -405,10 +398,7 @@ async fn set_my_item(
     Path(sku): Path<String>,
     body: Body<NewQuantity>,
 ) -> Response {
-    let body = match parsed(&state, Who::Caller(&caller), body).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+    let body = or_return!(parsed(&state, Who::Caller(&caller), body).await);
     item_change(&state, &caller, None, &sku, Some(body.quantity), set).await
 }
 
@@ -425,10 +415,7 @@ async fn show_cart(
     Extension(caller): CallerExt,
     Path(id): Path<String>,
 ) -> Response {
-    let id = match cart_id(&state, &caller, &id).await {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
+    let id = or_return!(cart_id(&state, &caller, &id).await);
     cart_answer(state.shop.cart(&caller, id).await)
 }
 
@@ -438,14 +425,8 @@ async fn add_item(
     Path(id): Path<String>,
     body: Body<NewItem>,
 ) -> Response {
-    let id = match cart_id(&state, &caller, &id).await {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
-    let body = match parsed(&state, Who::Caller(&caller), body).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+    let id = or_return!(cart_id(&state, &caller, &id).await);
+    let body = or_return!(parsed(&state, Who::Caller(&caller), body).await);
     item_change(
         &state,
         &caller,
@@ -463,14 +444,8 @@ async fn set_item(
     Path((id, sku)): Path<(String, String)>,
     body: Body<NewQuantity>,
 ) -> Response {
-    let id = match cart_id(&state, &caller, &id).await {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
-    let body = match parsed(&state, Who::Caller(&caller), body).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+    let id = or_return!(cart_id(&state, &caller, &id).await);
+    let body = or_return!(parsed(&state, Who::Caller(&caller), body).await);
     item_change(&state, &caller, Some(id), &sku, Some(body.quantity), set).await
 }
 
@@ -479,10 +454,7 @@ async fn remove_item(
     Extension(caller): CallerExt,
     Path((id, sku)): Path<(String, String)>,
 ) -> Response {
-    let id = match cart_id(&state, &caller, &id).await {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
+    let id = or_return!(cart_id(&state, &caller, &id).await);
     item_change(&state, &caller, Some(id), &sku, None, remove).await
 }
 
@@ -491,10 +463,7 @@ async fn clear_cart(
     Extension(caller): CallerExt,
     Path(id): Path<String>,
 ) -> Response {
-    let id = match cart_id(&state, &caller, &id).await {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
+    let id = or_return!(cart_id(&state, &caller, &id).await);
     cart_answer(
         state
             .shop
@@ -510,10 +479,7 @@ async fn submit_form(
     Extension(caller): CallerExt,
     body: Body<RawContactForm>,
 ) -> Response {
-    let body = match parsed(&state, Who::Caller(&caller), body).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+    let body = or_return!(parsed(&state, Who::Caller(&caller), body).await);
     match state.shop.submit_form(&caller, body).await {
         Ok(id) => inert_json(StatusCode::CREATED, &json!({"id": id})),
         Err(error) => shop_error(error).into_response(),
@@ -565,14 +531,8 @@ async fn set_role(
     id: Result<Path<String>, PathRejection>,
     body: Body<NewRole>,
 ) -> Response {
-    let id = match user_id(&state, &caller, id).await {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
-    let body = match parsed(&state, Who::Caller(&caller), body).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+    let id = or_return!(user_id(&state, &caller, id).await);
+    let body = or_return!(parsed(&state, Who::Caller(&caller), body).await);
     let Some(role) = Role::parse(&body.role) else {
         return field_refused(
             &state,
@@ -596,10 +556,7 @@ async fn unlock(
     Extension(caller): CallerExt,
     id: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let id = match user_id(&state, &caller, id).await {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
+    let id = or_return!(user_id(&state, &caller, id).await);
     answer(
         state
             .shop
@@ -614,10 +571,7 @@ async fn revoke_sessions(
     Extension(caller): CallerExt,
     id: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let id = match user_id(&state, &caller, id).await {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
+    let id = or_return!(user_id(&state, &caller, id).await);
     answer(
         state
             .shop
@@ -632,10 +586,7 @@ async fn reset_mfa(
     Extension(caller): CallerExt,
     id: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let id = match user_id(&state, &caller, id).await {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
+    let id = or_return!(user_id(&state, &caller, id).await);
     answer(state.shop.reset_mfa(&caller, id).await.map(
         |()| json!({"status": "second factor removed; the user enrols again at the next sign-in"}),
     ))
