@@ -93,14 +93,7 @@ pub async fn forward_once<A: Archive>(
         if landed {
             through = upto;
         }
-        sqlx::query(
-            "UPDATE audit_forwarding SET through_sequence = $1, pending_batch = NULL, \
-             pending_through = NULL WHERE id = 1",
-        )
-        .bind(through)
-        .execute(&db.pool)
-        .await
-        .map_err(err)?;
+        settle(db, through).await.map_err(err)?;
     }
     let records =
         audit_trail::records_after(db, u64::try_from(through).unwrap_or(0), BATCH_RECORDS)
@@ -143,15 +136,23 @@ pub async fn forward_once<A: Archive>(
             ));
         }
     }
+    settle(db, upto).await.map_err(err)?;
+    Ok(records.len())
+}
+
+/// Records that everything up to `through` is in the archive and no batch is pending.
+async fn settle(
+    db: &crate::shop::infrastructure::database::ShopDatabase,
+    through: i64,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE audit_forwarding SET through_sequence = $1, pending_batch = NULL, \
          pending_through = NULL WHERE id = 1",
     )
-    .bind(upto)
+    .bind(through)
     .execute(&db.pool)
-    .await
-    .map_err(err)?;
-    Ok(records.len())
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]
