@@ -15,7 +15,9 @@
 //! for backtests.
 //!
 //! Hot reload: every [`RELOAD_CHECK`] the rule directories are fingerprinted (paths,
-//! sizes, modification times); on a change the whole set is loaded and checked again. A
+//! sizes, modification times of the rule files and of the value lists in `lists/`, so an
+//! edited blocklist takes effect like an edited rule); on a change the whole set is
+//! loaded and checked again. A
 //! set with any error is refused as a whole — each problem logged and raised as a
 //! collector event with its `file:line` — and the running rules stay; a good set replaces
 //! them between two events, carrying the correlation windows over (rsigma's snapshot is
@@ -29,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use yagura_shared::{Event, SignedBatch};
 
 use super::engine::{Detection, Detector};
+use super::lists::list_files;
 use super::rules::{RuleSet, ecs_pipeline, load, rule_files};
 use crate::archive::{Archive, ArchiveError, Record};
 use crate::collector_events::CollectorEvents;
@@ -78,13 +81,14 @@ struct RuleSource {
     events: Option<CollectorEvents>,
 }
 
-/// What identifies the state of the rule files: each file's path, size and
-/// modification time.
+/// What identifies the state of the rule files and value lists: each file's path, size
+/// and modification time.
 fn fingerprint(dirs: &[std::path::PathBuf]) -> String {
     use sha2::Digest as _;
     let mut hash = sha2::Sha256::new();
     match rule_files(dirs) {
-        Ok(files) => {
+        Ok(mut files) => {
+            files.extend(list_files(dirs));
             for file in files {
                 let meta = std::fs::metadata(&file).ok();
                 let modified = meta
@@ -620,6 +624,51 @@ mod tests {
         let three = s.append(3, &[sudo_failure(5)]).await;
         live.detect_record(&three);
         assert_eq!(live.pending.len(), 1, "the running rules stay");
+    }
+
+    /// A value list is watched like a rule: adding a domain to the blocklist makes the
+    /// next reload fire on it, removing it stops that, and deleting the list makes the
+    /// set invalid (the rule names a list that is gone) — refused, the running rules stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_edited_list_is_reloaded_like_a_rule() {
+        use crate::detect::lists::tests::{BLOCKLIST_RULE, query};
+        let s = setup().await;
+        let lists = s.rules.join("lists");
+        std::fs::create_dir_all(&lists).expect("mkdir");
+        std::fs::write(lists.join("dns_blocklist.txt"), "evil.example\n").expect("list");
+        std::fs::write(s.rules.join("blocklist.yml"), BLOCKLIST_RULE).expect("rule");
+        let mut live = s.live().with_reload(vec![s.rules.clone()], None);
+        live.resume(0).await.expect("resume");
+        let mut seq = 0;
+        let mut fired = async |live: &mut LiveDetector, name: &str| {
+            seq += 1;
+            live.pending.clear();
+            let record = s.append(seq, &[query(name)]).await;
+            live.detect_record(&record);
+            !live.pending.is_empty()
+        };
+        assert!(fired(&mut live, "www.evil.example").await);
+        assert!(!fired(&mut live, "c2.worse.example").await);
+
+        std::fs::write(
+            lists.join("dns_blocklist.txt"),
+            "# operators maintain this\nworse.example\n",
+        )
+        .expect("edit");
+        assert!(live.check_rules(true), "the edited list is swapped in");
+        assert!(fired(&mut live, "c2.worse.example").await);
+        assert!(!fired(&mut live, "www.evil.example").await);
+
+        std::fs::remove_file(lists.join("dns_blocklist.txt")).expect("rm");
+        assert!(
+            !live.check_rules(true),
+            "a rule without its list is refused"
+        );
+        assert_eq!(live.stats().refused_reloads.load(Ordering::Relaxed), 1);
+        assert!(
+            fired(&mut live, "c2.worse.example").await,
+            "the running rules stay"
+        );
     }
 
     /// The detector dies in the middle of an event_count window (two of three failures

@@ -5,12 +5,16 @@
 //! A rule directory holds Sigma YAML files (`*.yml`, `*.yaml`, one or more documents
 //! each: detection rules, correlation rules, filters) in any tree of folders. Folders
 //! named `fixtures`, `lists`, `runbooks` and `pipelines`, and hidden ones, hold other
-//! things (test events, blocklists, runbooks) and are not read as rules.
+//! things (test events, blocklists, runbooks) and are not read as rules. The value lists
+//! in `lists/*.txt` are read with the rules and fill the placeholders of their `|expand`
+//! values before they are checked ([`super::lists`]).
 
 use std::path::{Path, PathBuf};
 
 use rsigma_eval::{Pipeline, apply_pipelines, compile_rule};
 use rsigma_parser::{SigmaCollection, parse_sigma_yaml};
+
+use super::lists::{self, Lists};
 
 /// Folders of a rule directory that do not hold rules.
 const NOT_RULES: &[&str] = &["fixtures", "lists", "runbooks", "pipelines"];
@@ -46,6 +50,8 @@ pub struct RuleSet {
     pub errors: Vec<RuleProblem>,
     /// Lint findings (the rule loads, but something is off).
     pub warnings: Vec<RuleProblem>,
+    /// The value lists the rules' placeholders were filled from.
+    pub lists: Lists,
 }
 
 impl RuleSet {
@@ -120,10 +126,12 @@ pub fn rule_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, RuleProblem> {
     Ok(files)
 }
 
-/// Reads, parses and checks every rule file under `dirs` with `pipeline`. A file with
-/// an error is left out of `files` and its problems are in `errors`; the others load.
+/// Reads, parses and checks every rule file under `dirs` with `pipeline`, their
+/// placeholders filled from the lists of `dirs`. A file with an error is left out of
+/// `files` and its problems are in `errors`; the others load.
 pub fn load(dirs: &[PathBuf], pipeline: &Pipeline) -> Result<RuleSet, RuleProblem> {
     let mut set = RuleSet::default();
+    set.lists = lists::load_lists(dirs, &mut set.errors, &mut set.warnings);
     for path in rule_files(dirs)? {
         let text = match read_rule_file(&path) {
             Ok(text) => text,
@@ -137,9 +145,23 @@ pub fn load(dirs: &[PathBuf], pipeline: &Pipeline) -> Result<RuleSet, RuleProble
             }
         };
         let before = set.errors.len();
-        let collection = parse_file(&path, &text, &mut set.errors);
+        let mut collection = parse_file(&path, &text, &mut set.errors);
+        if let Some(collection) = &mut collection {
+            lists::resolve(
+                &path,
+                &text,
+                collection,
+                &set.lists,
+                &mut set.errors,
+                &mut set.warnings,
+            );
+        }
         if let Some(collection) = &collection {
-            check_compiles(&path, &text, collection, pipeline, &mut set.errors);
+            // An unresolved placeholder would compile (rsigma reads it as a template of
+            // the event's fields), so only a fully resolved file is compiled.
+            if set.errors.len() == before {
+                check_compiles(&path, &text, collection, pipeline, &mut set.errors);
+            }
             lint(&path, &text, &mut set.warnings);
         }
         match collection {
@@ -287,7 +309,7 @@ pub(crate) fn temporal_needs_every_rule(collection: &mut SigmaCollection) {
 }
 
 /// The line where the rule titled `title` starts (its `title:` line), or 1.
-fn line_of_title(text: &str, title: &str) -> usize {
+pub(crate) fn line_of_title(text: &str, title: &str) -> usize {
     text.lines()
         .position(|l| {
             l.strip_prefix("title:")
