@@ -2,7 +2,8 @@
 //! it — running processes with the SHA-256 of their executables ([`processes`]),
 //! listening sockets and their owning processes ([`procnet`]), local users and groups
 //! ([`accounts`]), installed packages for patch visibility ([`packages`]), the ARP/NDP
-//! neighbour table ([`neighbours`]) and USB devices ([`usb`]).
+//! neighbour table ([`neighbours`]), USB devices ([`usb`]), network interfaces with their
+//! MAC and IP addresses ([`interfaces`]), and mounted filesystems and disks ([`mounts`]).
 //!
 //! Every reader takes the root of the tree it reads (`/proc`, `/sys`) as a parameter
 //! instead of hard-coding it, so tests run against fixture trees built in a temporary
@@ -10,6 +11,8 @@
 //! machine's own state.
 
 pub mod accounts;
+pub mod interfaces;
+pub mod mounts;
 pub mod neighbours;
 pub mod observe;
 pub mod packages;

@@ -2,12 +2,15 @@
 //! and every `snapshot_interval_minutes`, and in between a cheap diff every
 //! `diff_interval_seconds` whose changes are events (`event.kind: event`): process
 //! started or exited, port opened or closed, USB device attached or removed, user added
-//! or removed, neighbour appeared or changed its MAC. All under `event.dataset:
+//! or removed, neighbour appeared or changed its MAC, network interface added, removed or
+//! changed (an address added or removed, its MAC changed). All under `event.dataset:
 //! yagura.inventory`, so the collector can rebuild what a host looked like at any time.
 //!
 //! A diff reads only the fast-changing tables (processes, sockets, USB, users,
-//! neighbours); packages, groups and host facts come with snapshots. Executables are
-//! hashed once per (device, inode, size, times) by the [`ExeHasher`] cache.
+//! neighbours, interfaces — the last a few small sysfs files per interface and one
+//! `getifaddrs`); packages, groups, mounts, disks and host facts come with snapshots.
+//! Executables are hashed once per (device, inode, size, times) by the [`ExeHasher`]
+//! cache.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -19,6 +22,8 @@ use uuid::Uuid;
 use yagura_shared::Event;
 
 use super::accounts::{self, User};
+use super::interfaces::{self, NetInterface};
+use super::mounts::{self, Disk, Mount};
 use super::neighbours::{self, Neighbour};
 use super::packages;
 use super::processes::{self, ExeHasher, Process};
@@ -70,6 +75,8 @@ pub struct Observed {
     pub usb: BTreeMap<String, UsbDevice>,
     pub users: BTreeMap<String, User>,
     pub neighbours: BTreeMap<IpAddr, Neighbour>,
+    /// By interface name.
+    pub interfaces: BTreeMap<String, NetInterface>,
 }
 
 fn protocol_name(protocol: Protocol) -> &'static str {
@@ -85,8 +92,9 @@ pub fn observe(roots: &Roots, hasher: &mut ExeHasher) -> Observed {
 }
 
 /// [`observe`], reusing what `previous` already knows: processes still running are not
-/// read again, and sockets' owners are looked up (a scan of every process's open files)
-/// only when a listening socket is new. This is what keeps a diff cycle cheap.
+/// read again, sockets' owners are looked up (a scan of every process's open files) only
+/// when a listening socket is new, and interfaces are read in full only when new or when
+/// their MAC or addresses changed. This is what keeps a diff cycle cheap.
 pub fn observe_since(
     roots: &Roots,
     hasher: &mut ExeHasher,
@@ -154,6 +162,13 @@ pub fn observe_since(
             .into_iter()
             .map(|n| (n.ip, n))
             .collect(),
+        interfaces: match previous {
+            Some(previous) => interfaces::read_since(&roots.sys, &previous.interfaces),
+            None => interfaces::read(&roots.sys),
+        }
+        .into_iter()
+        .map(|i| (i.name.clone(), i))
+        .collect(),
     }
 }
 
@@ -377,6 +392,187 @@ fn neighbour_event(
     event
 }
 
+/// What an interface change was: the addresses that came and went, the MAC before.
+#[derive(Default)]
+struct InterfaceChange<'a> {
+    added: Vec<&'a ipnet::IpNet>,
+    removed: Vec<&'a ipnet::IpNet>,
+    previous_mac: Option<Option<&'a str>>,
+}
+
+impl<'a> InterfaceChange<'a> {
+    /// `None` when neither the addresses nor the MAC changed (state, MTU and the rest
+    /// are not diffed: a cable plugged in is no inventory change).
+    fn between(before: &'a NetInterface, after: &'a NetInterface) -> Option<Self> {
+        let change = InterfaceChange {
+            added: after
+                .addresses
+                .iter()
+                .filter(|a| !before.addresses.contains(a))
+                .collect(),
+            removed: before
+                .addresses
+                .iter()
+                .filter(|a| !after.addresses.contains(a))
+                .collect(),
+            previous_mac: (before.mac != after.mac).then_some(before.mac.as_deref()),
+        };
+        (!change.added.is_empty() || !change.removed.is_empty() || change.previous_mac.is_some())
+            .then_some(change)
+    }
+}
+
+/// An interface as an event: its state in `yagura.inventory.interface` (MAC lower case
+/// with colons, as `yagura.inventory.neighbour.mac`), its addresses in `related.ip`. ECS
+/// has no top-level interface fields (its `interface.*` set belongs under
+/// `observer.ingress`/`egress`), and `host.mac`/`host.ip` describe the whole host: they
+/// are on the snapshot's summary.
+fn interface_event(
+    context: &EventContext,
+    i: &NetInterface,
+    action: &str,
+    kind: &str,
+    kind_type: &str,
+    change: Option<&InterfaceChange>,
+) -> Event {
+    let mut event = base(context, action, kind, "host", kind_type);
+    item(&mut event, "interface", i.name.clone());
+    let mut fields = json!({
+        "name": i.name,
+        "mac": i.mac,
+        "mac_assignment": i.mac_assignment,
+        "operstate": i.operstate,
+        "mtu": i.mtu,
+        "link_type": i.link_type,
+        "kind": i.kind,
+        "physical": i.physical,
+        "addresses": i.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    });
+    if let Some(change) = change {
+        if !change.added.is_empty() {
+            fields["added_addresses"] = json!(
+                change
+                    .added
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            );
+        }
+        if !change.removed.is_empty() {
+            fields["removed_addresses"] = json!(
+                change
+                    .removed
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            );
+        }
+        if let Some(previous) = change.previous_mac {
+            fields["previous_mac"] = json!(previous);
+        }
+    }
+    event.set("yagura.inventory.interface", fields);
+    let ips: Vec<String> = i.addresses.iter().map(|a| a.addr().to_string()).collect();
+    if !ips.is_empty() {
+        event.set("related.ip", json!(ips));
+    }
+    let what = match (action, change) {
+        ("interface_added", _) => "added".to_string(),
+        ("interface_removed", _) => "removed".to_string(),
+        (_, Some(change)) => {
+            let mut parts = Vec::new();
+            for a in &change.added {
+                parts.push(format!("+{a}"));
+            }
+            for a in &change.removed {
+                parts.push(format!("-{a}"));
+            }
+            if let Some(previous) = change.previous_mac {
+                parts.push(format!("MAC was {}", previous.unwrap_or("none")));
+            }
+            format!("changed ({})", parts.join(", "))
+        }
+        _ => "present".to_string(),
+    };
+    event.set_str(
+        "message",
+        format!(
+            "network interface {} ({}{}) {what}",
+            i.name,
+            i.mac.as_deref().unwrap_or("no MAC"),
+            if i.addresses.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {}",
+                    i.addresses
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            }
+        ),
+    );
+    event
+}
+
+/// A mount as a snapshot item, keyed by its mount point; its fields under
+/// `yagura.inventory.mount` (ECS has no mount fields).
+fn mount_event(context: &EventContext, m: &Mount) -> Event {
+    let mut event = base(context, "mount_present", "state", "host", "info");
+    item(&mut event, "mount", m.mount_point.clone());
+    event.set(
+        "yagura.inventory.mount",
+        json!({
+            "device": m.device,
+            "mount_point": m.mount_point,
+            "fs_type": m.fs_type,
+            "options": m.options,
+            "total_bytes": m.total_bytes,
+            "available_bytes": m.available_bytes,
+        }),
+    );
+    event.set_str(
+        "message",
+        format!(
+            "{} ({}) mounted on {}{}",
+            m.device,
+            m.fs_type,
+            m.mount_point,
+            match (m.available_bytes, m.total_bytes) {
+                (Some(available), Some(total)) =>
+                    format!(", {available} of {total} bytes available"),
+                _ => String::new(),
+            }
+        ),
+    );
+    event
+}
+
+/// A MAC as ECS writes it in `host.mac`: upper case, octets joined by hyphens (RFC 7042).
+fn ecs_mac(mac: &str) -> String {
+    mac.to_ascii_uppercase().replace(':', "-")
+}
+
+/// The host's MACs (ECS notation) and IP addresses for the summary's `host.mac` and
+/// `host.ip`: every interface's, once each, loopback addresses left out.
+fn host_addresses(interfaces: &BTreeMap<String, NetInterface>) -> (Vec<String>, Vec<String>) {
+    let macs: std::collections::BTreeSet<String> = interfaces
+        .values()
+        .filter_map(|i| i.mac.as_deref().map(ecs_mac))
+        .collect();
+    let ips: std::collections::BTreeSet<IpAddr> = interfaces
+        .values()
+        .flat_map(|i| i.addresses.iter().map(ipnet::IpNet::addr))
+        .filter(|ip| !ip.is_loopback())
+        .collect();
+    (
+        macs.into_iter().collect(),
+        ips.into_iter().map(|ip| ip.to_string()).collect(),
+    )
+}
+
 /// The change events from `before` to `after`.
 pub fn changes(context: &EventContext, before: &Observed, after: &Observed) -> Vec<Event> {
     let mut events = Vec::new();
@@ -456,11 +652,47 @@ pub fn changes(context: &EventContext, before: &Observed, after: &Observed) -> V
             Some(_) => {}
         }
     }
+    for (name, now) in &after.interfaces {
+        match before.interfaces.get(name) {
+            None => events.push(interface_event(
+                context,
+                now,
+                "interface_added",
+                "event",
+                "info",
+                None,
+            )),
+            Some(old) => {
+                if let Some(change) = InterfaceChange::between(old, now) {
+                    events.push(interface_event(
+                        context,
+                        now,
+                        "interface_changed",
+                        "event",
+                        "change",
+                        Some(&change),
+                    ));
+                }
+            }
+        }
+    }
+    for (name, old) in &before.interfaces {
+        if !after.interfaces.contains_key(name) {
+            events.push(interface_event(
+                context,
+                old,
+                "interface_removed",
+                "event",
+                "info",
+                None,
+            ));
+        }
+    }
     events
 }
 
-/// Host facts read from /proc and /etc for the snapshot's summary event.
-fn host_facts(roots: &Roots) -> Value {
+/// Host facts read from /proc and /etc for the snapshot's summary event, with the disks.
+fn host_facts(roots: &Roots, disks: &[Disk]) -> Value {
     let read = |path: &Path| {
         std::fs::read_to_string(path)
             .ok()
@@ -500,6 +732,7 @@ fn host_facts(roots: &Roots) -> Value {
         "machine_id": read(&roots.etc.join("machine-id")),
         "memory_bytes": mem_total_kib.map(|k| k * 1024),
         "cpus": cpus,
+        "disks": disks,
     })
 }
 
@@ -514,6 +747,8 @@ pub fn snapshot(
     let observed = observe(roots, hasher);
     let packages = packages::read_packages(&roots.root);
     let groups = accounts::read_groups(&roots.etc).unwrap_or_default();
+    let mounts = mounts::read_mounts(&roots.proc, &roots.root);
+    let disks = mounts::read_disks(&roots.sys);
     let id = Uuid::now_v7().to_string();
     let mut events = Vec::new();
     for p in observed.processes.values() {
@@ -542,6 +777,19 @@ pub fn snapshot(
             "state",
             None,
         ));
+    }
+    for interface in observed.interfaces.values() {
+        events.push(interface_event(
+            context,
+            interface,
+            "interface_present",
+            "state",
+            "info",
+            None,
+        ));
+    }
+    for mount in &mounts {
+        events.push(mount_event(context, mount));
     }
     for group in &groups {
         let mut event = base(context, "group_present", "state", "iam", "group");
@@ -578,7 +826,14 @@ pub fn snapshot(
         events.push(event);
     }
     let mut summary = base(context, "inventory_snapshot", "state", "host", "info");
-    summary.set("yagura.inventory.host", host_facts(roots));
+    summary.set("yagura.inventory.host", host_facts(roots, &disks));
+    let (macs, ips) = host_addresses(&observed.interfaces);
+    if !macs.is_empty() {
+        summary.set("host.mac", json!(macs));
+    }
+    if !ips.is_empty() {
+        summary.set("host.ip", json!(ips));
+    }
     summary.set(
         "yagura.inventory.counts",
         json!({
@@ -589,21 +844,33 @@ pub fn snapshot(
             "groups": groups.len(),
             "packages": packages.len(),
             "neighbours": observed.neighbours.len(),
+            "interfaces": observed.interfaces.len(),
+            "mounts": mounts.len(),
+            "disks": disks.len(),
         }),
     );
     summary.set_str(
         "message",
         format!(
-            "inventory snapshot: {} processes, {} listening ports, {} packages, {} USB devices",
+            "inventory snapshot: {} processes, {} listening ports, {} packages, {} USB devices, {} network interfaces, {} mounts, {} disks",
             observed.processes.len(),
             observed.ports.len(),
             packages.len(),
-            observed.usb.len()
+            observed.usb.len(),
+            observed.interfaces.len(),
+            mounts.len(),
+            disks.len()
         ),
     );
+    // A snapshot is one moment: every item carries the summary's time (items made before
+    // it would otherwise precede the snapshot they belong to).
+    let taken_at = summary.get_str("@timestamp").map(str::to_string);
     events.insert(0, summary);
     for event in &mut events {
         event.set_str("yagura.inventory.snapshot_id", id.clone());
+        if let Some(time) = &taken_at {
+            event.set_str("@timestamp", time.clone());
+        }
     }
     (events, observed)
 }
@@ -821,6 +1088,223 @@ mod tests {
                 .iter()
                 .any(|e| e.action() == Some("user_present")
                     && e.get_str("user.name") == Some("root"))
+        );
+
+        // Interfaces: loopback at least, with its address; the summary has the host's.
+        let lo = events
+            .iter()
+            .find(|e| {
+                e.action() == Some("interface_present")
+                    && e.get_str("yagura.inventory.key") == Some("lo")
+            })
+            .expect("lo");
+        assert_eq!(lo.get_str("yagura.inventory.item"), Some("interface"));
+        assert!(
+            lo.get("related.ip")
+                .and_then(Value::as_array)
+                .is_some_and(|ips| ips.iter().any(|ip| ip == "127.0.0.1")),
+            "{:?}",
+            lo.get("yagura.inventory.interface")
+        );
+        lo.validate().expect("valid event");
+        let summary = &events[0];
+        let list = |path: &str| {
+            summary
+                .get(path)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert!(
+            list("host.ip").iter().all(|ip| ip != "127.0.0.1"),
+            "no loopback in host.ip"
+        );
+        for mac in list("host.mac") {
+            let mac = mac.as_str().expect("a string");
+            assert!(
+                mac.contains('-') && !mac.contains(':') && mac == mac.to_ascii_uppercase(),
+                "ECS notation: {mac}"
+            );
+        }
+        let interfaces = events
+            .iter()
+            .filter(|e| e.action() == Some("interface_present"))
+            .count();
+        assert_eq!(
+            summary
+                .get("yagura.inventory.counts.interfaces")
+                .and_then(Value::as_u64),
+            Some(interfaces as u64)
+        );
+
+        // Mounts: `/`, with its size; no pseudo filesystem.
+        let root = events
+            .iter()
+            .find(|e| {
+                e.action() == Some("mount_present")
+                    && e.get_str("yagura.inventory.key") == Some("/")
+            })
+            .expect("the / mount");
+        assert_eq!(root.get_str("yagura.inventory.item"), Some("mount"));
+        assert!(
+            root.get("yagura.inventory.mount.total_bytes")
+                .and_then(Value::as_u64)
+                .is_some_and(|t| t > 0)
+        );
+        assert!(!events.iter().any(|e| {
+            e.action() == Some("mount_present")
+                && e.get_str("yagura.inventory.mount.fs_type") == Some("proc")
+        }));
+        let disks = summary
+            .get("yagura.inventory.host.disks")
+            .and_then(Value::as_array)
+            .expect("disks");
+        assert_eq!(
+            summary
+                .get("yagura.inventory.counts.disks")
+                .and_then(Value::as_u64),
+            Some(disks.len() as u64)
+        );
+    }
+
+    fn interface(name: &str, mac: Option<&str>, addresses: &[&str]) -> NetInterface {
+        NetInterface {
+            name: name.into(),
+            mac: mac.map(str::to_string),
+            mac_assignment: Some("permanent".into()),
+            operstate: Some("up".into()),
+            mtu: Some(1500),
+            link_type: Some("ether".into()),
+            kind: None,
+            physical: true,
+            addresses: addresses.iter().map(|a| a.parse().expect("net")).collect(),
+        }
+    }
+
+    #[test]
+    fn interface_changes() {
+        let mut before = Observed::default();
+        before.interfaces.insert(
+            "eth0".into(),
+            interface(
+                "eth0",
+                Some("52:54:00:00:00:01"),
+                &["192.0.2.10/24", "fe80::1/64"],
+            ),
+        );
+        before.interfaces.insert(
+            "eth1".into(),
+            interface("eth1", Some("52:54:00:00:00:02"), &["198.51.100.7/24"]),
+        );
+        before
+            .interfaces
+            .insert("wg0".into(), interface("wg0", None, &["10.8.0.2/24"]));
+        let mut after = before.clone();
+        // eth0 gets another address and loses its link-local one; eth1's MAC is changed
+        // (state and MTU changes are not reported); wg0 goes, tun0 comes.
+        after.interfaces.insert(
+            "eth0".into(),
+            interface(
+                "eth0",
+                Some("52:54:00:00:00:01"),
+                &["192.0.2.10/24", "192.0.2.99/24"],
+            ),
+        );
+        let mut eth1 = interface("eth1", Some("de:ad:be:ef:00:02"), &["198.51.100.7/24"]);
+        eth1.operstate = Some("down".into());
+        after.interfaces.insert("eth1".into(), eth1);
+        after.interfaces.remove("wg0");
+        after
+            .interfaces
+            .insert("tun0".into(), interface("tun0", None, &["10.9.0.2/32"]));
+        let mut unchanged_but_state = after.clone();
+        if let Some(eth0) = unchanged_but_state.interfaces.get_mut("eth0") {
+            eth0.operstate = Some("lowerlayerdown".into());
+            eth0.mtu = Some(9000);
+        }
+
+        let events = changes(&context(), &before, &after);
+        let names: Vec<(&str, &str)> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.action().unwrap_or_default(),
+                    e.get_str("yagura.inventory.key").unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("interface_changed", "eth0"),
+                ("interface_changed", "eth1"),
+                ("interface_added", "tun0"),
+                ("interface_removed", "wg0"),
+            ]
+        );
+        let eth0 = &events[0];
+        let field = |e: &Event, name: &str| {
+            e.get(&format!("yagura.inventory.interface.{name}"))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        assert_eq!(field(eth0, "added_addresses"), json!(["192.0.2.99/24"]));
+        assert_eq!(field(eth0, "removed_addresses"), json!(["fe80::1/64"]));
+        assert_eq!(
+            field(eth0, "addresses"),
+            json!(["192.0.2.10/24", "192.0.2.99/24"]),
+            "the whole new state, which the collector keeps as the item"
+        );
+        assert_eq!(field(eth0, "previous_mac"), Value::Null);
+        assert_eq!(
+            eth0.get("related.ip"),
+            Some(&json!(["192.0.2.10", "192.0.2.99"]))
+        );
+        assert_eq!(eth0.get("event.type"), Some(&json!(["change"])));
+        eth0.validate().expect("valid");
+        let eth1 = &events[1];
+        assert_eq!(field(eth1, "previous_mac"), json!("52:54:00:00:00:02"));
+        assert_eq!(field(eth1, "mac"), json!("de:ad:be:ef:00:02"));
+        assert_eq!(field(eth1, "added_addresses"), Value::Null);
+        assert!(
+            eth1.message()
+                .is_some_and(|m| m.contains("MAC was 52:54:00:00:00:02")),
+            "{:?}",
+            eth1.message()
+        );
+
+        assert!(
+            changes(&context(), &after, &unchanged_but_state).is_empty(),
+            "state and MTU are not diffed"
+        );
+        assert!(changes(&context(), &after, &after).is_empty());
+    }
+
+    #[test]
+    fn host_addresses_for_the_summary() {
+        let mut observed = Observed::default();
+        observed.interfaces.insert(
+            "lo".into(),
+            interface("lo", None, &["127.0.0.1/8", "::1/128"]),
+        );
+        observed.interfaces.insert(
+            "eth0".into(),
+            interface(
+                "eth0",
+                Some("52:54:00:ab:cd:ef"),
+                &["192.0.2.10/24", "fe80::5054:ff:feab:cdef/64"],
+            ),
+        );
+        observed.interfaces.insert(
+            "eth0.10".into(),
+            interface("eth0.10", Some("52:54:00:ab:cd:ef"), &["192.0.2.10/24"]),
+        );
+        let (macs, ips) = host_addresses(&observed.interfaces);
+        assert_eq!(macs, ["52-54-00-AB-CD-EF"], "ECS notation, once");
+        assert_eq!(
+            ips,
+            ["192.0.2.10", "fe80::5054:ff:feab:cdef"],
+            "no loopback, once"
         );
     }
 

@@ -130,10 +130,12 @@ pub fn inventory_at(
         .map(|t| t.with_timezone(&Utc));
     let mut items = BTreeMap::new();
     if let Some(id) = &snapshot_id {
+        // Agents stamp a snapshot's items with the summary's time; items of earlier
+        // agents were made just before their summary.
         for event in all_events(
             index,
             &format!("agent.id:\"{agent}\" AND yagura.inventory.snapshot_id:\"{id}\""),
-            since,
+            since.map(|t| t - chrono::Duration::minutes(10)),
             at,
         )? {
             apply(&mut items, event);
@@ -228,6 +230,8 @@ mod tests {
         let attached = observe::changes(&context, &observed, &with_stick);
         let removed = observe::changes(&context, &with_stick, &Observed { ..observed.clone() });
         let mut events = stamped(snapshot, "2026-11-25T10:00:00.000000Z");
+        // Items made a moment before their summary (as earlier agents made them) still count.
+        events[0].set_str("@timestamp", "2026-11-25T10:00:01.000000Z");
         events.extend(stamped(attached, "2026-11-25T10:20:00.000000Z"));
         events.extend(stamped(removed, "2026-11-25T10:40:00.000000Z"));
         let index = crate::index::index_in_ram(&events);
