@@ -174,6 +174,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         Arc::clone(&space_freed),
     )?
     .with_stats(Arc::clone(&stats));
+    // An agent enforcing an allowlist takes the policy its collector assigns it.
+    let policy_mailbox = Arc::new(allowlist::runtime::PolicyMailbox::default());
+    let shipper = if config.allowlist.is_some() && config.inventory.enabled {
+        shipper.with_allowlist(Arc::clone(&policy_mailbox))
+    } else {
+        shipper
+    };
     let watch_mode = config.watch;
     let heartbeat_every = Duration::from_secs(config.heartbeat_interval_seconds);
     let collector_url = enrollment.collector_url.clone();
@@ -201,13 +208,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             Arc::clone(&inventory_stop),
             config.allowlist.as_ref().and_then(|a| {
                 let signer = yagura_shared::verifying_key_from_base64(&a.signer).ok()?;
-                Some(allowlist::runtime::Enforcer::new(
-                    allowlist::runtime::PolicySource {
-                        path: a.policy.clone(),
-                        signer,
-                    },
-                    PathBuf::from("/proc"),
-                ))
+                Some(
+                    allowlist::runtime::Enforcer::new(
+                        allowlist::runtime::PolicySource {
+                            path: a.policy.clone(),
+                            signer,
+                        },
+                        PathBuf::from("/proc"),
+                    )
+                    .with_mailbox(Arc::clone(&policy_mailbox)),
+                )
             }),
         )
         .map_err(|e| Error::io("starting the inventory thread", e))?;

@@ -200,6 +200,9 @@ pub struct Shipper {
     batches_in_flight: usize,
     /// Cleared when the collector does not know bundles (404/405): one batch per request.
     bundles: std::sync::atomic::AtomicBool,
+    /// Set when the agent enforces an allowlist: requests name the policy held, and a
+    /// policy in an answer is left here for the enforcer.
+    allowlist: Option<Arc<crate::allowlist::runtime::PolicyMailbox>>,
 }
 
 impl std::fmt::Debug for Shipper {
@@ -243,7 +246,42 @@ impl Shipper {
             space_freed,
             max_backoff: Duration::from_millis(config.max_backoff_ms),
             stats: Arc::default(),
+            allowlist: None,
         })
+    }
+
+    /// Names the allowlist policy held in every request, and hands a policy the collector
+    /// assigns to `mailbox`.
+    pub fn with_allowlist(
+        mut self,
+        mailbox: Arc<crate::allowlist::runtime::PolicyMailbox>,
+    ) -> Self {
+        self.allowlist = Some(mailbox);
+        self
+    }
+
+    /// Leaves a policy carried by a successful answer in the mailbox.
+    fn take_policy(&self, body: &str) {
+        #[derive(serde::Deserialize)]
+        struct Extras {
+            allowlist: Option<yagura_shared::policy_delivery::DeliveredPolicy>,
+        }
+        let Some(mailbox) = &self.allowlist else {
+            return;
+        };
+        if !body.contains("\"allowlist\"") {
+            return;
+        }
+        match serde_json::from_str::<Extras>(body) {
+            Ok(Extras {
+                allowlist: Some(policy),
+            }) => {
+                tracing::info!(assignment = %policy.name, sha256 = %policy.sha256, "allowlist policy received from the collector");
+                mailbox.deliver(policy);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "unreadable allowlist policy in an answer"),
+        }
     }
 
     /// Counts shipped batches and events, and records send errors, into `stats`.
@@ -491,10 +529,14 @@ impl Shipper {
         content_type: &'static str,
         body: Vec<u8>,
     ) -> Result<(StatusCode, Option<String>, String), Outcome> {
-        let response = self
-            .client
-            .post(url)
-            .header(CONTENT_TYPE, content_type)
+        let mut request = self.client.post(url).header(CONTENT_TYPE, content_type);
+        if let Some(mailbox) = &self.allowlist {
+            request = request.header(
+                yagura_shared::policy_delivery::ALLOWLIST_HEADER,
+                mailbox.held(),
+            );
+        }
+        let response = request
             .body(body)
             .send()
             .await
@@ -509,7 +551,12 @@ impl Shipper {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let body = match response.text().await {
-            Ok(body) => body,
+            Ok(body) => {
+                if status.is_success() {
+                    self.take_policy(&body);
+                }
+                body
+            }
             Err(e) if status.is_success() => {
                 // The status is the ack; a body lost in transit does not change it.
                 tracing::debug!(error = %e, "could not read the ack body");

@@ -262,6 +262,7 @@ pub async fn run_with(
             index,
             archive_dir: config.archive_dir(),
             alerts: alerts.clone(),
+            allowlists: crate::fleet::allowlist::AllowlistDistribution::new(store.clone()),
         },
         shop_router,
     );

@@ -67,6 +67,10 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<Vec<&[u8]>, BatchError> {
 pub struct BundleAnswer {
     /// One per batch looked at, in the bundle's order.
     pub results: Vec<BatchResult>,
+    /// The allowlist policy the collector assigns this agent, when it differs from the
+    /// one the agent named (see [`crate::policy_delivery`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowlist: Option<crate::policy_delivery::DeliveredPolicy>,
 }
 
 /// What became of one batch of a bundle: the status it would have had alone.

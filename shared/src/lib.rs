@@ -16,6 +16,7 @@ pub mod batch;
 pub mod bundle;
 pub mod event;
 pub mod flat;
+pub mod policy_delivery;
 
 pub use batch::{
     AgentKey, BatchError, BatchHeader, EventLines, SignedBatch, parse_header, verify_document,

@@ -233,11 +233,20 @@ impl Collector {
 
     /// A new enrollment token, made with the CLI as an operator would.
     pub fn enrollment_token(&self, uses: u32) -> anyhow::Result<String> {
-        let output = Command::new(&binaries().collector)
+        self.labelled_enrollment_token(uses, "")
+    }
+
+    /// A new enrollment token giving its agents `labels` (`key=value,key=value`).
+    pub fn labelled_enrollment_token(&self, uses: u32, labels: &str) -> anyhow::Result<String> {
+        let mut command = Command::new(&binaries().collector);
+        command
             .args(["agents", "token", "create", "--config"])
             .arg(&self.config)
-            .args(["--uses", &uses.to_string()])
-            .output()?;
+            .args(["--uses", &uses.to_string()]);
+        if !labels.is_empty() {
+            command.args(["--labels", labels]);
+        }
+        let output = command.output()?;
         anyhow::ensure!(
             output.status.success(),
             "token create failed: {}",
@@ -396,6 +405,17 @@ impl Agent {
         host_name: &str,
         sources_toml: &str,
     ) -> anyhow::Result<Self> {
+        Self::enroll_labelled(dir, collector, host_name, sources_toml, "")
+    }
+
+    /// [`Self::enroll`] with a token that gives the agent `labels` (`key=value,…`).
+    pub fn enroll_labelled(
+        dir: &Path,
+        collector: &Collector,
+        host_name: &str,
+        sources_toml: &str,
+        labels: &str,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("agent.toml");
         std::fs::write(
@@ -405,7 +425,7 @@ impl Agent {
                 dir.join("state").display()
             ),
         )?;
-        let token = collector.enrollment_token(1)?;
+        let token = collector.labelled_enrollment_token(1, labels)?;
         let output = Command::new(&binaries().agent)
             .args(["enroll", "--config"])
             .arg(&config)

@@ -424,6 +424,10 @@ async fn five_hundred_matches_page_once_update_the_count_and_resolve_when_quiet(
     assert_eq!(detail["history"][4]["actor"], "yagura");
     let samples = detail["samples"].as_array().expect("samples");
     assert!(!samples.is_empty());
+    // The host's inventory at alert time is a link away.
+    let inventory = detail["inventory"].as_str().expect("inventory link");
+    let at_alert_time = collector.get_json(inventory).await?;
+    assert_eq!(at_alert_time["agent_id"], detail["alert"]["agent_id"]);
     let provenance = samples[0]["provenance"].as_str().expect("provenance link");
     let checked = collector.get_json(provenance).await?;
     assert_eq!(checked["verified"], true, "{checked:#}");

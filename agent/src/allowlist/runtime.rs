@@ -8,9 +8,11 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use serde_json::json;
+use yagura_shared::policy_delivery::{DeliveredPolicy, NO_POLICY, policy_sha256};
 use yagura_shared::{Event, VerifyingKey};
 
 use super::nft::{self, NetworkRules};
@@ -32,9 +34,76 @@ pub struct PolicySource {
     pub signer: VerifyingKey,
 }
 
+/// Where the shipper leaves a policy the collector hands over, and where it reads which
+/// policy to name in its requests (see `yagura_shared::policy_delivery`). Shared by the
+/// shipper (async) and the enforcer (the inventory thread); both only swap small values.
+#[derive(Debug)]
+pub struct PolicyMailbox {
+    /// SHA-256 of the policy in force, or of the last one handed over (taken or refused,
+    /// so a refused policy is not sent again with every answer); `none` at first.
+    held: Mutex<String>,
+    delivered: Mutex<Option<DeliveredPolicy>>,
+}
+
+impl Default for PolicyMailbox {
+    fn default() -> Self {
+        PolicyMailbox {
+            held: Mutex::new(NO_POLICY.to_string()),
+            delivered: Mutex::new(None),
+        }
+    }
+}
+
+impl PolicyMailbox {
+    /// What the agent names in its requests.
+    pub fn held(&self) -> String {
+        self.held
+            .lock()
+            .map_or_else(|_| NO_POLICY.to_string(), |h| h.clone())
+    }
+
+    fn set_held(&self, sha256: String) {
+        if let Ok(mut held) = self.held.lock() {
+            *held = sha256;
+        }
+    }
+
+    /// A policy from the collector, for the enforcer's next cycle (a newer one replaces
+    /// one not yet taken).
+    pub fn deliver(&self, policy: DeliveredPolicy) {
+        if self.held() == policy.sha256 {
+            return;
+        }
+        self.set_held(policy.sha256.clone());
+        if let Ok(mut delivered) = self.delivered.lock() {
+            *delivered = Some(policy);
+        }
+    }
+
+    fn take(&self) -> Option<DeliveredPolicy> {
+        self.delivered.lock().ok().and_then(|mut d| d.take())
+    }
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, so a reader (or a crash)
+/// sees the old file or the new one, never half of one.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, path)
+}
+
 /// The allowlist's state between diff cycles.
 #[derive(Debug)]
 pub struct Enforcer {
+    mailbox: Arc<PolicyMailbox>,
     source: PolicySource,
     proc_root: PathBuf,
     policy: Option<Policy>,
@@ -76,6 +145,7 @@ fn mode_name(mode: Mode) -> &'static str {
 impl Enforcer {
     pub fn new(source: PolicySource, proc_root: PathBuf) -> Self {
         Enforcer {
+            mailbox: Arc::default(),
             source,
             proc_root,
             policy: None,
@@ -83,6 +153,61 @@ impl Enforcer {
             reported: HashSet::new(),
             network: None,
         }
+    }
+
+    /// Takes policies the collector hands over through `mailbox` (shared with the
+    /// shipper).
+    pub fn with_mailbox(mut self, mailbox: Arc<PolicyMailbox>) -> Self {
+        self.mailbox = mailbox;
+        self
+    }
+
+    /// A policy handed over by the collector: checked against the signer like any other,
+    /// then written over the policy file and its signature, where the reload that follows
+    /// takes it (and where it survives a restart). A policy that fails the check is
+    /// refused and reported and the files are left alone.
+    fn store_delivered(&mut self, context: &EventContext) -> Vec<Event> {
+        let Some(delivered) = self.mailbox.take() else {
+            return Vec::new();
+        };
+        let origin = format!("assignment {} from the collector", delivered.name);
+        let stored = Policy::verified(
+            &delivered.policy,
+            Some(&delivered.signature),
+            &self.source.signer,
+            &origin,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            write_atomically(&self.signature_path(), &delivered.signature)
+                .and_then(|()| write_atomically(&self.source.path, &delivered.policy))
+                .map_err(|e| format!("cannot write {}: {e}", self.source.path.display()))
+        });
+        let mut received = match &stored {
+            Ok(()) => {
+                // Read again whatever the file stamps say.
+                self.seen = None;
+                event(context, "policy_received", "success")
+            }
+            Err(error) => {
+                tracing::error!(%error, "allowlist policy from the collector refused");
+                let mut refused = event(context, "policy_refused", "failure");
+                refused.set_str("event.reason", error.clone());
+                refused
+            }
+        };
+        received.set_str("yagura.allowlist.assignment", delivered.name.clone());
+        received.set_str("yagura.allowlist.sha256", delivered.sha256.clone());
+        received.set_str(
+            "message",
+            match &stored {
+                Ok(()) => format!("allowlist policy {origin} received"),
+                Err(error) => format!(
+                    "allowlist policy {origin} refused, the previous one stays in force: {error}"
+                ),
+            },
+        );
+        vec![received]
     }
 
     pub fn policy(&self) -> Option<&Policy> {
@@ -99,6 +224,12 @@ impl Enforcer {
     /// another key, edited after signing or invalid is refused and reported; the previous
     /// policy stays in force.
     pub fn reload_if_changed(&mut self, context: &EventContext) -> Vec<Event> {
+        let mut events = self.store_delivered(context);
+        events.extend(self.reload_files(context));
+        events
+    }
+
+    fn reload_files(&mut self, context: &EventContext) -> Vec<Event> {
         let sig_path = self.signature_path();
         let (len, modified) = stamp_of(&self.source.path);
         let (sig_len, sig_modified) = stamp_of(&sig_path);
@@ -121,7 +252,10 @@ impl Enforcer {
                     "usb": policy.usb.as_ref().map(|s| mode_name(s.mode)),
                 });
                 loaded.set("yagura.allowlist.modes", modes);
+                let sha256 = policy_sha256(&text);
+                loaded.set_str("yagura.allowlist.sha256", sha256.clone());
                 loaded.set_str("message", format!("allowlist policy {origin} loaded"));
+                self.mailbox.set_held(sha256);
                 self.policy = Some(policy);
                 self.reported.clear();
                 self.network = None;
@@ -323,8 +457,12 @@ impl Enforcer {
                 vec![applied]
             }
             Err(error) => {
+                // A dry run: the ruleset that would be in force goes with the event, for
+                // an operator to check or apply by hand.
+                tracing::warn!(%error, %ruleset, "allowlist network rules not applied (dry run)");
                 let mut failed = event(context, "enforcement_failed", "failure");
                 failed.set_str("yagura.allowlist.rule_set", "networks");
+                failed.set_str("yagura.allowlist.ruleset", ruleset);
                 failed.set_str("event.reason", error.to_string());
                 failed.set_str(
                     "message",
@@ -407,6 +545,72 @@ mod tests {
 
     fn actions(events: &[Event]) -> Vec<&str> {
         events.iter().filter_map(Event::action).collect()
+    }
+
+    #[test]
+    fn a_policy_handed_over_by_the_collector_is_checked_stored_and_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let collector = AgentKey::generate().expect("key");
+        let intruder = AgentKey::generate().expect("key");
+        let local = "[usb]\nmode = \"audit\"\nallow = [\"1d6b:0002\"]\n";
+        let path = write_policy(dir.path(), local, Some(&collector));
+        let mailbox = Arc::new(PolicyMailbox::default());
+        let mut enforcer = Enforcer::new(
+            PolicySource {
+                path: path.clone(),
+                signer: collector.verifying_key(),
+            },
+            PathBuf::from("/proc"),
+        )
+        .with_mailbox(Arc::clone(&mailbox));
+        assert_eq!(mailbox.held(), NO_POLICY);
+        assert_eq!(
+            actions(&enforcer.reload_if_changed(&context())),
+            ["policy_loaded"]
+        );
+        // The agent now names the policy in force.
+        assert_eq!(mailbox.held(), policy_sha256(local));
+
+        let handed = |text: &str, key: &AgentKey| DeliveredPolicy {
+            name: "prod".into(),
+            sha256: policy_sha256(text),
+            policy: text.into(),
+            signature: key.sign_document(policy::SIGNATURE_PURPOSE, text.as_bytes()),
+        };
+        // Signed by another key: refused, files untouched, and not asked for again.
+        let forged = "[usb]\nmode = \"audit\"\nallow = []\n";
+        mailbox.deliver(handed(forged, &intruder));
+        assert_eq!(mailbox.held(), policy_sha256(forged));
+        let refused = enforcer.reload_if_changed(&context());
+        assert_eq!(actions(&refused), ["policy_refused"]);
+        assert_eq!(
+            refused[0].get_str("yagura.allowlist.assignment"),
+            Some("prod")
+        );
+        assert_eq!(std::fs::read_to_string(&path).expect("file"), local);
+        assert!(
+            enforcer
+                .policy()
+                .is_some_and(|p| p.usb.as_ref().is_some_and(|u| !u.allow.is_empty()))
+        );
+
+        // Signed by the collector: stored over the files and loaded.
+        let assigned = "[usb]\nmode = \"enforce\"\nallow = [\"1d6b:0003\"]\n";
+        mailbox.deliver(handed(assigned, &collector));
+        let taken = enforcer.reload_if_changed(&context());
+        assert_eq!(actions(&taken), ["policy_received", "policy_loaded"]);
+        assert_eq!(std::fs::read_to_string(&path).expect("file"), assigned);
+        assert_eq!(mailbox.held(), policy_sha256(assigned));
+        assert_eq!(
+            enforcer
+                .policy()
+                .and_then(|p| p.usb.as_ref())
+                .map(|u| u.mode),
+            Some(Mode::Enforce)
+        );
+        // The same policy again is not handed over.
+        mailbox.deliver(handed(assigned, &collector));
+        assert!(enforcer.reload_if_changed(&context()).is_empty());
     }
 
     #[test]

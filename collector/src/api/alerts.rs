@@ -112,12 +112,26 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<R
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(json!({
+        "inventory": inventory_link(&alert),
         "alert": alert,
         "history": history,
         "samples": samples,
         "notifications": notifications,
     }))
     .into_response())
+}
+
+/// What was on the alert's host when it fired: the agent's inventory at the first
+/// match's event time (`GET /api/v1/agents/{id}/inventory?at=`). `None` for an alert
+/// without an agent (a correlation across hosts).
+pub fn inventory_link(alert: &crate::alert::Alert) -> Option<String> {
+    let agent = uuid::Uuid::parse_str(alert.agent_id.as_deref()?).ok()?;
+    let at = chrono::DateTime::parse_from_rfc3339(&alert.first_seen).ok()?;
+    // `Z` and no `+`: the time goes into a query string as it is.
+    let at = at
+        .with_timezone(&chrono::Utc)
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    Some(format!("/api/v1/agents/{agent}/inventory?at={at}"))
 }
 
 async fn act(

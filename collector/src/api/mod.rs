@@ -51,6 +51,8 @@ pub struct AppState {
     /// The archive directory, read by provenance checks.
     pub archive_dir: PathBuf,
     pub alerts: crate::alert::AlertService,
+    /// Allowlist policies handed to agents in ingest answers.
+    pub allowlists: crate::fleet::allowlist::AllowlistDistribution,
 }
 
 /// Who is calling: the name of the API token presented (recorded in alert histories).
@@ -161,11 +163,42 @@ async fn ingest(
     request: Request,
 ) -> Result<Response, ApiError> {
     let peer = Some(peer.ip());
+    let held = held_policy(&request);
     let body = read_ingest_body(&state, peer, request).await?;
     match state.ingest.ingest(body.to_vec(), peer).await {
-        Ok(ack) => Ok(Json(ack).into_response()),
+        Ok(mut ack) => {
+            ack.allowlist = policy_for(&state, ack.agent_id, held.as_deref()).await;
+            Ok(Json(ack).into_response())
+        }
         Err(rejection) => Err(rejection_error(rejection)),
     }
+}
+
+/// The allowlist policy an agent says it holds (`x-yagura-allowlist`); `None` when it
+/// says nothing (it enforces no allowlist, or is older) or something malformed.
+fn held_policy(request: &Request) -> Option<String> {
+    use yagura_shared::policy_delivery::{ALLOWLIST_HEADER, is_policy_reference};
+    request
+        .headers()
+        .get(ALLOWLIST_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_policy_reference(v))
+        .map(str::to_string)
+}
+
+/// The policy assigned to `agent` by its labels, when it holds another. Only agents that
+/// name what they hold get one (an agent without an allowlist has no key to check it).
+async fn policy_for(
+    state: &AppState,
+    agent: uuid::Uuid,
+    held: Option<&str>,
+) -> Option<yagura_shared::policy_delivery::DeliveredPolicy> {
+    let held = held?;
+    let known = state.agents.get(agent).await.ok().flatten()?;
+    if known.record.is_internal() {
+        return None;
+    }
+    state.allowlists.for_agent(&known.record.labels, held).await
 }
 
 /// `POST /api/v1/ingest/bundle`: several batches of one agent, taken strictly in order
@@ -180,6 +213,7 @@ async fn ingest_bundle(
     request: Request,
 ) -> Result<Response, ApiError> {
     let peer = Some(peer.ip());
+    let held = held_policy(&request);
     let body = read_ingest_body(&state, peer, request).await?;
     let batches = yagura_shared::decode_bundle(&body).map_err(|e| {
         state.ingest.collector_events().security(SecurityReport {
@@ -191,18 +225,22 @@ async fn ingest_bundle(
         ApiError::bad_request(e.to_string())
     })?;
     let mut results = Vec::with_capacity(batches.len());
+    let mut agent = None;
     for batch in batches {
         let sequence = yagura_shared::parse_header(batch)
             .ok()
             .map(|header| header.sequence);
         match state.ingest.ingest(batch.to_vec(), peer).await {
-            Ok(ack) => results.push(yagura_shared::BatchResult {
-                status: StatusCode::OK.as_u16(),
-                sequence: Some(ack.sequence),
-                outcome: Some(ack.status.to_string()),
-                detail: None,
-                retry_after_seconds: None,
-            }),
+            Ok(ack) => {
+                agent = Some(ack.agent_id);
+                results.push(yagura_shared::BatchResult {
+                    status: StatusCode::OK.as_u16(),
+                    sequence: Some(ack.sequence),
+                    outcome: Some(ack.status.to_string()),
+                    detail: None,
+                    retry_after_seconds: None,
+                })
+            }
             Err(rejection) => {
                 let error = rejection_error(rejection);
                 let settled = matches!(
@@ -219,7 +257,11 @@ async fn ingest_bundle(
             }
         }
     }
-    Ok(Json(yagura_shared::BundleAnswer { results }).into_response())
+    let allowlist = match agent {
+        Some(agent) => policy_for(&state, agent, held.as_deref()).await,
+        None => None,
+    };
+    Ok(Json(yagura_shared::BundleAnswer { results, allowlist }).into_response())
 }
 
 /// Reads an ingest body under the configured limit: checked from `Content-Length` before

@@ -214,6 +214,12 @@ pub async fn run(command: AlertsCommand) -> anyhow::Result<()> {
             for pair in alert["group"].as_array().into_iter().flatten() {
                 println!("  {:<11} {}", text(&pair[0]), text(&pair[1]));
             }
+            if let (Some(agent), Some(at)) =
+                (alert["agent_id"].as_str(), alert["first_seen"].as_str())
+                && body["inventory"].is_string()
+            {
+                println!("  {:<11} yagura inventory {agent} --at {at}", "inventory");
+            }
             println!("history:");
             for h in body["history"].as_array().into_iter().flatten() {
                 let detail = optional(&h["detail"], " — ", "");

@@ -72,7 +72,8 @@ enum Command {
         /// RFC 3339, or how long ago (`2h`); default now.
         #[arg(long)]
         at: Option<String>,
-        /// Only these kinds (comma-separated: process,port,usb,user,group,package,neighbour).
+        /// Only these kinds (comma-separated: process,port,usb,user,group,package,neighbour,
+        /// interface,mount).
         #[arg(long)]
         kinds: Option<String>,
         /// Print the whole answer as JSON.
@@ -81,7 +82,7 @@ enum Command {
         #[command(flatten)]
         remote: remote::RemoteArgs,
     },
-    /// Allowlist policies for agents: the signing key, signing a policy.
+    /// Allowlist policies for agents: the signing key, signing, assigning by label.
     Allowlist {
         #[command(subcommand)]
         command: allowlist::AllowlistCommand,
@@ -213,7 +214,7 @@ enum TokenCommand {
 }
 
 /// Parses `key=value` labels.
-fn parse_labels(items: &[String]) -> anyhow::Result<yagura_collector::store::Labels> {
+pub(crate) fn parse_labels(items: &[String]) -> anyhow::Result<yagura_collector::store::Labels> {
     let mut labels = yagura_collector::store::Labels::new();
     for item in items {
         let (key, value) = item
@@ -351,7 +352,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             remote,
         } => provenance(&event_id, json, &remote).await,
         Command::Alerts { command } => alerts::run(command).await,
-        Command::Allowlist { command } => allowlist::run(command),
+        Command::Allowlist { command } => allowlist::run(command).await,
         Command::Inventory {
             agent,
             at,

@@ -13,6 +13,7 @@
 //! `agent_offline` event once per silence) and writes the state to the database every few
 //! seconds, so `yagura agents list` can read it offline.
 
+pub mod allowlist;
 pub mod inventory;
 
 use std::collections::HashMap;

@@ -98,6 +98,13 @@ pub enum Rejection {
 pub struct Ack {
     pub status: &'static str,
     pub sequence: u64,
+    /// The agent whose signature the batch carries (for the answer's extras).
+    #[serde(skip)]
+    pub agent_id: uuid::Uuid,
+    /// The allowlist policy assigned to the agent, when it holds another (set by the
+    /// HTTP layer, which knows what the agent holds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowlist: Option<yagura_shared::policy_delivery::DeliveredPolicy>,
 }
 
 struct TokenBucket {
@@ -267,6 +274,8 @@ impl<A: Archive> BatchIngest<A> {
             return Ok(Ack {
                 status: "duplicate",
                 sequence: header.sequence,
+                agent_id: header.agent_id,
+                allowlist: None,
             });
         }
         self.take_rate_tokens(header.agent_id, header.event_count)?;
@@ -329,11 +338,15 @@ impl<A: Archive> BatchIngest<A> {
                 Ok(Ack {
                     status: "accepted",
                     sequence: header.sequence,
+                    agent_id: header.agent_id,
+                    allowlist: None,
                 })
             }
             Appended::Duplicate { .. } => Ok(Ack {
                 status: "duplicate",
                 sequence: header.sequence,
+                agent_id: header.agent_id,
+                allowlist: None,
             }),
         }
     }
