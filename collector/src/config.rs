@@ -266,6 +266,14 @@ pub struct ArchiveConfig {
     pub retention_max_bytes: Option<u64>,
     #[serde(default = "default_retention_check_interval_seconds")]
     pub retention_check_interval_seconds: u64,
+    /// `/health/ready` fails while a consumer of the archive (the indexer, the detector)
+    /// is further behind its end than this.
+    #[serde(default = "default_ready_max_lag_bytes")]
+    pub ready_max_lag_bytes: u64,
+}
+
+fn default_ready_max_lag_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn default_true() -> bool {
@@ -367,6 +375,7 @@ impl Default for ArchiveConfig {
             retention_max_age_seconds: None,
             retention_max_bytes: None,
             retention_check_interval_seconds: default_retention_check_interval_seconds(),
+            ready_max_lag_bytes: default_ready_max_lag_bytes(),
         }
     }
 }

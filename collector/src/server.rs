@@ -263,6 +263,7 @@ pub async fn run_with(
             archive_dir: config.archive_dir(),
             alerts: alerts.clone(),
             allowlists: crate::fleet::allowlist::AllowlistDistribution::new(store.clone()),
+            ready_max_lag_bytes: config.archive.ready_max_lag_bytes,
         },
         shop_router,
     );

@@ -248,5 +248,30 @@ async fn bad_batches_are_refused_and_never_indexed() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(anonymous_ack.status().as_u16(), 401);
+
+    // Probes answer anyone, with pass/fail per check and nothing else.
+    let live = collector
+        .client()?
+        .get(format!("{}/health/live", collector.url))
+        .send()
+        .await?;
+    assert_eq!(live.status().as_u16(), 200);
+    let ready = collector
+        .client()?
+        .get(format!("{}/health/ready", collector.url))
+        .send()
+        .await?;
+    assert_eq!(ready.status().as_u16(), 200);
+    let ready: serde_json::Value = ready.json().await?;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    let checks: Vec<&str> = ready["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for expected in ["database", "archive", "index", "indexer_lag"] {
+        assert!(checks.contains(&expected), "{expected} in {ready}");
+    }
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 mod alerts;
 mod error;
+mod health;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub alerts: crate::alert::AlertService,
     /// Allowlist policies handed to agents in ingest answers.
     pub allowlists: crate::fleet::allowlist::AllowlistDistribution,
+    /// `/health/ready` fails while an archive consumer lags by more bytes than this.
+    pub ready_max_lag_bytes: u64,
 }
 
 /// Who is calling: the name of the API token presented (recorded in alert histories).
@@ -86,8 +89,14 @@ pub fn router(state: AppState, extra: Option<Router>) -> Router {
     let enroll = Router::new()
         .route("/api/v1/enroll", post(enroll))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
+    // Probes carry no secret and must work without one (load balancers, systemd,
+    // Kubernetes): pass or fail per check, nothing more.
+    let health = Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready));
     let api = Router::new()
         .merge(protected)
+        .merge(health)
         .merge(ingest)
         .merge(enroll)
         .with_state(state);

@@ -183,6 +183,11 @@ impl<A: Archive> BatchIngest<A> {
         self.limits
     }
 
+    /// The archive batches go to (health checks read its end and its consumers).
+    pub fn archive(&self) -> &A {
+        &self.archive
+    }
+
     /// Where refusals are reported (the API reports the ones it makes itself there too).
     pub fn collector_events(&self) -> &CollectorEvents {
         &self.events
