@@ -28,6 +28,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use yagura_shared::config_check;
 
 /// Why a configuration could not be loaded or is not valid.
 #[derive(Debug, thiserror::Error)]
@@ -375,11 +376,43 @@ impl AgentConfig {
 
     /// Parses TOML text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            location: e.span().map(|span| line_column(text, span.start)),
-            message: e.message().trim().to_string(),
+        toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|span| span.start);
+            let key = offset.and_then(|o| config_check::key_at(text, o));
+            let message = e.message().trim();
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                location: offset.map(|o| line_column(text, o)),
+                message: match key {
+                    Some(key) => format!("`{key}`: {message}"),
+                    None => message.to_string(),
+                },
+            }
         })
+    }
+
+    /// Every problem of a configuration text, each with its line and key: all the
+    /// parse errors (see [`config_check::every_problem`]), else the first failed check.
+    pub fn problems(text: &str) -> Vec<config_check::ConfigProblem> {
+        let parse_errors = config_check::every_problem(text, |text| {
+            toml::from_str::<AgentConfig>(text).err().map(|e| {
+                config_check::ConfigProblem::at(text, e.span().map(|s| s.start), e.message())
+            })
+        });
+        if !parse_errors.is_empty() {
+            return parse_errors;
+        }
+        match toml::from_str::<AgentConfig>(text).map(|c| c.validate()) {
+            Ok(Err(ConfigError::Invalid { key, reason, .. })) => {
+                vec![config_check::ConfigProblem::of_key(text, &key, reason)]
+            }
+            Ok(Err(other)) => vec![config_check::ConfigProblem::at(
+                text,
+                None,
+                other.to_string(),
+            )],
+            _ => Vec::new(),
+        }
     }
 
     /// Checks what the types cannot express.

@@ -58,6 +58,12 @@ enum Command {
         /// The file to read; `-` or nothing for standard input.
         file: Option<PathBuf>,
     },
+    /// Check a configuration file: every error with its line and key; exit 1 on any.
+    /// (`run` makes the same checks before it starts.)
+    CheckConfig {
+        /// The agent configuration file.
+        file: PathBuf,
+    },
     /// Show the running agent's health: uptime, memory, spool, lag, counters, errors
     /// (from the status file it refreshes every heartbeat interval).
     Status {
@@ -134,6 +140,22 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 timezone,
                 file,
             } => parse_lines(&parser, &dataset, timezone, file.as_deref()),
+            Command::CheckConfig { file } => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let problems = AgentConfig::problems(&text);
+                for problem in &problems {
+                    eprintln!("{}", problem.in_file(&file));
+                }
+                anyhow::ensure!(
+                    problems.is_empty(),
+                    "{}: {} error(s)",
+                    file.display(),
+                    problems.len()
+                );
+                println!("{}: ok", file.display());
+                Ok(())
+            }
             Command::Status { config, json } => {
                 let config = AgentConfig::load(&config)?;
                 let status =

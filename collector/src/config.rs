@@ -408,17 +408,53 @@ impl CollectorConfig {
         Self::parse(&text, path)
     }
 
+    /// Every problem of a configuration text with its line and key: all the parse errors
+    /// (see [`yagura_shared::config_check::every_problem`]), else the first failed
+    /// check (located by the key it names first).
+    pub fn problems(text: &str, path: &Path) -> Vec<yagura_shared::config_check::ConfigProblem> {
+        use yagura_shared::config_check::{ConfigProblem, every_problem, line_of_key};
+        let parse_errors = every_problem(text, |text| {
+            toml::from_str::<CollectorConfig>(text)
+                .err()
+                .map(|e| ConfigProblem::at(text, e.span().map(|s| s.start), e.message()))
+        });
+        if !parse_errors.is_empty() {
+            return parse_errors;
+        }
+        match Self::parse(text, path) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid { message, .. }) => {
+                let key = message
+                    .split_whitespace()
+                    .next()
+                    .map(|k| k.trim_matches(|c: char| c == '`' || c == ':' || c == ','))
+                    .filter(|k| line_of_key(text, k).is_some());
+                vec![match key {
+                    Some(key) => ConfigProblem::of_key(text, key, message.clone()),
+                    None => ConfigProblem::at(text, None, message),
+                }]
+            }
+            Err(other) => vec![ConfigProblem::at(text, None, other.to_string())],
+        }
+    }
+
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let mut config: CollectorConfig = toml::from_str(text).map_err(|e| {
             let (line, column) = e
                 .span()
                 .map(|span| line_column(text, span.start))
                 .unwrap_or((0, 0));
+            let key = e
+                .span()
+                .and_then(|span| yagura_shared::config_check::key_at(text, span.start));
             ConfigError::Parse {
                 path: path.display().to_string(),
                 line,
                 column,
-                message: e.message().to_string(),
+                message: match key {
+                    Some(key) => format!("`{key}`: {}", e.message().trim()),
+                    None => e.message().trim().to_string(),
+                },
             }
         })?;
         let invalid = |message: String| ConfigError::Invalid {

@@ -14,6 +14,7 @@
 
 pub mod batch;
 pub mod bundle;
+pub mod config_check;
 pub mod event;
 pub mod flat;
 pub mod policy_delivery;

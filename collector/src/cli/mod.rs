@@ -82,6 +82,9 @@ enum Command {
         #[command(flatten)]
         remote: remote::RemoteArgs,
     },
+    /// Check a collector.toml: every error with its line and key; exit 1 on any.
+    /// (`serve` makes the same checks before it starts.)
+    CheckConfig { file: PathBuf },
     /// Allowlist policies for agents: the signing key, signing, assigning by label.
     Allowlist {
         #[command(subcommand)]
@@ -353,6 +356,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => provenance(&event_id, json, &remote).await,
         Command::Alerts { command } => alerts::run(command).await,
         Command::Allowlist { command } => allowlist::run(command).await,
+        Command::CheckConfig { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let problems = CollectorConfig::problems(&text, &file);
+            for problem in &problems {
+                eprintln!("{}", problem.in_file(&file));
+            }
+            anyhow::ensure!(
+                problems.is_empty(),
+                "{}: {} error(s)",
+                file.display(),
+                problems.len()
+            );
+            println!("{}: ok", file.display());
+            Ok(())
+        }
         Command::Inventory {
             agent,
             at,
