@@ -18,6 +18,7 @@ pub mod observe;
 pub mod packages;
 pub mod processes;
 pub mod procnet;
+mod sock_diag;
 pub mod usb;
 
 /// Property-test input for the table parsers: a line of one of `fixtures`, cut at one
