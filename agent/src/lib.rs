@@ -175,7 +175,21 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     )?
     .with_stats(Arc::clone(&stats));
     // An agent enforcing an allowlist takes the policy its collector assigns it.
-    let policy_mailbox = Arc::new(allowlist::runtime::PolicyMailbox::default());
+    let policy_mailbox = Arc::new(
+        config
+            .allowlist
+            .as_ref()
+            .and_then(|a| {
+                let signer = yagura_shared::verifying_key_from_base64(&a.signer).ok()?;
+                Some(allowlist::runtime::PolicyMailbox::holding(
+                    &allowlist::runtime::PolicySource {
+                        path: a.policy.clone(),
+                        signer,
+                    },
+                ))
+            })
+            .unwrap_or_default(),
+    );
     let shipper = if config.allowlist.is_some() && config.inventory.enabled {
         shipper.with_allowlist(Arc::clone(&policy_mailbox))
     } else {

@@ -264,6 +264,7 @@ pub async fn run_with(
             alerts: alerts.clone(),
             allowlists: crate::fleet::allowlist::AllowlistDistribution::new(store.clone()),
             ready_max_lag_bytes: config.archive.ready_max_lag_bytes,
+            ready_cache: Default::default(),
         },
         shop_router,
     );

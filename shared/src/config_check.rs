@@ -194,9 +194,20 @@ pub fn every_problem(
         let Some(line) = line else {
             break;
         };
-        match lines.get_mut(line - 1) {
-            Some(text_line) if header(text_line).is_none() => text_line.clear(),
-            _ => break,
+        // Only a `key = …` line is blanked, with the lines that continue its value (a
+        // multi-line array): blanking a header or a line inside a value would make the
+        // errors that follow about the blanking, not the file.
+        if lines
+            .get(line - 1)
+            .is_none_or(|l| assigned_key(l).is_none())
+        {
+            break;
+        }
+        for (i, text_line) in lines.iter_mut().enumerate().skip(line - 1) {
+            if i > line - 1 && (header(text_line).is_some() || assigned_key(text_line).is_some()) {
+                break;
+            }
+            text_line.clear();
         }
         current = lines.join("\n");
     }
@@ -239,5 +250,18 @@ mod tests {
         let rendered: Vec<String> = found.iter().map(ToString::to_string).collect();
         assert_eq!(rendered, ["2:6: `b`: bad value", "4:6: `t.c`: bad value"]);
         assert!(every_problem("a = 1\n", parse).is_empty());
+
+        // A misspelt key with a multi-line value is one error, not one per line.
+        let multi = "pathz = [\n  \"/a\",\n  \"/b\",\n]\nnext = \"bad\"\n";
+        let unknown = |text: &str| {
+            text.find("pathz")
+                .or_else(|| text.find("bad"))
+                .map(|o| ConfigProblem::at(text, Some(o), "no"))
+        };
+        let found: Vec<Option<usize>> = every_problem(multi, unknown)
+            .iter()
+            .map(|p| p.line)
+            .collect();
+        assert_eq!(found, [Some(1), Some(5)]);
     }
 }

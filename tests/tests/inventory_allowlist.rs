@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::Value;
 use yagura_e2e::{Agent, Collector, binaries};
+use yagura_shared::policy_delivery::ALLOWLIST_HEADER;
+use yagura_shared::{AgentKey, Event, SignedBatch};
 
 fn collector_cli(collector: &Collector, args: &[&str]) -> anyhow::Result<String> {
     let output = Command::new(&binaries().collector)
@@ -127,6 +129,51 @@ async fn inventory_history_and_allowlists_assigned_by_label() -> anyhow::Result<
         listed.contains("every agent") && listed.contains("prod"),
         "{listed}"
     );
+
+    // The ingest answer hands the policy only to the sender of a batch archived just
+    // now: a replay of the same signed batch (anyone may have seen it) gets nothing.
+    let key = AgentKey::generate()?;
+    let enrolled: Value = collector
+        .client()?
+        .post(format!("{}/api/v1/enroll", collector.url))
+        .json(&serde_json::json!({
+            "token": collector.labelled_enrollment_token(1, "env=prod")?,
+            "public_key": key.public_key_base64(),
+            "hostname": "replayed",
+            "version": "test",
+        }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let replayed_id: uuid::Uuid = enrolled["agent_id"].as_str().context("agent_id")?.parse()?;
+    let mut event = Event::new(chrono::Utc::now());
+    event.set_str("message", "one line");
+    event.set_str("agent.id", replayed_id.to_string());
+    let batch = SignedBatch::seal(&key, replayed_id, 1, chrono::Utc::now(), &[event])?.into_bytes();
+    let send = |bytes: Vec<u8>| {
+        let client = collector.client();
+        let url = format!("{}/api/v1/ingest", collector.url);
+        async move {
+            let answer: Value = client?
+                .post(url)
+                .header("content-type", "application/octet-stream")
+                .header(ALLOWLIST_HEADER, "none")
+                .body(bytes)
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(answer)
+        }
+    };
+    let first = send(batch.clone()).await?;
+    assert_eq!(first["status"], "accepted", "{first}");
+    assert_eq!(first["allowlist"]["name"], "prod", "{first}");
+    assert_eq!(first["allowlist"]["policy"], prod_v1);
+    let replay = send(batch).await?;
+    assert_eq!(replay["status"], "duplicate", "{replay}");
+    assert!(replay.get("allowlist").is_none(), "{replay}");
 
     let agent_dir = tmp.path().join("agent");
     let held = agent_dir.join("allowlist.toml");

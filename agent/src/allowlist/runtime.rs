@@ -68,9 +68,29 @@ impl PolicyMailbox {
         }
     }
 
+    /// A mailbox that names the policy already on disk, when it verifies (so a restarted
+    /// agent does not ask for the policy it has).
+    pub fn holding(source: &PolicySource) -> Self {
+        let mailbox = PolicyMailbox::default();
+        let mut sig = source.path.as_os_str().to_owned();
+        sig.push(".sig");
+        if let Ok(text) = std::fs::read_to_string(&source.path)
+            && let Ok(signature) = std::fs::read_to_string(PathBuf::from(sig))
+            && Policy::verified(&text, Some(&signature), &source.signer, "policy").is_ok()
+        {
+            mailbox.set_held(policy_sha256(&text));
+        }
+        mailbox
+    }
+
     /// A policy from the collector, for the enforcer's next cycle (a newer one replaces
-    /// one not yet taken).
+    /// one not yet taken). Its name is checked against its text: a mismatch would have it
+    /// sent again with every answer.
     pub fn deliver(&self, policy: DeliveredPolicy) {
+        if policy_sha256(&policy.policy) != policy.sha256 {
+            tracing::warn!(assignment = %policy.name, "allowlist policy whose hash does not match its text ignored");
+            return;
+        }
         if self.held() == policy.sha256 {
             return;
         }
@@ -85,25 +105,61 @@ impl PolicyMailbox {
     }
 }
 
-/// Writes `text` to `path` through a temporary file and a rename, so a reader (or a crash)
-/// sees the old file or the new one, never half of one.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    {
-        use std::io::Write as _;
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
+/// Writes `text` beside `path` in a new file of its own (never an existing one, nor what
+/// a planted symlink points to), flushed to disk; returns its path.
+fn write_temporary(path: &Path, text: &str) -> std::io::Result<PathBuf> {
+    use std::io::Write as _;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::now_v7()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temporary)?;
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e);
     }
-    std::fs::rename(&temporary, path)
+    Ok(temporary)
+}
+
+/// Replaces the policy and its signature: both written in full first, then renamed over
+/// the files (signature, then policy) and the directory flushed, so a failure while
+/// writing leaves both files as they were, and only a crash between the two renames can
+/// leave a pair that does not verify (refused at the next start, and asked for again).
+fn replace_pair(policy: &Path, text: &str, signature: &Path, sig: &str) -> std::io::Result<()> {
+    let new_sig = write_temporary(signature, sig)?;
+    let new_policy = match write_temporary(policy, text) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_file(&new_sig);
+            return Err(e);
+        }
+    };
+    let renamed =
+        std::fs::rename(&new_sig, signature).and_then(|()| std::fs::rename(&new_policy, policy));
+    if renamed.is_err() {
+        let _ = std::fs::remove_file(&new_sig);
+        let _ = std::fs::remove_file(&new_policy);
+    }
+    renamed?;
+    if let Some(dir) = policy.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The allowlist's state between diff cycles.
 #[derive(Debug)]
 pub struct Enforcer {
     mailbox: Arc<PolicyMailbox>,
+    /// SHA-256 of the policy in force.
+    in_force: Option<String>,
     source: PolicySource,
     proc_root: PathBuf,
     policy: Option<Policy>,
@@ -146,6 +202,7 @@ impl Enforcer {
     pub fn new(source: PolicySource, proc_root: PathBuf) -> Self {
         Enforcer {
             mailbox: Arc::default(),
+            in_force: None,
             source,
             proc_root,
             policy: None,
@@ -179,9 +236,19 @@ impl Enforcer {
         )
         .map_err(|e| e.to_string())
         .and_then(|_| {
-            write_atomically(&self.signature_path(), &delivered.signature)
-                .and_then(|()| write_atomically(&self.source.path, &delivered.policy))
-                .map_err(|e| format!("cannot write {}: {e}", self.source.path.display()))
+            replace_pair(
+                &self.source.path,
+                &delivered.policy,
+                &self.signature_path(),
+                &delivered.signature,
+            )
+            .map_err(|e| {
+                // Not the policy's fault: name the one in force again, so it is offered
+                // again with a later answer.
+                self.mailbox
+                    .set_held(self.in_force.clone().unwrap_or_else(|| NO_POLICY.into()));
+                format!("cannot write {}: {e}", self.source.path.display())
+            })
         });
         let mut received = match &stored {
             Ok(()) => {
@@ -255,7 +322,8 @@ impl Enforcer {
                 let sha256 = policy_sha256(&text);
                 loaded.set_str("yagura.allowlist.sha256", sha256.clone());
                 loaded.set_str("message", format!("allowlist policy {origin} loaded"));
-                self.mailbox.set_held(sha256);
+                self.mailbox.set_held(sha256.clone());
+                self.in_force = Some(sha256);
                 self.policy = Some(policy);
                 self.reported.clear();
                 self.network = None;
@@ -610,6 +678,50 @@ mod tests {
         );
         // The same policy again is not handed over.
         mailbox.deliver(handed(assigned, &collector));
+        assert!(enforcer.reload_if_changed(&context()).is_empty());
+    }
+
+    #[test]
+    fn a_policy_that_cannot_be_written_is_asked_for_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let collector = AgentKey::generate().expect("key");
+        let mailbox = Arc::new(PolicyMailbox::default());
+        let mut enforcer = Enforcer::new(
+            PolicySource {
+                path: dir.path().join("missing").join("allowlist.toml"),
+                signer: collector.verifying_key(),
+            },
+            PathBuf::from("/proc"),
+        )
+        .with_mailbox(Arc::clone(&mailbox));
+        let text = "[usb]\nmode = \"audit\"\nallow = []\n";
+        mailbox.deliver(DeliveredPolicy {
+            name: "prod".into(),
+            sha256: policy_sha256(text),
+            policy: text.into(),
+            signature: collector.sign_document(policy::SIGNATURE_PURPOSE, text.as_bytes()),
+        });
+        assert_eq!(mailbox.held(), policy_sha256(text));
+        let refused = enforcer.reload_if_changed(&context());
+        assert_eq!(actions(&refused), ["policy_refused"]);
+        assert!(
+            refused[0]
+                .get_str("event.reason")
+                .is_some_and(|r| r.contains("cannot write"))
+        );
+        // Not the policy's fault: the agent names what it holds (nothing) again.
+        assert_eq!(mailbox.held(), NO_POLICY);
+        // No temporary file is left behind either.
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+
+        // A delivery whose name does not match its text is ignored.
+        mailbox.deliver(DeliveredPolicy {
+            name: "prod".into(),
+            sha256: policy_sha256("something else"),
+            policy: text.into(),
+            signature: String::new(),
+        });
+        assert_eq!(mailbox.held(), NO_POLICY);
         assert!(enforcer.reload_if_changed(&context()).is_empty());
     }
 

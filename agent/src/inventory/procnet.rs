@@ -210,11 +210,17 @@ fn read_listening_via(
                     out.extend(sockets);
                     continue;
                 }
-                Err(e) => tracing::debug!(
-                    error = %e,
-                    ?protocol,
-                    "sock_diag dump failed, reading /proc/net instead"
-                ),
+                Err(e) => {
+                    // Once per run at warning level: the fallback works but costs far
+                    // more CPU per cycle (see sock_diag).
+                    static WARNED: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
+                    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::debug!(error = %e, ?protocol, "sock_diag dump failed, reading /proc/net instead");
+                    } else {
+                        tracing::warn!(error = %e, ?protocol, "sock_diag dump failed, reading /proc/net instead (slower)");
+                    }
+                }
             }
         }
         out.extend(read_tables(proc_root, protocol)?);

@@ -8,7 +8,8 @@
 //! that is live but not ready should be taken out of rotation, not restarted.
 //!
 //! Both are open to anonymous callers, as probes are; the answer names each check and
-//! whether it passed (a lag in bytes), never a path, a query or an error text.
+//! whether it passed (a lag in bytes), never a path, a query or an error text, and is
+//! computed at most once a second whatever the number of callers.
 
 use axum::Json;
 use axum::extract::State;
@@ -61,8 +62,36 @@ pub async fn live() -> Response {
     Json(serde_json::json!({ "status": "live" })).into_response()
 }
 
+/// How long a readiness answer is reused: probes are anonymous, and a flood of them must
+/// not take database connections and blocking threads from ingest.
+const READY_CACHE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last readiness answer and when it was computed; the lock also keeps to one
+/// computation at a time.
+pub type ReadyCache =
+    std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, bool, serde_json::Value)>>>;
+
 /// `GET /health/ready`: 200 when every check passes, else 503; both list the checks.
 pub async fn ready(State(state): State<AppState>) -> Response {
+    let mut cache = state.ready_cache.lock().await;
+    let (ready, body) = match cache.as_ref() {
+        Some((at, ready, body)) if at.elapsed() < READY_CACHE => (*ready, body.clone()),
+        _ => {
+            let (ready, body) = readiness(&state).await;
+            *cache = Some((std::time::Instant::now(), ready, body.clone()));
+            (ready, body)
+        }
+    };
+    drop(cache);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn readiness(state: &AppState) -> (bool, serde_json::Value) {
     let mut checks = Vec::new();
     let database = sqlx::query("SELECT 1")
         .execute(state.store.pool())
@@ -70,6 +99,10 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         .is_ok();
     checks.push(check("database", database));
     checks.push(check("archive", state.archive_dir.is_dir()));
+    checks.push(check(
+        "archive_writer",
+        state.ingest.archive().writer_running(),
+    ));
     if let Some(index) = state.index.clone() {
         let searchable = tokio::task::spawn_blocking(move || {
             let mut probe = SearchRequest::new("*");
@@ -90,16 +123,11 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         state.ready_max_lag_bytes,
     ));
     let ready = checks.iter().all(|c| c.ok);
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
         "checks": checks,
     });
-    (status, Json(body)).into_response()
+    (ready, body)
 }
 
 #[cfg(test)]

@@ -56,6 +56,8 @@ pub struct AppState {
     pub allowlists: crate::fleet::allowlist::AllowlistDistribution,
     /// `/health/ready` fails while an archive consumer lags by more bytes than this.
     pub ready_max_lag_bytes: u64,
+    /// The last readiness answer (see `health.rs`).
+    pub ready_cache: health::ReadyCache,
 }
 
 /// Who is calling: the name of the API token presented (recorded in alert histories).
@@ -176,7 +178,11 @@ async fn ingest(
     let body = read_ingest_body(&state, peer, request).await?;
     match state.ingest.ingest(body.to_vec(), peer).await {
         Ok(mut ack) => {
-            ack.allowlist = policy_for(&state, ack.agent_id, held.as_deref()).await;
+            // Only a batch archived just now proves the sender holds the agent's key: a
+            // replayed one (a duplicate) could come from anyone who saw it.
+            if ack.status == "accepted" {
+                ack.allowlist = policy_for(&state, ack.agent_id, held.as_deref()).await;
+            }
             Ok(Json(ack).into_response())
         }
         Err(rejection) => Err(rejection_error(rejection)),
@@ -234,14 +240,20 @@ async fn ingest_bundle(
         ApiError::bad_request(e.to_string())
     })?;
     let mut results = Vec::with_capacity(batches.len());
-    let mut agent = None;
+    // The agent a policy may go to: the one whose batch was archived just now, and only
+    // if every batch the bundle had acknowledged is that agent's (replays prove nothing).
+    let mut accepted_agent = None;
+    let mut agents_seen = std::collections::HashSet::new();
     for batch in batches {
         let sequence = yagura_shared::parse_header(batch)
             .ok()
             .map(|header| header.sequence);
         match state.ingest.ingest(batch.to_vec(), peer).await {
             Ok(ack) => {
-                agent = Some(ack.agent_id);
+                agents_seen.insert(ack.agent_id);
+                if ack.status == "accepted" {
+                    accepted_agent = Some(ack.agent_id);
+                }
                 results.push(yagura_shared::BatchResult {
                     status: StatusCode::OK.as_u16(),
                     sequence: Some(ack.sequence),
@@ -266,9 +278,9 @@ async fn ingest_bundle(
             }
         }
     }
-    let allowlist = match agent {
-        Some(agent) => policy_for(&state, agent, held.as_deref()).await,
-        None => None,
+    let allowlist = match accepted_agent {
+        Some(agent) if agents_seen.len() == 1 => policy_for(&state, agent, held.as_deref()).await,
+        _ => None,
     };
     Ok(Json(yagura_shared::BundleAnswer { results, allowlist }).into_response())
 }

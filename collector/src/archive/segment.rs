@@ -96,6 +96,12 @@ pub struct SegmentArchive {
 }
 
 impl SegmentArchive {
+    /// Whether the writer thread still takes appends (it stops on an I/O error it cannot
+    /// get past, after which every append is refused).
+    pub fn writer_running(&self) -> bool {
+        !self.requests.is_closed()
+    }
+
     /// Opens (or creates) the archive in `dir`, recovers it, and starts the writer task.
     /// Must be called inside a tokio runtime.
     pub fn open(dir: &Path, segment_max_bytes: u64) -> Result<Self> {

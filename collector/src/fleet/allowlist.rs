@@ -1,8 +1,8 @@
 //! Allowlist policies assigned to agents by label, and handed to them on ingest.
 //!
 //! An operator assigns a signed policy to every agent whose enrollment labels include a
-//! selector (`yagura allowlist assign FILE --name prod-web --label env=prod --label
-//! role=web`); an empty selector is the fleet's default. An agent gets the most specific
+//! selector (`yagura allowlist assign FILE --name prod-web --labels
+//! env=prod,role=web`); an empty selector is the fleet's default. An agent gets the most specific
 //! assignment it matches: the one with the most selector labels, then the first by name,
 //! so a host-group policy overrides the default without a priority number to keep right.
 //!
