@@ -382,7 +382,7 @@ impl AgentConfig {
             let message = e.message().trim();
             ConfigError::Parse {
                 path: path.to_path_buf(),
-                location: offset.map(|o| line_column(text, o)),
+                location: offset.map(|o| config_check::line_column(text, o)),
                 message: match key {
                     Some(key) => format!("`{key}`: {message}"),
                     None => message.to_string(),
@@ -573,16 +573,6 @@ pub fn system_hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
-    (line, column)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -729,11 +719,5 @@ start_at = "end"
             err.to_string().contains(&path.display().to_string()),
             "{err}"
         );
-    }
-
-    #[test]
-    fn line_column_counts_from_one() {
-        assert_eq!(line_column("ab\ncd", 0), (1, 1));
-        assert_eq!(line_column("ab\ncd", 4), (2, 2));
     }
 }

@@ -141,20 +141,8 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 file,
             } => parse_lines(&parser, &dataset, timezone, file.as_deref()),
             Command::CheckConfig { file } => {
-                let text = std::fs::read_to_string(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-                let problems = AgentConfig::problems(&text);
-                for problem in &problems {
-                    eprintln!("{}", problem.in_file(&file));
-                }
-                anyhow::ensure!(
-                    problems.is_empty(),
-                    "{}: {} error(s)",
-                    file.display(),
-                    problems.len()
-                );
-                println!("{}: ok", file.display());
-                Ok(())
+                yagura_shared::config_check::check_file(&file, AgentConfig::problems)
+                    .map_err(anyhow::Error::msg)
             }
             Command::Status { config, json } => {
                 let config = AgentConfig::load(&config)?;

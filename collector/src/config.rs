@@ -442,7 +442,7 @@ impl CollectorConfig {
         let mut config: CollectorConfig = toml::from_str(text).map_err(|e| {
             let (line, column) = e
                 .span()
-                .map(|span| line_column(text, span.start))
+                .map(|span| yagura_shared::config_check::line_column(text, span.start))
                 .unwrap_or((0, 0));
             let key = e
                 .span()
@@ -610,17 +610,6 @@ impl CollectorConfig {
             max_bytes: self.archive.retention_max_bytes,
         }
     }
-}
-
-/// 1-based line and column of a byte position.
-fn line_column(text: &str, position: usize) -> (usize, usize) {
-    let before = &text[..position.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
-    (line, column)
 }
 
 #[cfg(test)]

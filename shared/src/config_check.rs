@@ -67,7 +67,28 @@ impl ConfigProblem {
     }
 }
 
-/// 1-based line and column (in characters) of byte `offset`.
+/// What `check-config FILE` does in both binaries: reads the file, prints each problem
+/// on standard error as `FILE:LINE:COLUMN: …` and `FILE: ok` on standard output when there
+/// is none; the error says how many there were.
+pub fn check_file(
+    path: &std::path::Path,
+    problems_of: impl FnOnce(&str) -> Vec<ConfigProblem>,
+) -> Result<(), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let problems = problems_of(&text);
+    for problem in &problems {
+        eprintln!("{}", problem.in_file(path));
+    }
+    if !problems.is_empty() {
+        return Err(format!("{}: {} error(s)", path.display(), problems.len()));
+    }
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
+/// 1-based line and column (in characters) of byte `offset`; never panics, whatever the
+/// offset.
 pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
@@ -236,6 +257,16 @@ mod tests {
         assert_eq!(line_of_key(TEXT, "sources[1].parser"), Some(8));
         assert_eq!(line_of_key(TEXT, "ingest.max_body_bytes"), Some(3));
         assert_eq!(line_of_key(TEXT, "ingest.nothing"), None);
+    }
+
+    #[test]
+    fn line_column_counts_from_one_in_characters() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("é = 1", 3), (1, 3));
+        // Inside a character or past the end: still an answer.
+        assert_eq!(line_column("é", 1).0, 1);
+        assert_eq!(line_column("ab", 10), (1, 3));
     }
 
     #[test]

@@ -356,22 +356,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => provenance(&event_id, json, &remote).await,
         Command::Alerts { command } => alerts::run(command).await,
         Command::Allowlist { command } => allowlist::run(command).await,
-        Command::CheckConfig { file } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let problems = CollectorConfig::problems(&text, &file);
-            for problem in &problems {
-                eprintln!("{}", problem.in_file(&file));
-            }
-            anyhow::ensure!(
-                problems.is_empty(),
-                "{}: {} error(s)",
-                file.display(),
-                problems.len()
-            );
-            println!("{}: ok", file.display());
-            Ok(())
-        }
+        Command::CheckConfig { file } => yagura_shared::config_check::check_file(&file, |text| {
+            CollectorConfig::problems(text, &file)
+        })
+        .map_err(anyhow::Error::msg),
         Command::Inventory {
             agent,
             at,
