@@ -179,15 +179,7 @@ pub fn load_lists(
 }
 
 fn read_list(path: &Path) -> Result<String, String> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read the list: {e}"))?
-        .len();
-    if size > MAX_LIST_FILE {
-        return Err(format!(
-            "{size} bytes: larger than a list may be ({MAX_LIST_FILE})"
-        ));
-    }
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read the list as UTF-8 text: {e}"))
+    super::rules::read_capped(path, MAX_LIST_FILE, " the list", "a list")
 }
 
 /// A piece of a value: text as written, or a placeholder's name.

@@ -176,15 +176,25 @@ pub fn load(dirs: &[PathBuf], pipeline: &Pipeline) -> Result<RuleSet, RuleProble
 }
 
 fn read_rule_file(path: &Path) -> Result<String, String> {
+    read_capped(path, MAX_RULE_FILE, "", "a rule file")
+}
+
+/// The text of a file of the rule directories, refused before reading when it is over
+/// `limit` bytes (a stray large file must not exhaust memory at load). `the` names the
+/// file in messages (` the list`, or nothing), `kind` its kind (`a rule file`).
+pub(super) fn read_capped(
+    path: &Path,
+    limit: u64,
+    the: &str,
+    kind: &str,
+) -> Result<String, String> {
     let size = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read: {e}"))?
+        .map_err(|e| format!("cannot read{the}: {e}"))?
         .len();
-    if size > MAX_RULE_FILE {
-        return Err(format!(
-            "{size} bytes: larger than a rule file may be ({MAX_RULE_FILE})"
-        ));
+    if size > limit {
+        return Err(format!("{size} bytes: larger than {kind} may be ({limit})"));
     }
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read as UTF-8 text: {e}"))
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read{the} as UTF-8 text: {e}"))
 }
 
 /// The YAML documents of `text` with the line (1-based) each starts on.
