@@ -177,6 +177,9 @@ pub fn pinned_client(
     let client = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .user_agent(concat!("yagura-agent/", env!("CARGO_PKG_VERSION")))
+        // The collector never redirects; following one would send batches (and the CLI's
+        // API token) wherever a response pointed.
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(request_timeout)
         .connect_timeout(request_timeout.min(Duration::from_secs(10)))
         .build()

@@ -53,6 +53,18 @@ pub struct CollectorConfig {
     /// The reference shop service.
     #[serde(default)]
     pub shop: ShopConfig,
+    /// The analyst console.
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: the analyst console (served when the shop's sign-in is enabled).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// A directory of dashboard files (`*.json`) served besides the shipped ones; a file
+    /// named like a shipped dashboard replaces it (relative: to the configuration file).
+    pub dashboards: Option<PathBuf>,
 }
 
 /// `[shop]`: the reference shop (accounts with MFA, cart, form) and its audit trail.
@@ -397,6 +409,7 @@ impl CollectorConfig {
             detect: DetectConfig::default(),
             alert: crate::alert::AlertConfig::default(),
             shop: ShopConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 
@@ -528,7 +541,14 @@ impl CollectorConfig {
                     *dir = parent.join(&*dir);
                 }
             }
+            if let Some(dir) = &mut config.console.dashboards
+                && dir.is_relative()
+            {
+                *dir = parent.join(&*dir);
+            }
         }
+        crate::console::dashboards::Dashboards::load(config.console.dashboards.as_deref())
+            .map_err(|e| invalid(format!("console.dashboards: {e}")))?;
         Ok(config)
     }
 

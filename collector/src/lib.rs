@@ -15,6 +15,7 @@ pub mod api;
 pub mod archive;
 pub mod collector_events;
 pub mod config;
+pub mod console;
 pub mod custody;
 pub mod detect;
 pub mod fleet;

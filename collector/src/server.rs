@@ -156,6 +156,7 @@ pub async fn run_with(
     let alerts = crate::alert::AlertService::new(&store);
 
     let detector_cancel = CancellationToken::new();
+    let rule_catalog = crate::detect::RuleCatalog::default();
     let detector_task = match mode {
         // Detection is not worth refusing to ingest over: without it the collector
         // still verifies, archives and indexes.
@@ -164,6 +165,7 @@ pub async fn run_with(
             store.clone(),
             events.clone(),
             Arc::clone(&archive),
+            rule_catalog.clone(),
             detector_cancel.clone(),
         ) {
             Ok(started) => Some(started),
@@ -225,7 +227,10 @@ pub async fn run_with(
     ));
     // The shop: its own database, and its audit trail forwarded into the archive under
     // its own signing identity.
-    let (shop_router, shop_forwarder) = if config.shop.enabled {
+    let dashboards =
+        crate::console::dashboards::Dashboards::load(config.console.dashboards.as_deref())
+            .map_err(|e| anyhow::anyhow!("[console] dashboards: {e}"))?;
+    let (shop_router, shop_forwarder, console) = if config.shop.enabled {
         let shop = crate::shop::open(&config).await?;
         let shop_key = collector_events::load_or_create_key(&config.shop_key_path())
             .context("loading the shop's signing key")?;
@@ -245,13 +250,14 @@ pub async fn run_with(
             Arc::clone(&archive),
             background_cancel.clone(),
         ));
+        let console = crate::console::ConsoleAuth::new(Arc::clone(&shop));
         let router = crate::shop::http::router(crate::shop::http::ShopState {
             shop,
             admin_allowlist: Arc::new(config.shop.admin_allowlist.clone()),
         });
-        (Some(router), Some(forwarder))
+        (Some(router), Some(forwarder), Some(console))
     } else {
-        (None, None)
+        (None, None, None)
     };
     let app = api::router(
         AppState {
@@ -265,6 +271,9 @@ pub async fn run_with(
             allowlists: crate::fleet::allowlist::AllowlistDistribution::new(store.clone()),
             ready_max_lag_bytes: config.archive.ready_max_lag_bytes,
             ready_cache: Default::default(),
+            rules: rule_catalog,
+            dashboards: Arc::new(dashboards),
+            console,
         },
         shop_router,
     );
@@ -395,6 +404,7 @@ fn start_detector(
     store: Store,
     events: CollectorEvents,
     archive: Arc<SegmentArchive>,
+    catalog: crate::detect::RuleCatalog,
     cancel: CancellationToken,
 ) -> anyhow::Result<(
     std::thread::JoinHandle<()>,
@@ -406,7 +416,9 @@ fn start_detector(
     for problem in &rules.errors {
         tracing::error!(%problem, "detection rule file left out");
     }
-    let detector = crate::detect::Detector::new(&rules, pipeline).map_err(anyhow::Error::msg)?;
+    let detector =
+        crate::detect::Detector::new(&rules, pipeline.clone()).map_err(anyhow::Error::msg)?;
+    catalog.loaded(&config.detect.rules, &rules, &pipeline);
     tracing::info!(
         files = rules.files.len(),
         rules = rules.detection_rules(),
@@ -419,7 +431,7 @@ fn start_detector(
         Duration::from_millis(config.detect.commit_interval_ms),
         config.ingest.max_decompressed_bytes,
     )
-    .with_reload(config.detect.rules.clone(), Some(events));
+    .with_reload(config.detect.rules.clone(), Some(events), catalog);
     let committed = live.committed();
     let runtime = tokio::runtime::Handle::current();
     let task = std::thread::Builder::new()

@@ -2,6 +2,7 @@
 //! binaries once, starts them in temporary directories on loopback ports, and talks to
 //! the collector over HTTPS with the certificate pinned, as an agent or analyst would.
 
+pub mod browser;
 pub mod receiver;
 
 use std::io::{BufRead, BufReader, Write as _};
@@ -517,25 +518,38 @@ pub struct Up {
     pub token: String,
     /// The `--data-dir` it runs on.
     pub data_arg: String,
+    /// The console's first account and its password, as the first run printed them.
+    pub console_user: String,
+    pub console_password: String,
 }
 
 impl Up {
     pub fn start(dir: &Path) -> anyhow::Result<Up> {
+        Self::start_with(dir, &[])
+    }
+
+    /// `yagura up` with more arguments (`--rules DIR`, …).
+    pub fn start_with(dir: &Path, extra: &[&str]) -> anyhow::Result<Up> {
         let data_arg = dir.join("data").display().to_string();
+        let mut args = vec![
+            "up",
+            "--data-dir",
+            &data_arg,
+            "--listen",
+            "127.0.0.1:0",
+            "--no-host-logs",
+        ];
+        args.extend_from_slice(extra);
         let process = Process::spawn(
             "yagura up",
             &binaries().collector,
-            &[
-                "up",
-                "--data-dir",
-                &data_arg,
-                "--listen",
-                "127.0.0.1:0",
-                "--no-host-logs",
-            ],
+            &args,
             &dir.join("up.log"),
         )?;
-        let url = process.expect_line("API URL:", Duration::from_secs(60))?;
+        // In the order the banner prints them.
+        let console_user = process.expect_line("Console user:", Duration::from_secs(60))?;
+        let console_password = process.expect_line("Password:", Duration::from_secs(5))?;
+        let url = process.expect_line("API URL:", Duration::from_secs(5))?;
         let fingerprint = process.expect_line("Certificate:  sha256", Duration::from_secs(5))?;
         let token = process.expect_line("API token:", Duration::from_secs(5))?;
         Ok(Up {
@@ -544,6 +558,8 @@ impl Up {
             fingerprint,
             token,
             data_arg,
+            console_user,
+            console_password,
         })
     }
 }

@@ -15,6 +15,7 @@ async fn up_serves_searchable_demo_events_and_stops_cleanly_on_ctrl_c() -> anyho
         fingerprint,
         token,
         data_arg,
+        ..
     } = Up::start(tmp.path())?;
     assert!(
         token.starts_with("ygt_"),

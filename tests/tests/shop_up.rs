@@ -70,6 +70,7 @@ async fn brute_force_and_idor_through_yagura_up_are_audit_events_in_search() -> 
         fingerprint,
         token,
         data_arg,
+        ..
     } = Up::start(tmp.path())?;
     let (client, _) =
         yagura_agent::tls::pinned_client(Some(&fingerprint), Duration::from_secs(10))?;

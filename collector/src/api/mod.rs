@@ -6,9 +6,11 @@
 //! every response carries headers that forbid framing, sniffing and caching.
 
 mod alerts;
+mod dashboards;
 mod error;
 mod health;
 mod metrics;
+mod rules;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,6 +60,11 @@ pub struct AppState {
     pub ready_max_lag_bytes: u64,
     /// The last readiness answer (see `health.rs`).
     pub ready_cache: health::ReadyCache,
+    /// The rules the live detector runs (empty without a detector).
+    pub rules: crate::detect::RuleCatalog,
+    pub dashboards: Arc<crate::console::dashboards::Dashboards>,
+    /// Console sign-in (the shop's sessions); `None` when the shop is disabled.
+    pub console: Option<crate::console::ConsoleAuth>,
 }
 
 /// Who is calling: the name of the API token presented (recorded in alert histories).
@@ -78,11 +85,13 @@ pub fn router(state: AppState, extra: Option<Router>) -> Router {
         .route("/api/v1/events/{id}/provenance", get(event_provenance))
         .route("/api/v1/detections", get(list_detections))
         .merge(alerts::routes())
+        .merge(rules::routes())
+        .merge(dashboards::routes())
         .route("/metrics", get(metrics::metrics))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            require_api_token,
+            require_caller,
         ));
     let ingest = Router::new()
         .route("/api/v1/ingest", post(ingest))
@@ -96,12 +105,14 @@ pub fn router(state: AppState, extra: Option<Router>) -> Router {
     let health = Router::new()
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready));
+    let console = crate::console::router(state.console.clone());
     let api = Router::new()
         .merge(protected)
         .merge(health)
         .merge(ingest)
         .merge(enroll)
-        .with_state(state);
+        .with_state(state)
+        .merge(console);
     let app = match extra {
         Some(extra) => api.merge(extra),
         None => api,
@@ -109,11 +120,12 @@ pub fn router(state: AppState, extra: Option<Router>) -> Router {
     with_security_headers(app.fallback(|| async { ApiError::not_found("no such route") }))
 }
 
-/// The headers every response carries: a CSP that allows nothing inline and forbids
-/// framing, no MIME sniffing, no caching, HSTS, no referrer.
+/// The headers every response carries: a CSP that allows nothing at all and forbids
+/// framing (the console's pages set their own, which allows this origin's files and
+/// still nothing inline), no MIME sniffing, no caching, HSTS, no referrer.
 pub fn with_security_headers(router: Router) -> Router {
     router
-        .layer(SetResponseHeaderLayer::overriding(
+        .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
         ))
@@ -139,8 +151,11 @@ pub fn with_security_headers(router: Router) -> Router {
         ))
 }
 
-/// Checks `Authorization: Bearer <token>` against the stored token hashes.
-async fn require_api_token(
+/// Who may use the management API: a bearer API token (checked against the stored
+/// hashes: the CLI, scripts), or else a console session — the shared sign-in with both
+/// factors, role analyst or admin, and on state-changing requests the CSRF token and a
+/// same-site origin (see [`crate::console::ConsoleAuth::analyst`]).
+async fn require_caller(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
@@ -152,6 +167,17 @@ async fn require_api_token(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(token) = presented else {
+        let session = crate::shop::http::session_cookie(request.headers()).is_some();
+        if let (true, Some(console)) = (session, &state.console) {
+            return match console.analyst(&request).await {
+                Ok(analyst) => {
+                    let name = format!("{} (console)", analyst.user.email.as_str());
+                    request.extensions_mut().insert(Caller(name));
+                    Ok(next.run(request).await)
+                }
+                Err(refused) => Ok(refused),
+            };
+        }
         return Err(ApiError::unauthorized(
             "an API token is required (Authorization: Bearer …)",
         ));

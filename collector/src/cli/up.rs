@@ -99,6 +99,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .context("enrolling the local agent")?;
     }
 
+    // The console's first account: an admin (analyst rights included) whose password is
+    // printed once; the second factor is enrolled at the first sign-in.
+    let console_account = if started.first_run_api_token.is_some() && config.shop.enabled {
+        Some(create_console_admin(&config).await?)
+    } else {
+        None
+    };
+
     let mut agent_config = AgentConfig::new(&agent_dir);
     agent_config.inventory.enabled = true;
     let demo_stop = CancellationToken::new();
@@ -110,7 +118,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             host_name.clone(),
             demo_stop.clone(),
         )));
-        agent_config.sources.push(source(&demo_path, "yagura.demo"));
+        let mut demo_source = source(&demo_path, "yagura.demo");
+        demo_source.parser = "linux-auth".into();
+        agent_config.sources.push(demo_source);
     }
     let mut tailed_host_logs = Vec::new();
     if !args.no_host_logs {
@@ -126,7 +136,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let agent_stop = CancellationToken::new();
     let agent = tokio::spawn(yagura_agent::run(agent_config, agent_stop.clone()));
 
-    print_banner(&started, &data_dir, &tailed_host_logs);
+    print_banner(
+        &started,
+        &data_dir,
+        &tailed_host_logs,
+        console_account.as_ref(),
+        config.shop.enabled,
+    );
     let signal_stop = CancellationToken::new();
     tokio::select! {
         _ = super::stop_signal(signal_stop.clone()) => {}
@@ -164,9 +180,58 @@ fn source(path: &Path, dataset: &str) -> SourceConfig {
     }
 }
 
-fn print_banner(started: &server::Started, data_dir: &Path, host_logs: &[&str]) {
+/// The first console account (`admin@yagura.local`) with a random password.
+async fn create_console_admin(config: &CollectorConfig) -> anyhow::Result<(String, String)> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 18];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+    let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let email = CONSOLE_ADMIN.to_string();
+    let shop = yagura_collector::shop::open(config).await?;
+    let created = shop
+        .create_account(
+            &email,
+            &password,
+            yagura_collector::shop::domain::user::Role::Admin,
+        )
+        .await;
+    shop.repository().database().close().await;
+    created.map_err(|e| anyhow::anyhow!("creating the console account: {e:?}"))?;
+    Ok((email, password))
+}
+
+/// The console account `yagura up` makes on its first run.
+pub const CONSOLE_ADMIN: &str = "admin@yagura.local";
+
+fn print_banner(
+    started: &server::Started,
+    data_dir: &Path,
+    host_logs: &[&str],
+    console_account: Option<&(String, String)>,
+    console_enabled: bool,
+) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "\nYagura is up.");
+    if console_enabled {
+        let _ = writeln!(out, "  Console:      {}/console/", started.url);
+        match console_account {
+            Some((email, password)) => {
+                let _ = writeln!(out, "  Console user: {email}");
+                let _ = writeln!(out, "  Password:     {password}");
+                let _ = writeln!(
+                    out,
+                    "                (first run: shown once, stored hashed; set up the second factor at first sign-in)"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  Console user: made on the first run; add one with `YAGURA_SHOP_PASSWORD=… yagura shop create-account EMAIL --role analyst --data-dir {}`",
+                    data_dir.display()
+                );
+            }
+        }
+    }
     let _ = writeln!(out, "  API URL:      {}", started.url);
     let _ = writeln!(out, "  Certificate:  sha256 {}", started.fingerprint);
     match &started.first_run_api_token {

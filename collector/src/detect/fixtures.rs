@@ -50,7 +50,7 @@ impl FileTest {
 }
 
 /// The fixture files of `rule_file`, found under `dirs`' `fixtures/` folders.
-fn fixture_paths(dirs: &[PathBuf], rule_file: &Path) -> Option<(PathBuf, PathBuf)> {
+pub(super) fn fixture_paths(dirs: &[PathBuf], rule_file: &Path) -> Option<(PathBuf, PathBuf)> {
     dirs.iter().find_map(|dir| {
         let relative = rule_file.strip_prefix(dir).ok()?;
         let base = dir.join("fixtures").join(relative).with_extension("");

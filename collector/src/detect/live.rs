@@ -79,6 +79,8 @@ struct RuleSource {
     fingerprint: String,
     checked: Instant,
     events: Option<CollectorEvents>,
+    /// Where the running rules and refusals are published (the console).
+    catalog: super::RuleCatalog,
 }
 
 /// What identifies the state of the rule files and value lists: each file's path, size
@@ -175,12 +177,14 @@ impl LiveDetector {
         mut self,
         dirs: Vec<std::path::PathBuf>,
         events: Option<CollectorEvents>,
+        catalog: super::RuleCatalog,
     ) -> Self {
         self.source = Some(RuleSource {
             fingerprint: fingerprint(&dirs),
             dirs,
             checked: Instant::now(),
             events,
+            catalog,
         });
         self
     }
@@ -202,8 +206,10 @@ impl LiveDetector {
         source.fingerprint = now;
         let dirs = source.dirs.clone();
         let events = source.events.clone();
+        let catalog = source.catalog.clone();
         match self.load_new(&dirs) {
-            Ok(detector) => {
+            Ok((detector, set, pipeline)) => {
+                catalog.loaded(&dirs, &set, &pipeline);
                 tracing::info!(
                     rules = detector.detection_rules(),
                     correlations = detector.correlation_rules(),
@@ -218,6 +224,7 @@ impl LiveDetector {
                 for problem in &problems {
                     tracing::error!(%problem, "changed detection rules refused; the running rules stay");
                 }
+                catalog.refused(&problems);
                 if let Some(events) = events {
                     events.rules_refused(&problems);
                 }
@@ -228,16 +235,19 @@ impl LiveDetector {
 
     /// The rules in `dirs` compiled, with the running correlation windows carried over;
     /// every problem when the set is not valid.
-    fn load_new(&self, dirs: &[std::path::PathBuf]) -> Result<Detector, Vec<String>> {
+    fn load_new(
+        &self,
+        dirs: &[std::path::PathBuf],
+    ) -> Result<(Detector, RuleSet, rsigma_eval::Pipeline), Vec<String>> {
         let pipeline = ecs_pipeline().map_err(|e| vec![e])?;
         let set: RuleSet = load(dirs, &pipeline).map_err(|p| vec![p.to_string()])?;
         if !set.errors.is_empty() {
             return Err(set.errors.iter().map(ToString::to_string).collect());
         }
-        let mut detector = Detector::new(&set, pipeline).map_err(|e| vec![e])?;
+        let mut detector = Detector::new(&set, pipeline.clone()).map_err(|e| vec![e])?;
         let state = self.detector.export_state().map_err(|e| vec![e])?;
         detector.import_state(&state).map_err(|e| vec![e])?;
-        Ok(detector)
+        Ok((detector, set, pipeline))
     }
 
     pub fn stats(&self) -> Arc<DetectorStats> {
@@ -581,9 +591,10 @@ mod tests {
     async fn changed_rules_are_swapped_in_when_valid_and_refused_when_broken() {
         let s = setup().await;
         let events = CollectorEvents::new(uuid::Uuid::now_v7());
-        let mut live = s
-            .live()
-            .with_reload(vec![s.rules.clone()], Some(events.clone()));
+        let catalog = crate::detect::RuleCatalog::default();
+        let mut live =
+            s.live()
+                .with_reload(vec![s.rules.clone()], Some(events.clone()), catalog.clone());
         live.resume(0).await.expect("resume");
         let one = s
             .append(1, &[failed_login(0), failed_login(1), sudo_failure(2)])
@@ -597,6 +608,15 @@ mod tests {
 
         std::fs::write(s.rules.join("sudo.yml"), SUDO_RULE).expect("write");
         assert!(live.check_rules(true), "the new rule is swapped in");
+        let shown = catalog.view();
+        assert!(
+            shown.rules.iter().any(|r| r.title == "sudo failure"
+                && r.level.as_deref() == Some("medium")
+                && r.kind == "detection"),
+            "the console sees the new rule: {:?}",
+            shown.rules
+        );
+        assert!(shown.refused.is_none());
         let two = s.append(2, &[sudo_failure(3), failed_login(4)]).await;
         live.detect_record(&two);
         let titles: Vec<&str> = live.pending.iter().map(|d| d.rule_title.as_str()).collect();
@@ -613,6 +633,18 @@ mod tests {
         .expect("write");
         assert!(!live.check_rules(true), "refused");
         assert_eq!(live.stats().refused_reloads.load(Ordering::Relaxed), 1);
+        let shown = catalog.view();
+        let refusal = shown.refused.expect("the console is told of the refusal");
+        let at_line = format!("{}:7:", s.rules.join("broken.yml").display());
+        assert!(
+            refusal.problems.iter().any(|p| p.contains(&at_line)),
+            "{:?}",
+            refusal.problems
+        );
+        assert!(
+            shown.rules.iter().any(|r| r.title == "sudo failure"),
+            "the running rules are still listed"
+        );
         let reported = events.take_ready(true);
         assert_eq!(reported.len(), 1);
         let message = reported[0].get_str("message").unwrap_or_default();
@@ -637,7 +669,11 @@ mod tests {
         std::fs::create_dir_all(&lists).expect("mkdir");
         std::fs::write(lists.join("dns_blocklist.txt"), "evil.example\n").expect("list");
         std::fs::write(s.rules.join("blocklist.yml"), BLOCKLIST_RULE).expect("rule");
-        let mut live = s.live().with_reload(vec![s.rules.clone()], None);
+        let mut live = s.live().with_reload(
+            vec![s.rules.clone()],
+            None,
+            crate::detect::RuleCatalog::default(),
+        );
         live.resume(0).await.expect("resume");
         let mut seq = 0;
         let mut fired = async |live: &mut LiveDetector, name: &str| {

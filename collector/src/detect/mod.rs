@@ -9,12 +9,14 @@
 //! detector that runs them on the archive stream with its state in the database, every
 //! match recorded exactly once across crashes ([`live`]).
 
+pub mod catalog;
 pub mod engine;
 pub mod fixtures;
 pub mod lists;
 pub mod live;
 pub mod rules;
 
+pub use catalog::RuleCatalog;
 pub use engine::{Detection, Detector};
 pub use live::{DETECTOR_CONSUMER, DetectorStats, LiveDetector};
 pub use rules::{RuleProblem, RuleSet, ecs_pipeline, load as load_rules};

@@ -508,6 +508,44 @@ impl Store {
         rows.iter().map(StoredDetection::from_row).collect()
     }
 
+    /// Matches recorded since `since` (RFC 3339, UTC, as stored), per rule (its id, else
+    /// its title).
+    pub async fn rule_hits(&self, since: &str) -> Result<Vec<(String, u64)>> {
+        let rows = sqlx::query(
+            "SELECT COALESCE(rule_id, rule_title) AS rule, COUNT(*) AS hits FROM detections \
+             WHERE detected_at >= $1 GROUP BY rule",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let hits: i64 = row.try_get("hits")?;
+                Ok((row.try_get("rule")?, u64::try_from(hits).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    /// One rule's matches per hour since `since`: (`YYYY-MM-DDTHH`, count), oldest first,
+    /// hours without a match left out.
+    pub async fn rule_hits_by_hour(&self, rule: &str, since: &str) -> Result<Vec<(String, u64)>> {
+        let rows = sqlx::query(
+            "SELECT substr(detected_at, 1, 13) AS hour, COUNT(*) AS hits FROM detections \
+             WHERE detected_at >= $1 AND COALESCE(rule_id, rule_title) = $2 \
+             GROUP BY hour ORDER BY hour",
+        )
+        .bind(since)
+        .bind(rule)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let hits: i64 = row.try_get("hits")?;
+                Ok((row.try_get("hour")?, u64::try_from(hits).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// The connection pool, for the stages that keep their own tables here (alerting).
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool

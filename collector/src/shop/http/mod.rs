@@ -24,6 +24,7 @@ use axum::routing::MethodRouter;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use super::ShopService;
 use super::application::{Caller, Shop, ShopError};
 use super::domain::audit::{AuditEvent, Origin, Outcome};
 use super::domain::ports::SessionStage;
@@ -129,7 +130,7 @@ pub fn request_origin(headers: &HeaderMap, peer: Option<SocketAddr>) -> Origin {
     )
 }
 
-fn peer_of(request: &Request) -> Option<SocketAddr> {
+pub fn peer_of(request: &Request) -> Option<SocketAddr> {
     let extensions = request.extensions();
     extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -169,8 +170,9 @@ fn state_changing(method: &Method) -> bool {
 }
 
 /// Whether a browser says the request comes from another site: `Sec-Fetch-Site:
-/// cross-site`, or an `Origin` whose host is not this request's `Host`.
-fn cross_site(headers: &HeaderMap) -> bool {
+/// cross-site`, or an `Origin` whose host is not this request's host — its `Host`
+/// header, or over HTTP/2 (which has none) the `:authority` of its URI.
+fn cross_site(headers: &HeaderMap, authority: Option<&str>) -> bool {
     if headers
         .get("sec-fetch-site")
         .is_some_and(|v| v.as_bytes() == b"cross-site")
@@ -183,6 +185,7 @@ fn cross_site(headers: &HeaderMap) -> bool {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
+        .or(authority)
         .unwrap_or("");
     let origin_host = origin
         .strip_prefix("https://")
@@ -221,11 +224,102 @@ pub fn shop_error(error: ShopError) -> ApiError {
     }
 }
 
-async fn deny(state: &ShopState, audit: AuditEvent, answer: ApiError) -> Response {
-    if let Err(error) = state.shop.record_denial(audit).await {
+async fn deny(shop: &ShopService, audit: AuditEvent, answer: ApiError) -> Response {
+    if let Err(error) = shop.record_denial(audit).await {
         return shop_error(error).into_response();
     }
     answer.into_response()
+}
+
+/// What the session checks read of a request (borrowed parts that may be held across
+/// an await, unlike the request with its body).
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    /// The URI's authority (HTTP/2 requests carry the host here, not in `Host`).
+    pub authority: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// Refuses a state-changing request a browser says comes from another site (CSRF), with
+/// an audit record; `None` lets it through.
+pub async fn refuse_cross_site(
+    shop: &ShopService,
+    request: &RequestHead<'_>,
+    origin: &Origin,
+) -> Option<Response> {
+    if !(state_changing(request.method) && cross_site(request.headers, request.authority)) {
+        return None;
+    }
+    let audit = AuditEvent::new("access_denied", "web", Outcome::Failure)
+        .origin(origin)
+        .reason("cross-site request refused (CSRF)")
+        .detail("path", request.path.to_string());
+    Some(
+        deny(
+            shop,
+            audit,
+            ApiError::new(StatusCode::FORBIDDEN, "cross-site request refused"),
+        )
+        .await,
+    )
+}
+
+/// The signed-in caller of a request: its session (cookie), the CSRF token on a
+/// state-changing request, and — when `needed` names a role — a completed second factor
+/// and at least that role. Refusals of a known caller are audited. The shop's routes and
+/// the analyst console share this one check.
+pub async fn signed_in(
+    shop: &ShopService,
+    request: &RequestHead<'_>,
+    origin: &Origin,
+    needed: Option<Role>,
+) -> Result<Caller, Response> {
+    let Some(session_id) = session_cookie(request.headers) else {
+        return Err(ApiError::unauthorized("sign in first").into_response());
+    };
+    let caller = shop
+        .authenticate(&session_id, origin)
+        .await
+        .map_err(|error| shop_error(error).into_response())?;
+    let path = || request.path.to_string();
+    if state_changing(request.method) {
+        let presented = request
+            .headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !same_token(presented, &caller.csrf_token) {
+            let audit = caller
+                .audit("access_denied", "web", Outcome::Failure)
+                .reason("missing or wrong CSRF token")
+                .detail("path", path());
+            return Err(deny(
+                shop,
+                audit,
+                ApiError::new(StatusCode::FORBIDDEN, "missing or wrong CSRF token"),
+            )
+            .await);
+        }
+    }
+    if let Some(role) = needed {
+        if caller.stage != SessionStage::Full {
+            return Err(ApiError::unauthorized("complete the second factor first").into_response());
+        }
+        if !caller.user.has(role) {
+            let audit = caller
+                .audit("access_denied", "web", Outcome::Failure)
+                .reason(format!("needs role {}", role.as_str()))
+                .detail("path", path());
+            return Err(deny(
+                shop,
+                audit,
+                ApiError::new(StatusCode::FORBIDDEN, "not allowed"),
+            )
+            .await);
+        }
+    }
+    Ok(caller)
 }
 
 /// Checks a request against its route's [`Access`] before the handler runs, and hands
@@ -236,72 +330,34 @@ async fn guard(
     next: Next,
 ) -> Response {
     let origin = request_origin(request.headers(), peer_of(&request));
-    let changing = state_changing(request.method());
-    let path = request.uri().path().to_string();
-    if changing && cross_site(request.headers()) {
-        let audit = AuditEvent::new("access_denied", "web", Outcome::Failure)
-            .origin(&origin)
-            .reason("cross-site request refused (CSRF)")
-            .detail("path", path);
-        return deny(
-            &state,
-            audit,
-            ApiError::new(StatusCode::FORBIDDEN, "cross-site request refused"),
-        )
-        .await;
+    let (method, path, headers) = (
+        request.method().clone(),
+        request.uri().path().to_string(),
+        request.headers().clone(),
+    );
+    let authority = request.uri().authority().map(|a| a.as_str().to_string());
+    let head = RequestHead {
+        method: &method,
+        path: &path,
+        authority: authority.as_deref(),
+        headers: &headers,
+    };
+    if let Some(refused) = refuse_cross_site(&state.shop, &head, &origin).await {
+        return refused;
     }
     if access == Access::Public {
         request.extensions_mut().insert(origin);
         return next.run(request).await;
-    }
-    let Some(session_id) = session_cookie(request.headers()) else {
-        return ApiError::unauthorized("sign in first").into_response();
-    };
-    let caller = match state.shop.authenticate(&session_id, &origin).await {
-        Ok(caller) => caller,
-        Err(error) => return shop_error(error).into_response(),
-    };
-    if changing {
-        let presented = request
-            .headers()
-            .get(CSRF_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !same_token(presented, &caller.csrf_token) {
-            let audit = caller
-                .audit("access_denied", "web", Outcome::Failure)
-                .reason("missing or wrong CSRF token")
-                .detail("path", path);
-            return deny(
-                &state,
-                audit,
-                ApiError::new(StatusCode::FORBIDDEN, "missing or wrong CSRF token"),
-            )
-            .await;
-        }
     }
     let needed = match access {
         Access::Public | Access::AnySession => None,
         Access::Role(role) => Some(role),
         Access::Admin => Some(Role::Admin),
     };
-    if let Some(role) = needed {
-        if caller.stage != SessionStage::Full {
-            return ApiError::unauthorized("complete the second factor first").into_response();
-        }
-        if !caller.user.has(role) {
-            let audit = caller
-                .audit("access_denied", "web", Outcome::Failure)
-                .reason(format!("needs role {}", role.as_str()))
-                .detail("path", path);
-            return deny(
-                &state,
-                audit,
-                ApiError::new(StatusCode::FORBIDDEN, "not allowed"),
-            )
-            .await;
-        }
-    }
+    let caller = match signed_in(&state.shop, &head, &origin, needed).await {
+        Ok(caller) => caller,
+        Err(refused) => return refused,
+    };
     if access == Access::Admin {
         let allowed = caller
             .origin
@@ -311,9 +367,9 @@ async fn guard(
             let audit = caller
                 .audit("admin_ip_denied", "web", Outcome::Failure)
                 .reason("address not in the admin allowlist")
-                .detail("path", path);
+                .detail("path", path.clone());
             return deny(
-                &state,
+                &state.shop,
                 audit,
                 ApiError::new(StatusCode::FORBIDDEN, "not allowed from this address"),
             )
@@ -326,3 +382,52 @@ async fn guard(
 
 /// The caller of a route with a session (set by [`guard`]).
 pub type CallerExt = axum::Extension<Caller>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    /// Browsers speak HTTP/2 to the collector: the host is then the request's
+    /// `:authority`, with no `Host` header. A same-origin sign-in from the console must
+    /// not look cross-site for want of one (it did: every browser sign-in was refused).
+    #[test]
+    fn the_origin_is_compared_with_the_host_or_the_http2_authority() {
+        let same = headers(&[("origin", "https://127.0.0.1:8443")]);
+        assert!(
+            !cross_site(&same, Some("127.0.0.1:8443")),
+            "HTTP/2, same origin"
+        );
+        assert!(cross_site(&same, Some("127.0.0.1:9443")), "another port");
+        assert!(cross_site(&same, None), "no host at all: refused");
+        let http1 = headers(&[
+            ("origin", "https://127.0.0.1:8443"),
+            ("host", "127.0.0.1:8443"),
+        ]);
+        assert!(!cross_site(&http1, None), "HTTP/1.1, same origin");
+        let foreign = headers(&[
+            ("origin", "https://evil.example"),
+            ("host", "127.0.0.1:8443"),
+        ]);
+        assert!(cross_site(&foreign, Some("127.0.0.1:8443")));
+        assert!(cross_site(
+            &headers(&[("origin", "null")]),
+            Some("127.0.0.1:8443")
+        ));
+        assert!(cross_site(
+            &headers(&[("sec-fetch-site", "cross-site")]),
+            Some("127.0.0.1:8443")
+        ));
+        assert!(
+            !cross_site(&HeaderMap::new(), None),
+            "not a browser: no Origin"
+        );
+    }
+}
