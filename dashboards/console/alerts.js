@@ -1,7 +1,7 @@
 // Alerts: the live list (server-sent events: a new or changed alert appears without a
 // reload), filters, and an alert's detail with its sample events, the host's inventory at
 // alert time, its history and the triage actions.
-import { get, post } from './api.js';
+import { get, post, session, signInAgain } from './api.js';
 import { el, replace, field, activatable, formatTime } from './dom.js';
 
 const STATUSES = ['', 'open', 'acknowledged', 'resolved', 'suppressed'];
@@ -21,7 +21,7 @@ function groupText(alert) {
   return (alert.group || []).map(([k, v]) => `${k}=${v}`).join(' ');
 }
 
-export async function render(main, params, { navigate, rest }) {
+export async function render(main, params, { navigate, rest, current: isCurrent }) {
   const filters = filtersOf(params);
   const status = el('select', {}, STATUSES.map((s) => el('option', { value: s, selected: s === filters.status }, s || 'any')));
   const level = el('select', {}, LEVELS.map((s) => el('option', { value: s, selected: s === filters.level }, s || 'any')));
@@ -67,13 +67,28 @@ export async function render(main, params, { navigate, rest }) {
     rows.set(alert.id, row);
   };
 
-  const listed = await get('/api/v1/alerts', { status: filters.status, limit: 500 });
-  for (const alert of listed.alerts) upsert(alert, false);
+  const load = async () => {
+    const listed = await get('/api/v1/alerts', { status: filters.status, limit: 500 });
+    for (const alert of listed.alerts) upsert(alert, false);
+  };
+  await load();
+  if (!isCurrent()) return null;
   main.dataset.state = 'ready';
 
   const stream = new EventSource('/api/v1/alerts/stream');
   stream.addEventListener('open', () => { live.textContent = 'live'; live.classList.add('on'); });
-  stream.addEventListener('error', () => { live.textContent = 'reconnecting…'; live.classList.remove('on'); });
+  stream.addEventListener('error', async () => {
+    live.classList.remove('on');
+    if (stream.readyState !== EventSource.CLOSED) {
+      live.textContent = 'reconnecting…';
+      return;
+    }
+    // The stream gave up (signed out, or refused): find out whether the session is gone.
+    live.textContent = 'disconnected';
+    try { await session(); } catch { signInAgain(); }
+  });
+  // The server skipped changes this page was too slow for: read the list again.
+  stream.addEventListener('lagged', () => { load(); });
   stream.addEventListener('alert', (event) => {
     const change = JSON.parse(event.data);
     upsert(change.alert, true);

@@ -1,7 +1,7 @@
 // The console shell: who is signed in, the page router (the URL holds each page's whole
 // state, so any view can be shared as a link), and the rule-load notice on every page.
 import { session, signOut, get } from './api.js';
-import { replace } from './dom.js';
+import { el, replace } from './dom.js';
 import * as search from './search.js';
 import * as alerts from './alerts.js';
 import * as fleet from './fleet.js';
@@ -24,11 +24,18 @@ export function navigate(target, { replace: replaceEntry = false } = {}) {
   return show();
 }
 
+let shown = 0;
+
 async function show() {
   if (leave) {
     leave();
     leave = null;
   }
+  // A newer navigation may start while this page still waits for its data: the page
+  // then drops what it fetched (`current()` is false) and its clean-up runs at once.
+  shown += 1;
+  const mine = shown;
+  const current = () => mine === shown;
   const name = pageOf(location.pathname);
   for (const link of document.querySelectorAll('header nav a')) {
     if (link.id === `nav-${name}`) link.setAttribute('aria-current', 'page');
@@ -38,8 +45,19 @@ async function show() {
   replace(main);
   delete main.dataset.state;
   const params = new URLSearchParams(location.search);
-  const rest = location.pathname.replace(/^\/console\/[^/]*\/?/, '');
-  leave = (await PAGES[name].render(main, params, { navigate, rest: decodeURIComponent(rest) })) || null;
+  let rest = location.pathname.replace(/^\/console\/[^/]*\/?/, '');
+  try { rest = decodeURIComponent(rest); } catch { rest = ''; }
+  let cleanUp = null;
+  try {
+    cleanUp = (await PAGES[name].render(main, params, { navigate, rest, current })) || null;
+  } catch (error) {
+    if (current()) {
+      replace(main, el('p', { class: 'error', role: 'alert' }, `This page could not be loaded: ${error.message}`));
+      main.dataset.state = 'error';
+    }
+  }
+  if (current()) leave = cleanUp;
+  else if (cleanUp) cleanUp();
 }
 
 /** Rule files that failed to load stay visible on every page until they are fixed. */
@@ -66,9 +84,11 @@ async function ruleNotice() {
 document.addEventListener('click', (event) => {
   const link = event.target.closest('a');
   if (!link || link.target || event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return;
+  if ((link.getAttribute('href') || '').startsWith('#')) return;
   const target = new URL(link.href, location.origin);
   if (target.origin !== location.origin || !target.pathname.startsWith('/console/') || link.hasAttribute('download')) return;
   event.preventDefault();
+  if (target.pathname + target.search === location.pathname + location.search) return;
   navigate(target.pathname + target.search);
 });
 window.addEventListener('popstate', () => show());

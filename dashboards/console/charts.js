@@ -88,7 +88,7 @@ function timeChart(node, buckets, height, label) {
 
 /**
  * Bars of `buckets` ([{key: ms, doc_count}]) into `node` (an <svg>). `onRange(from, to)`
- * (ms) is called when the analyst drags across the chart, or clicks one bar.
+ * (ms) is called when the analyst drags across the chart, or clicks one bar (its bucket).
  */
 export function histogram(node, buckets, { height = 160, onRange = null, label = 'Events over time' } = {}) {
   const chart = timeChart(node, buckets, height, label);
@@ -105,10 +105,10 @@ export function histogram(node, buckets, { height = 160, onRange = null, label =
     children.push(bar);
   }
   node.append(...children);
-  if (onRange) zoomable(node, width, xOf, start, end, plotWidth, height, onRange);
+  if (onRange) zoomable(node, width, xOf, start, end, chart.step, plotWidth, height, onRange);
 }
 
-function zoomable(node, width, xOf, start, end, plotWidth, height, onRange) {
+function zoomable(node, width, xOf, start, end, step, plotWidth, height, onRange) {
   const timeAt = (clientX) => {
     const box = node.getBoundingClientRect();
     const x = ((clientX - box.left) / box.width) * width;
@@ -117,12 +117,19 @@ function zoomable(node, width, xOf, start, end, plotWidth, height, onRange) {
   };
   let anchor = null;
   let selection = null;
+  const stop = () => {
+    anchor = null;
+    if (selection) selection.remove();
+    selection = null;
+  };
   node.addEventListener('pointerdown', (event) => {
+    if (event.button !== 0) return;
     anchor = timeAt(event.clientX);
     selection = svg('rect', { class: 'selection', x: xOf(anchor), y: 0, width: 0, height });
     node.append(selection);
-    node.setPointerCapture(event.pointerId);
+    try { node.setPointerCapture(event.pointerId); } catch { /* a synthetic pointer */ }
   });
+  node.addEventListener('pointercancel', stop);
   node.addEventListener('pointermove', (event) => {
     if (anchor === null) return;
     const now = timeAt(event.clientX);
@@ -133,9 +140,14 @@ function zoomable(node, width, xOf, start, end, plotWidth, height, onRange) {
     if (anchor === null) return;
     const now = timeAt(event.clientX);
     const [from, to] = [Math.min(anchor, now), Math.max(anchor, now)];
-    anchor = null;
-    selection.remove();
-    if (to - from > (end - start) / 200) onRange(Math.floor(from), Math.ceil(to));
+    stop();
+    if (to - from > (end - start) / 200) {
+      onRange(Math.floor(from), Math.ceil(to));
+      return;
+    }
+    // A click: the bucket under the pointer.
+    const bar = event.target.closest && event.target.closest('rect.bar');
+    if (bar) onRange(Number(bar.dataset.key), Number(bar.dataset.key) + step);
   });
 }
 

@@ -93,3 +93,10 @@ export function display(value) {
   if (typeof value === 'object') return JSON.stringify(value);
   return String(value);
 }
+
+/** A value as the query language takes it: bare when it is one plain word, else quoted
+ * with `"` and `\` escaped (so no value can close the quote and add clauses). */
+export function queryValue(value) {
+  const text = String(value);
+  return /^[A-Za-z0-9_.@/-]+$/.test(text) ? text : `"${text.replaceAll('\\', '\\\\').replaceAll('"', '\\"')}"`;
+}

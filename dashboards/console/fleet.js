@@ -12,11 +12,12 @@ function bytes(n) {
   return `${value.toFixed(unit ? 1 : 0)} ${units[unit]}`;
 }
 
-export async function render(main, params, { navigate, rest }) {
+export async function render(main, params, { navigate, rest, current: isCurrent }) {
   const [agents, losses] = await Promise.all([
     get('/api/v1/agents'),
     get('/api/v1/search', { q: 'event.dataset:yagura.agent.loss', since: '7d', limit: 1, agg: 'terms:agent.id:1000' }).catch(() => null),
   ]);
+  if (!isCurrent()) return null;
   const lossCount = new Map(((losses && losses.aggregations && losses.aggregations['terms:agent.id:1000']) || { buckets: [] }).buckets.map((b) => [b.key, b.doc_count]));
   const detail = el('section', { id: 'agent-detail', class: 'panel', hidden: true, tabindex: '-1', 'aria-label': 'Agent detail' });
   const body = el('tbody');

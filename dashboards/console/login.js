@@ -18,9 +18,17 @@ function problem(text) {
 }
 
 function next() {
-  const target = new URLSearchParams(location.search).get('next') || '/console/search';
-  // Only a path of the console itself: never an address elsewhere.
-  return /^\/console\/[A-Za-z0-9/_?=&%.:+-]*$/.test(target) && !target.startsWith('//') ? target : '/console/search';
+  const wanted = new URLSearchParams(location.search).get('next') || '/console/search';
+  // Only a page of the console itself: never an address elsewhere.
+  try {
+    const target = new URL(wanted, location.origin);
+    if (target.origin === location.origin && target.pathname.startsWith('/console/')) {
+      return target.pathname + target.search;
+    }
+  } catch {
+    // Not a URL at all: the default below.
+  }
+  return '/console/search';
 }
 
 async function call(path, body) {

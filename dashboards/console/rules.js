@@ -4,8 +4,9 @@ import { get } from './api.js';
 import { el, replace, activatable, formatTime } from './dom.js';
 import { histogram } from './charts.js';
 
-export async function render(main, params, { navigate, rest }) {
+export async function render(main, params, { navigate, rest, current: isCurrent }) {
   const catalog = await get('/api/v1/rules');
+  if (!isCurrent()) return null;
   const problems = [];
   if (catalog.refused) {
     problems.push(el('p', {}, `Refused at ${formatTime(catalog.refused.at)} (the previous rules still run):`),

@@ -2,7 +2,7 @@
 // or absolute), a histogram to drag-zoom, a results table with chosen columns, facets to
 // filter by click, the event with its provenance and its surroundings, and export.
 import { get, url, ApiError } from './api.js';
-import { el, replace, field, activatable, formatTime, pick, display } from './dom.js';
+import { el, replace, field, activatable, formatTime, pick, display, queryValue } from './dom.js';
 import { histogram, intervalFor, fillBuckets } from './charts.js';
 
 const RANGES = [['15m', 'Last 15 minutes'], ['1h', 'Last hour'], ['24h', 'Last 24 hours'], ['7d', 'Last 7 days'], ['30d', 'Last 30 days'], ['custom', 'Custom (from/to)']];
@@ -58,16 +58,12 @@ function urlOf(state) {
   return `/console/search?${params}`;
 }
 
-function quoteValue(value) {
-  const text = String(value);
-  return /^[A-Za-z0-9_.:@/-]+$/.test(text) && !text.includes(':') ? text : `"${text.replaceAll('\\', '\\\\').replaceAll('"', '\\"')}"`;
-}
-
-export async function render(main, params, { navigate }) {
+export async function render(main, params, { navigate, current: isCurrent }) {
   const state = stateOf(params);
   const q = el('input', { type: 'search', value: state.q, placeholder: 'event.outcome:failure AND source.ip:10.0.0.0/8', autocomplete: 'off', spellcheck: 'false', 'aria-describedby': 'query-error' });
   q.value = state.q;
-  const range = el('select', {}, RANGES.map(([value, text]) => el('option', { value, selected: value === state.range }, text)));
+  const ranges = RANGES.some(([value]) => value === state.range) ? RANGES : [[state.range, `Last ${state.range}`], ...RANGES];
+  const range = el('select', {}, ranges.map(([value, text]) => el('option', { value, selected: value === state.range }, text)));
   const from = el('input', { type: 'text', value: state.from, placeholder: '2026-11-25T08:00:00Z or now-2h' });
   const to = el('input', { type: 'text', value: state.to, placeholder: 'now' });
   const columns = el('input', { type: 'text', value: state.columns, size: 40 });
@@ -138,6 +134,7 @@ export async function render(main, params, { navigate }) {
     const histogramSpec = interval ? `date_histogram:@timestamp:${interval}` : 'date_histogram:@timestamp';
     const aggs = [histogramSpec, ...FACETS.map((f) => `terms:${f}:5`)].join(',');
     const found = await get('/api/v1/search', { ...params0, limit: PAGE, agg: aggs });
+    if (!isCurrent()) return null;
     replace(table, el('thead', {}, el('tr', {}, wanted.map((c) => el('th', { scope: 'col' }, c)))), el('tbody'));
     addRows(found.hits);
     cursor = found.next_cursor || null;
@@ -151,11 +148,12 @@ export async function render(main, params, { navigate }) {
       onRange: (fromMs, toMs) => navigate(urlOf({ ...current(), range: 'custom', from: new Date(fromMs).toISOString(), to: new Date(toMs).toISOString() })),
     });
     renderFacets(facets, aggregations, (name, value) => {
-      const clause = `${name}:${quoteValue(value)}`;
+      const clause = `${name}:${queryValue(value)}`;
       navigate(urlOf({ ...current(), q: current().q ? `${current().q} AND ${clause}` : clause }));
     });
     main.dataset.state = 'ready';
   } catch (error) {
+    if (!isCurrent()) return null;
     count.textContent = '';
     showQueryError(form.querySelector('#query-error'), error, state.q);
     main.dataset.state = 'error';
@@ -167,6 +165,8 @@ export async function render(main, params, { navigate }) {
       addRows(page.hits);
       cursor = page.next_cursor || null;
       more.hidden = !cursor;
+    } catch (error) {
+      count.textContent = `More results failed: ${error.message}`;
     } finally {
       more.disabled = false;
     }
@@ -209,7 +209,7 @@ async function showEvent(box, hit, state, navigate) {
   surrounding.addEventListener('click', () => {
     const at = new Date(time).getTime();
     navigate(`/console/search?${new URLSearchParams({
-      q: host ? `host.name:${quoteValue(host)}` : '', range: 'custom',
+      q: host ? `host.name:${queryValue(host)}` : '', range: 'custom',
       from: new Date(at - 5 * 60_000).toISOString(), to: new Date(at + 5 * 60_000).toISOString(),
       ...(state.columns !== DEFAULT_COLUMNS ? { columns: state.columns } : {}),
     })}`);

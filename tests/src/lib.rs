@@ -23,6 +23,8 @@ pub struct Binaries {
 
 /// Builds the binaries with the same cargo and profile as the tests, then finds them.
 /// `CARGO_BIN_EXE_*` only covers the test's own package, hence this.
+/// `YAGURA_E2E_RELEASE=1` builds and runs release binaries from debug tests (benchmarks
+/// that drive the binaries need the product's speed, not the harness's).
 pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
@@ -39,7 +41,9 @@ pub fn binaries() -> &'static Binaries {
             "-p",
             "yagura-agent",
         ]);
-        if !cfg!(debug_assertions) {
+        let release =
+            !cfg!(debug_assertions) || std::env::var("YAGURA_E2E_RELEASE").is_ok_and(|v| v == "1");
+        if release {
             command.arg("--release");
         }
         let status = command
@@ -49,11 +53,7 @@ pub fn binaries() -> &'static Binaries {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace.join("target"));
-        let profile = if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        };
+        let profile = if release { "release" } else { "debug" };
         let dir = target.join(profile);
         Binaries {
             collector: dir.join("yagura"),

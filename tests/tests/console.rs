@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use fantoccini::actions::{InputSource as _, MOUSE_BUTTON_LEFT, MouseActions, PointerAction};
 use reqwest::header;
 use serde_json::{Value, json};
 use yagura_e2e::Up;
@@ -175,6 +176,55 @@ async fn analyst_signs_in_with_totp_searches_sees_a_live_alert_and_a_dashboard()
         "provenance with its verification: {provenance}"
     );
     browser.screenshot("event-detail").await?;
+
+    // A facet value filters by click; a drag across the histogram narrows the range.
+    let facet = browser.wait_for("#facets button.facet-value").await?;
+    let value = facet.text().await?;
+    facet.click().await?;
+    browser
+        .wait_until(
+            "the facet filter",
+            "return document.getElementById('page').dataset.state === 'ready';",
+        )
+        .await?;
+    let q = browser
+        .eval("return document.getElementById('q').value;")
+        .await?;
+    assert!(
+        q.as_str()
+            .unwrap_or_default()
+            .ends_with(&format!(" AND event.dataset:{value}")),
+        "the clicked value is added to the query: {q}"
+    );
+    let chart = browser.wait_for("#histogram").await?;
+    let drag = MouseActions::new("mouse".into())
+        .then(PointerAction::MoveToElement {
+            element: chart,
+            duration: None,
+            x: -200.0,
+            y: 0.0,
+        })
+        .then(PointerAction::Down {
+            button: MOUSE_BUTTON_LEFT,
+        })
+        .then(PointerAction::MoveBy {
+            duration: Some(Duration::from_millis(100)),
+            x: 300.0,
+            y: 0.0,
+        })
+        .then(PointerAction::Up {
+            button: MOUSE_BUTTON_LEFT,
+        });
+    browser.client.perform_actions(drag).await?;
+    browser
+        .wait_until(
+            "the zoomed range",
+            "return location.search.includes('range=custom')
+                && document.getElementById('range').value === 'custom'
+                && document.getElementById('page').dataset.state === 'ready';",
+        )
+        .await?;
+    browser.screenshot("zoomed").await?;
 
     // A syntax error comes back with its message, pointed at its place.
     browser.fill("#q", "user.name:(admin").await?;
@@ -443,35 +493,7 @@ async fn only_analysts_with_both_factors_reach_the_console_and_its_api() -> anyh
     }
 
     // With the second factor: everything.
-    let csrf = body["csrf_token"].as_str().unwrap_or_default().to_string();
-    let enrolment: Value = client
-        .post(format!("{base}/shop/api/mfa/enroll"))
-        .header(header::COOKIE, &cookie)
-        .header("x-csrf-token", &csrf)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let uri = enrolment["otpauth_uri"].as_str().unwrap_or_default();
-    let secret = uri
-        .split("secret=")
-        .nth(1)
-        .and_then(|s| s.split('&').next())
-        .unwrap_or_default();
-    let confirmed = client
-        .post(format!("{base}/shop/api/mfa/confirm"))
-        .header(header::COOKIE, &cookie)
-        .header("x-csrf-token", &csrf)
-        .json(&json!({"code": totp_now(secret)?}))
-        .send()
-        .await?;
-    assert!(confirmed.status().is_success());
-    let cookie = session_cookie(&confirmed).unwrap_or(cookie);
-    let confirmed: Value = confirmed.json().await?;
-    let csrf = confirmed["csrf_token"]
-        .as_str()
-        .unwrap_or(&csrf)
-        .to_string();
+    let (cookie, csrf) = second_factor(&client, base, &cookie, &body).await?;
     for page in pages {
         assert_eq!(get(page, Some(&cookie)).await?.0, 200, "analyst on {page}");
     }
@@ -505,7 +527,98 @@ async fn only_analysts_with_both_factors_reach_the_console_and_its_api() -> anyh
         404,
         "with its token the write reaches the API (no such alert)"
     );
+
+    // An analyst triages alerts but cannot revoke an agent; the admin can.
+    let analyst = "analyst@example.org";
+    let created = std::process::Command::new(&yagura_e2e::binaries().collector)
+        .args([
+            "shop",
+            "create-account",
+            analyst,
+            "--role",
+            "analyst",
+            "--data-dir",
+        ])
+        .arg(&up.data_arg)
+        .env("YAGURA_SHOP_PASSWORD", password)
+        .output()?;
+    assert!(created.status.success(), "{created:?}");
+    let (analyst_cookie, body) = sign_in(&client, base, analyst, password).await?;
+    let (analyst_cookie, analyst_csrf) =
+        second_factor(&client, base, &analyst_cookie, &body).await?;
+    let agents: Value = client
+        .get(format!("{base}/api/v1/agents"))
+        .header(header::COOKIE, &analyst_cookie)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let agent = agents
+        .as_array()
+        .and_then(|all| all.iter().find(|a| a["kind"] == "agent"))
+        .and_then(|a| a["id"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let revoke = |cookie: &str, token: &str| {
+        client
+            .post(format!("{base}/api/v1/agents/{agent}/revoke"))
+            .header(header::COOKIE, cookie)
+            .header("x-csrf-token", token)
+            .send()
+    };
+    assert_eq!(
+        revoke(&analyst_cookie, &analyst_csrf)
+            .await?
+            .status()
+            .as_u16(),
+        403
+    );
+    assert_eq!(revoke(&cookie, &csrf).await?.status().as_u16(), 200);
     Ok(())
+}
+
+/// Enrols a TOTP second factor for a session waiting for one (`body`: its sign-in
+/// answer) and confirms it with a code: the session's new cookie and CSRF token.
+async fn second_factor(
+    client: &reqwest::Client,
+    base: &str,
+    cookie: &str,
+    body: &Value,
+) -> anyhow::Result<(String, String)> {
+    let csrf = body["csrf_token"].as_str().unwrap_or_default().to_string();
+    let enrolment: Value = client
+        .post(format!("{base}/shop/api/mfa/enroll"))
+        .header(header::COOKIE, cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let uri = enrolment["otpauth_uri"].as_str().unwrap_or_default();
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .and_then(|s| s.split('&').next())
+        .unwrap_or_default();
+    let confirmed = client
+        .post(format!("{base}/shop/api/mfa/confirm"))
+        .header(header::COOKIE, cookie)
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"code": totp_now(secret)?}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        confirmed.status().is_success(),
+        "confirm: {}",
+        confirmed.status()
+    );
+    let cookie = session_cookie(&confirmed).unwrap_or_else(|| cookie.to_string());
+    let confirmed: Value = confirmed.json().await?;
+    let csrf = confirmed["csrf_token"]
+        .as_str()
+        .unwrap_or(&csrf)
+        .to_string();
+    Ok((cookie, csrf))
 }
 
 fn session_cookie(response: &reqwest::Response) -> Option<String> {
@@ -535,4 +648,107 @@ async fn sign_in(
     );
     let cookie = session_cookie(&response).unwrap_or_default();
     Ok((cookie, response.json().await?))
+}
+
+/// Benchmark, not part of `cargo test`: from pressing Enter on a term query to its rows
+/// and histogram drawn, measured in the page (a `keydown` listener and the next animation
+/// frame after the page says it is ready), over a data directory prepared with
+/// `yagura bench search --events 10000000 --dir DIR`:
+///
+/// ```sh
+/// YAGURA_E2E_RELEASE=1 YAGURA_CONSOLE_BENCH_DIR=DIR cargo test -p yagura-e2e \
+///   --test console -- --ignored --nocapture console_search_latency
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: needs a data directory prepared by `yagura bench search`"]
+async fn console_search_latency() -> anyhow::Result<()> {
+    let data = std::env::var("YAGURA_CONSOLE_BENCH_DIR")
+        .map_err(|_| anyhow::anyhow!("set YAGURA_CONSOLE_BENCH_DIR (see the doc comment)"))?;
+    let out = shots("bench");
+    let Some(browser) = Browser::start(&out).await? else {
+        anyhow::bail!("the benchmark needs chromium and chromium-driver");
+    };
+    let tmp = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(&data, tmp.path().join("data"))?;
+    let collector = yagura_e2e::Collector::start(tmp.path(), "")?;
+    let email = format!("bench-{}@example.org", uuid::Uuid::now_v7().simple());
+    let password = "correct horse battery staple";
+    let created = std::process::Command::new(&yagura_e2e::binaries().collector)
+        .args([
+            "shop",
+            "create-account",
+            &email,
+            "--role",
+            "analyst",
+            "--config",
+        ])
+        .arg(&collector.config)
+        .env("YAGURA_SHOP_PASSWORD", password)
+        .output()?;
+    anyhow::ensure!(
+        created.status.success(),
+        "create-account: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    browser
+        .goto(&format!("{}/console/search?range=7d", collector.url))
+        .await?;
+    browser.sign_in_enrolling_totp(&email, password).await?;
+    browser.wait_for("#q").await?;
+    browser
+        .eval(
+            "window.__bench = {};
+             document.addEventListener('keydown', e => {
+               if (e.key === 'Enter' && e.target.id === 'q') { window.__bench.t0 = performance.now(); window.__bench.t1 = null; }
+             }, true);
+             new MutationObserver(() => {
+               const page = document.getElementById('page');
+               if (page.dataset.state === 'ready' && window.__bench.t0 && !window.__bench.t1) {
+                 requestAnimationFrame(() => { window.__bench.t1 = performance.now(); });
+               }
+             }).observe(document.getElementById('page'), { attributes: true, attributeFilter: ['data-state'] });
+             return true;",
+        )
+        .await?;
+    let users = ["admin", "root", "oracle", "deploy", "alice"];
+    let mut times = Vec::new();
+    let mut totals = Vec::new();
+    for round in 0..(users.len() * 4) {
+        let query = format!("user.name:{}", users[round % users.len()]);
+        browser.fill("#q", &query).await?;
+        browser.wait_for("#q").await?.send_keys(ENTER).await?;
+        browser
+            .wait_until(
+                "the rendered results",
+                "return !!(window.__bench.t1 && document.querySelectorAll('#results tr.result-row').length > 0
+                    && document.querySelectorAll('#histogram rect.bar').length > 0);",
+            )
+            .await?;
+        let took = browser
+            .eval("return window.__bench.t1 - window.__bench.t0;")
+            .await?
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let total = browser
+            .eval("return document.getElementById('result-count').textContent;")
+            .await?;
+        // The first round of each query is the cold one: report warm rounds.
+        if round >= users.len() {
+            times.push(took);
+        }
+        totals.push(format!("{query}: {total}"));
+    }
+    browser.screenshot("search-10m").await?;
+    times.sort_by(f64::total_cmp);
+    let at = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
+    println!("{}", totals.join("\n"));
+    println!(
+        "Enter → rendered rows and histogram, {} warm runs: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms",
+        times.len(),
+        at(0.5),
+        at(0.95),
+        at(1.0)
+    );
+    browser.close().await?;
+    Ok(())
 }

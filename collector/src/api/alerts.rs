@@ -304,7 +304,8 @@ async fn stream(State(state): State<AppState>) -> Result<Response, ApiError> {
             Ok(change) => Event::default()
                 .event("alert")
                 .json_data(change.as_ref())
-                .unwrap_or_else(|_| Event::default().event("error")),
+                // Not `error`: that name is EventSource's own connection-failure event.
+                .unwrap_or_else(|_| Event::default().event("encoding_failed")),
             Err(BroadcastStreamRecvError::Lagged(skipped)) => {
                 Event::default().event("lagged").data(skipped.to_string())
             }

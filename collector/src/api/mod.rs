@@ -151,6 +151,17 @@ pub fn with_security_headers(router: Router) -> Router {
         ))
 }
 
+/// Routes a console session may use only with the admin role: they change the fleet
+/// itself, not an alert's triage (bearer API tokens are operators' and may).
+const ADMIN_ROUTES: &[&str] = &["/api/v1/agents/{id}/revoke"];
+
+fn admin_only(request: &Request) -> bool {
+    request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .is_some_and(|path| ADMIN_ROUTES.contains(&path.as_str()))
+}
+
 /// Who may use the management API: a bearer API token (checked against the stored
 /// hashes: the CLI, scripts), or else a console session — the shared sign-in with both
 /// factors, role analyst or admin, and on state-changing requests the CSRF token and a
@@ -170,6 +181,15 @@ async fn require_caller(
         let session = crate::shop::http::session_cookie(request.headers()).is_some();
         if let (true, Some(console)) = (session, &state.console) {
             return match console.analyst(&request).await {
+                Ok(analyst)
+                    if !analyst.user.has(crate::shop::domain::user::Role::Admin)
+                        && admin_only(&request) =>
+                {
+                    Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "this action needs the admin role",
+                    ))
+                }
                 Ok(analyst) => {
                     let name = format!("{} (console)", analyst.user.email.as_str());
                     request.extensions_mut().insert(Caller(name));

@@ -79,6 +79,9 @@ struct Inner {
 #[derive(Debug, Clone, Default)]
 pub struct RuleCatalog {
     inner: Arc<RwLock<Inner>>,
+    /// Held by the fixture run in progress, so reloads in quick succession test one
+    /// after another, and a run whose rule set was replaced meanwhile does not start.
+    fixtures: Arc<std::sync::Mutex<()>>,
 }
 
 fn now() -> String {
@@ -170,6 +173,13 @@ impl RuleCatalog {
         let started = std::thread::Builder::new()
             .name("rule-fixtures".into())
             .spawn(move || {
+                let _turn = catalog
+                    .fixtures
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if catalog.generation() != generation {
+                    return;
+                }
                 let tests = test_rules(&dirs, &set, &pipeline);
                 catalog.tested(generation, &dirs, &tests);
             });
@@ -208,6 +218,13 @@ impl RuleCatalog {
                 rule.test = Some(entry.clone());
             }
         }
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generation
     }
 
     pub fn view(&self) -> CatalogView {
