@@ -23,8 +23,12 @@
 //! paths = ["/var/log/auth.log", "/tmp/x/*.log"]
 //! dataset = "system.auth"
 //! start_at = "beginning"                 # or "end"; only for a file with no checkpoint
+//!
+//! [metrics]                              # optional: Prometheus /metrics, plain HTTP
+//! listen = "127.0.0.1:9464"              # loopback only unless allow_remote = true
 //! ```
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -81,6 +85,20 @@ pub struct AgentConfig {
     /// The local allowlist (judged on every inventory observation).
     #[serde(default)]
     pub allowlist: Option<AllowlistConfig>,
+    /// The Prometheus endpoint (off unless `listen` is set).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: `GET /metrics` over plain HTTP for a local Prometheus (or its agent).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// The address to serve on, e.g. `127.0.0.1:9464`; no endpoint when unset.
+    pub listen: Option<SocketAddr>,
+    /// Allows a non-loopback `listen`. Off by default: the endpoint has no TLS and no
+    /// authentication, and its figures name the tailed files.
+    pub allow_remote: bool,
 }
 
 /// `[allowlist]`: the signed policy and who signs it.
@@ -353,6 +371,7 @@ impl AgentConfig {
             heartbeat_interval_seconds: default_heartbeat_interval_seconds(),
             inventory: InventoryConfig::default(),
             allowlist: None,
+            metrics: MetricsConfig::default(),
         }
     }
 
@@ -468,6 +487,16 @@ impl AgentConfig {
                     reason: error.to_string(),
                 });
             }
+        }
+        if let Some(listen) = self.metrics.listen
+            && !listen.ip().is_loopback()
+            && !self.metrics.allow_remote
+        {
+            return Err(invalid(
+                "metrics.listen".into(),
+                "is not a loopback address: the endpoint is plain HTTP without \
+                 authentication; set allow_remote = true to serve it to the network",
+            ));
         }
         if self.heartbeat_interval_seconds == 0 {
             return Err(invalid(
@@ -705,6 +734,40 @@ start_at = "end"
         assert!(err.to_string().contains("ship.batches_in_flight"), "{err}");
         let err = parse("state_dir = \"/s\"\n[ship]\nbatch_max_events = 0\n").expect_err("zero");
         assert!(err.to_string().contains("ship.batch_max_events"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_is_loopback_unless_remote_is_allowed() {
+        let base = "state_dir = \"/s\"\n[metrics]\n";
+        assert_eq!(
+            parse(base).expect("empty section").metrics,
+            MetricsConfig::default()
+        );
+        let local = parse(&format!("{base}listen = \"127.0.0.1:9464\"\n")).expect("loopback");
+        assert_eq!(
+            local.metrics.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        parse(&format!("{base}listen = \"[::1]:9464\"\n")).expect("IPv6 loopback");
+        let err = parse(&format!("{base}listen = \"0.0.0.0:9464\"\n")).expect_err("remote");
+        assert!(err.to_string().contains("metrics.listen"), "{err}");
+        assert!(err.to_string().contains("allow_remote"), "{err}");
+        parse(&format!(
+            "{base}listen = \"0.0.0.0:9464\"\nallow_remote = true\n"
+        ))
+        .expect("remote allowed");
+        let err = parse(&format!("{base}listen = \"localhost\"\n")).expect_err("no port");
+        assert!(err.to_string().contains("metrics.listen"), "{err}");
+        let err = parse(&format!("{base}lisen = \"127.0.0.1:1\"\n")).expect_err("unknown");
+        assert!(err.to_string().contains("lisen"), "{err}");
+        // The problems check-config prints name the key and its line.
+        let problems = AgentConfig::problems(&format!("{base}listen = \"10.0.0.1:9464\"\n"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].line, Some(3), "{problems:?}");
+        assert!(
+            problems[0].to_string().contains("metrics.listen"),
+            "{problems:?}"
+        );
     }
 
     #[test]

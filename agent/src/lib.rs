@@ -27,6 +27,7 @@ pub mod enroll;
 pub mod health;
 pub mod inventory;
 pub mod loss;
+pub mod metrics;
 pub mod parse;
 mod seal;
 pub mod ship;
@@ -46,8 +47,8 @@ use tokio_util::sync::CancellationToken;
 use yagura_shared::{Event, EventLines, FlatEvent};
 
 pub use config::{
-    AgentConfig, ConfigError, MultilineConfig, MultilineMode, ShipConfig, SourceConfig,
-    SpoolConfig, StartAt, WatchMode, WhenFull,
+    AgentConfig, ConfigError, MetricsConfig, MultilineConfig, MultilineMode, ShipConfig,
+    SourceConfig, SpoolConfig, StartAt, WatchMode, WhenFull,
 };
 pub use enroll::{Enrollment, enroll};
 
@@ -62,6 +63,8 @@ const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before sealing again after a failed seal (disk full, I/O error).
 const SEAL_RETRY: Duration = Duration::from_secs(1);
+/// How often the producer publishes its checkpoints for `/metrics` (per-file lag).
+const PUBLISH_CHECKPOINTS_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything that can go wrong in the agent library.
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +198,22 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     } else {
         shipper
     };
+    // `[metrics] listen`: the endpoint runs until `run` returns, however it returns.
+    let metrics_stop = CancellationToken::new();
+    let _metrics_stop_on_return = metrics_stop.clone().drop_guard();
+    let published_checkpoints = config.metrics.listen.map(|address| {
+        let published = metrics::PublishedCheckpoints::default();
+        tokio::spawn(metrics::serve(
+            address,
+            metrics::MetricsSource {
+                stats: Arc::clone(&stats),
+                spool: Arc::clone(&spool),
+                checkpoints: Arc::clone(&published),
+            },
+            metrics_stop.clone(),
+        ));
+        published
+    });
     let watch_mode = config.watch;
     let heartbeat_every = Duration::from_secs(config.heartbeat_interval_seconds);
     let collector_url = enrollment.collector_url.clone();
@@ -290,6 +309,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                     last: None,
                     collector_url,
                     state_dir: status_dir,
+                    published: published_checkpoints,
+                    last_published: None,
                 },
                 max_wait: Duration::from_millis(ship_config.batch_max_wait_ms),
                 last_rescan: Instant::now(),
@@ -404,6 +425,10 @@ struct HealthReporter {
     last: Option<Instant>,
     collector_url: String,
     state_dir: PathBuf,
+    /// Where the checkpoints go for `/metrics` (`[metrics] listen` set), and when they
+    /// last went.
+    published: Option<metrics::PublishedCheckpoints>,
+    last_published: Option<Instant>,
 }
 
 /// What one [`Producer::step`] did, for the loop deciding when to step again.
@@ -508,6 +533,7 @@ impl Producer {
         let retry_ok = self.seal_retry_at.is_none_or(|t| Instant::now() >= t);
         self.take_inventory();
         self.heartbeat_if_due();
+        self.publish_checkpoints_if_due();
         let full_batch =
             self.pending.len() >= self.max_events || self.pending_bytes >= self.max_bytes;
         let failed = self.sealing.has_failed();
@@ -649,6 +675,26 @@ impl Producer {
         }
     }
 
+    /// With `/metrics` on, at most once a second: the tailer's checkpoints, from which a
+    /// scrape computes each file's lag.
+    fn publish_checkpoints_if_due(&mut self) {
+        let Some(published) = &self.health.published else {
+            return;
+        };
+        if self
+            .health
+            .last_published
+            .is_some_and(|t| t.elapsed() < PUBLISH_CHECKPOINTS_EVERY)
+        {
+            return;
+        }
+        self.health.last_published = Some(Instant::now());
+        let checkpoints = self.tailer.checkpoints();
+        if let Ok(mut slot) = published.lock() {
+            *slot = checkpoints;
+        }
+    }
+
     /// Every heartbeat interval: a heartbeat event into the stream and `status.json`.
     fn heartbeat_if_due(&mut self) {
         if self
@@ -722,6 +768,8 @@ mod tests {
                 last: Some(Instant::now()),
                 collector_url: "https://collector.invalid".into(),
                 state_dir: state_dir.to_path_buf(),
+                published: None,
+                last_published: None,
             },
             max_wait: Duration::from_secs(3600),
             last_rescan: Instant::now(),
@@ -1023,6 +1071,72 @@ mod run_tests {
 
     fn lines(range: std::ops::Range<usize>) -> Vec<String> {
         range.map(|i| format!("line {i}")).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serves_metrics_while_it_runs_and_stops_with_it() {
+        let server = collector(|_, req| accept(req));
+        let dir = tempfile::tempdir().expect("tmp");
+        let state = dir.path().join("state");
+        let log = dir.path().join("app.log");
+        append_lines(&log, 0..5);
+        enroll(&state, &server.url, "t", None, "h", false)
+            .await
+            .expect("enroll");
+        let key = enroll::load_key(&state).expect("key");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut config = config(&state, &log, 100, 50);
+        config.metrics.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        install_crypto_provider();
+        let shutdown = CancellationToken::new();
+        let agent = tokio::spawn(run(config, shutdown.clone()));
+        wait_for("5 lines", || accepted_messages(&server, &key).len() == 5).await;
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        let client = reqwest::Client::new();
+        let path = log.display().to_string();
+        let start = Instant::now();
+        let text = loop {
+            let text = match client.get(&url).send().await {
+                Ok(response) => response.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            // Shipped, and the file's lag published (at most a second late).
+            if text.contains("yagura_agent_batches_shipped_total 1")
+                && text.contains(&format!(
+                    "yagura_agent_file_lag_bytes{{path=\"{path}\"}} 0\n"
+                ))
+            {
+                break text;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "metrics never showed the shipped batch:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for line in [
+            "yagura_agent_lines_read_total 5\n",
+            "yagura_agent_events_lost_total 0\n",
+            "yagura_agent_spool_batches 0\n",
+            "# TYPE process_cpu_seconds_total counter\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        shutdown.cancel();
+        agent.await.expect("join").expect("run ok");
+        // The endpoint went away with the agent.
+        let mut gone = false;
+        for _ in 0..50 {
+            if client.get(&url).send().await.is_err() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone, "the metrics endpoint outlived the agent");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

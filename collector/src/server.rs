@@ -122,7 +122,7 @@ pub async fn run_with(
     let events = CollectorEvents::new(collector_identity.id);
 
     let indexer_cancel = CancellationToken::new();
-    let (index, indexer_task) = match mode {
+    let (index, indexer_task, indexer_stats) = match mode {
         RunMode::Full => {
             let (indexer, index) = Indexer::open(
                 &config.index_dir(),
@@ -130,6 +130,7 @@ pub async fn run_with(
                 Some(events.clone()),
             )
             .context("opening the index")?;
+            let stats = indexer.stats();
             let archive = Arc::clone(&archive);
             let cancel = indexer_cancel.clone();
             let runtime = tokio::runtime::Handle::current();
@@ -137,9 +138,9 @@ pub async fn run_with(
                 .name("indexer".into())
                 .spawn(move || indexer.run(archive.as_ref(), runtime, cancel))
                 .context("starting the indexer")?;
-            (Some(index), Some(task))
+            (Some(index), Some(task), Some(stats))
         }
-        RunMode::IngestOnly => (None, None),
+        RunMode::IngestOnly => (None, None, None),
     };
 
     // Alert configuration problems (a destination whose `env:` secret is unset) stop the
@@ -157,7 +158,7 @@ pub async fn run_with(
 
     let detector_cancel = CancellationToken::new();
     let rule_catalog = crate::detect::RuleCatalog::default();
-    let detector_task = match mode {
+    let (detector_task, detector_stats) = match mode {
         // Detection is not worth refusing to ingest over: without it the collector
         // still verifies, archives and indexes.
         RunMode::Full if !config.detect.rules.is_empty() => match start_detector(
@@ -168,13 +169,13 @@ pub async fn run_with(
             rule_catalog.clone(),
             detector_cancel.clone(),
         ) {
-            Ok(started) => Some(started),
+            Ok((task, committed, stats)) => (Some((task, committed)), Some(stats)),
             Err(error) => {
                 tracing::error!(error = format!("{error:#}"), "the detector is not running");
-                None
+                (None, None)
             }
         },
-        _ => None,
+        _ => (None, None),
     };
 
     let agents = AgentRegistry::new(store.clone());
@@ -274,6 +275,9 @@ pub async fn run_with(
             rules: rule_catalog,
             dashboards: Arc::new(dashboards),
             console,
+            indexer: indexer_stats,
+            detector: detector_stats,
+            http: Default::default(),
         },
         shop_router,
     );
@@ -409,6 +413,7 @@ fn start_detector(
 ) -> anyhow::Result<(
     std::thread::JoinHandle<()>,
     tokio::sync::watch::Receiver<u64>,
+    Arc<crate::detect::DetectorStats>,
 )> {
     let pipeline = crate::detect::ecs_pipeline().map_err(anyhow::Error::msg)?;
     let rules = crate::detect::load_rules(&config.detect.rules, &pipeline)
@@ -433,6 +438,7 @@ fn start_detector(
     )
     .with_reload(config.detect.rules.clone(), Some(events), catalog);
     let committed = live.committed();
+    let stats = live.stats();
     let runtime = tokio::runtime::Handle::current();
     let task = std::thread::Builder::new()
         .name("detector".into())
@@ -448,5 +454,5 @@ fn start_detector(
             }
         })
         .context("starting the detector")?;
-    Ok((task, committed))
+    Ok((task, committed, stats))
 }

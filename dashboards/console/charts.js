@@ -70,6 +70,8 @@ function frame(node, width, height, maxCount, start, end) {
  * (in `children`), or a "no events" note and `null` when there are no buckets. */
 function timeChart(node, buckets, height, label) {
   replace(node);
+  // Styled before measuring: an unstyled <svg> is 300 px wide whatever its container.
+  node.classList.add('chart');
   const width = widthOf(node);
   node.setAttribute('role', 'img');
   node.setAttribute('aria-label', label);

@@ -321,6 +321,22 @@ fn be_u64(bytes: &[u8], at: usize) -> Result<u64, BatchError> {
         .ok_or_else(|| BatchError::Malformed("truncated header".into()))
 }
 
+/// How many leading bytes of a batch [`peek_event_count`] needs: the header up to and
+/// including the event count.
+pub const EVENT_COUNT_PREFIX_LEN: usize = 40;
+
+/// The event count a batch's header declares, read from its first
+/// [`EVENT_COUNT_PREFIX_LEN`] bytes alone (the magic checked, nothing else): what a scan
+/// of the archive needs to count events without reading, let alone decompressing, the
+/// payloads. `None` when the bytes are too short or are not a batch. Unverified: for
+/// figures such as a consumer's lag, never for a decision about the batch.
+pub fn peek_event_count(prefix: &[u8]) -> Option<u32> {
+    if prefix.get(..4)? != MAGIC {
+        return None;
+    }
+    be_u32(prefix, 36).ok()
+}
+
 /// Parses the fixed header and checks the declared lengths against the actual size.
 pub fn parse_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     if bytes.len() < MIN_BATCH_LEN {
@@ -481,6 +497,20 @@ mod tests {
         assert_eq!(parsed.header().event_count, 20);
         parsed.verify(&key.verifying_key()).expect("verifies");
         assert_eq!(parsed.events(1 << 20).expect("events"), events);
+    }
+
+    #[test]
+    fn the_event_count_is_read_from_the_header_prefix_alone() {
+        let key = AgentKey::generate().expect("key");
+        let batch =
+            SignedBatch::seal(&key, Uuid::now_v7(), 1, Utc::now(), &sample(12)).expect("seal");
+        let bytes = batch.as_bytes();
+        assert_eq!(peek_event_count(&bytes[..EVENT_COUNT_PREFIX_LEN]), Some(12));
+        assert_eq!(peek_event_count(bytes), Some(12));
+        assert_eq!(peek_event_count(&bytes[..EVENT_COUNT_PREFIX_LEN - 1]), None);
+        let mut foreign = bytes[..EVENT_COUNT_PREFIX_LEN].to_vec();
+        foreign[0] = b'X';
+        assert_eq!(peek_event_count(&foreign), None);
     }
 
     #[test]

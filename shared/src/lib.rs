@@ -17,11 +17,12 @@ pub mod bundle;
 pub mod config_check;
 pub mod event;
 pub mod flat;
+pub mod metrics;
 pub mod policy_delivery;
 
 pub use batch::{
-    AgentKey, BatchError, BatchHeader, EventLines, SignedBatch, parse_header, verify_document,
-    verifying_key_from_base64,
+    AgentKey, BatchError, BatchHeader, EventLines, SignedBatch, parse_header, peek_event_count,
+    verify_document, verifying_key_from_base64,
 };
 pub use bundle::{BatchResult, BundleAnswer, decode_bundle, encode_bundle};
 pub use ed25519_dalek::VerifyingKey;

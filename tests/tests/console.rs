@@ -64,7 +64,10 @@ async fn analyst_signs_in_with_totp_searches_sees_a_live_alert_and_a_dashboard()
         return Ok(());
     };
     let tmp = tempfile::tempdir()?;
-    let up = Up::start_with(tmp.path(), &["--rules", &rules_dir()])?;
+    // A copy of the rule pack: the test breaks a rule file later.
+    let rules = tmp.path().join("detections");
+    copy_dir(&PathBuf::from(rules_dir()), &rules)?;
+    let up = Up::start_with(tmp.path(), &["--rules", &rules.display().to_string()])?;
     let (client, _) =
         yagura_agent::tls::pinned_client(Some(&up.fingerprint), Duration::from_secs(10))?;
     let collector = url_host(&up.url);
@@ -376,6 +379,42 @@ async fn analyst_signs_in_with_totp_searches_sees_a_live_alert_and_a_dashboard()
         browser.screenshot(page).await?;
     }
 
+    // A broken rule file is refused (the running rules stay) and every page says so,
+    // with the file and line.
+    std::fs::write(
+        rules.join("broken.yml"),
+        "title: broken\nlogsource:\n    product: linux\ndetection:\n    sel:\n        a: b\n    condition: sel and\n",
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        browser.goto(&format!("{}/console/search", up.url)).await?;
+        browser.wait_for("#q").await?;
+        // The notice is fetched once the page has drawn.
+        let mut shown = String::new();
+        for _ in 0..20 {
+            shown = browser
+                .eval("const n = document.getElementById('notice'); return n.hidden ? '' : n.textContent;")
+                .await?
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if !shown.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if shown.contains("broken.yml:7:") {
+            assert!(shown.contains("refused"), "{shown}");
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no notice of the refused rules: {shown:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    browser.screenshot("rules-refused-notice").await?;
+
     // Nothing was ever fetched from anywhere but the collector.
     let urls = browser.requested_urls().await?;
     assert!(!urls.is_empty());
@@ -386,6 +425,20 @@ async fn analyst_signs_in_with_totp_searches_sees_a_live_alert_and_a_dashboard()
         );
     }
     browser.close().await?;
+    Ok(())
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
     Ok(())
 }
 

@@ -9,7 +9,7 @@ mod alerts;
 mod dashboards;
 mod error;
 mod health;
-mod metrics;
+pub mod metrics;
 mod rules;
 
 use std::net::SocketAddr;
@@ -65,6 +65,12 @@ pub struct AppState {
     pub dashboards: Arc<crate::console::dashboards::Dashboards>,
     /// Console sign-in (the shop's sessions); `None` when the shop is disabled.
     pub console: Option<crate::console::ConsoleAuth>,
+    /// The indexer's counters for `/metrics`; `None` without an indexer.
+    pub indexer: Option<Arc<crate::index::IndexerStats>>,
+    /// The live detector's counters for `/metrics`; `None` without a detector.
+    pub detector: Option<Arc<crate::detect::DetectorStats>>,
+    /// Requests by route and status, counted by [`metrics::track_http`] on every route.
+    pub http: Arc<metrics::HttpMetrics>,
 }
 
 /// Who is calling: the name of the API token presented (recorded in alert histories).
@@ -75,6 +81,7 @@ pub struct Caller(pub String);
 /// security headers, body limits and problem documents.
 pub fn router(state: AppState, extra: Option<Router>) -> Router {
     let max_batch = state.ingest.limits().max_body_bytes;
+    let http = Arc::clone(&state.http);
     let protected = Router::new()
         .route("/api/v1/search", get(search))
         .route("/api/v1/export", get(export))
@@ -117,7 +124,10 @@ pub fn router(state: AppState, extra: Option<Router>) -> Router {
         Some(extra) => api.merge(extra),
         None => api,
     };
+    // Outermost, on every route (the shop's and the console's too) and the fallback:
+    // each request is counted under its route template once routing has matched it.
     with_security_headers(app.fallback(|| async { ApiError::not_found("no such route") }))
+        .layer(middleware::from_fn_with_state(http, metrics::track_http))
 }
 
 /// The headers every response carries: a CSP that allows nothing at all and forbids
@@ -277,6 +287,10 @@ async fn ingest_bundle(
     let held = held_policy(&request);
     let body = read_ingest_body(&state, peer, request).await?;
     let batches = yagura_shared::decode_bundle(&body).map_err(|e| {
+        state
+            .ingest
+            .stats()
+            .count_rejection(crate::ingest::RejectReason::Malformed);
         state.ingest.collector_events().security(SecurityReport {
             action: "malformed_batch",
             peer,
@@ -341,6 +355,10 @@ async fn read_ingest_body(
 ) -> Result<axum::body::Bytes, ApiError> {
     let max = state.ingest.limits().max_body_bytes;
     let oversized = |detail: String| {
+        state
+            .ingest
+            .stats()
+            .count_rejection(crate::ingest::RejectReason::TooLarge);
         state.ingest.collector_events().security(SecurityReport {
             action: "oversized_body",
             peer,

@@ -14,8 +14,8 @@
 mod segment;
 
 pub use segment::{
-    ArchiveReader, RecoveryReport, RetentionPolicy, RetentionReport, ScanEnd, ScannedRecord,
-    SegmentArchive, scan_offline,
+    ArchiveReader, ArchiveStats, Backlog, FSYNC_BUCKETS, RecoveryReport, RetentionPolicy,
+    RetentionReport, ScanEnd, ScannedRecord, SegmentArchive, scan_offline,
 };
 
 use std::collections::BTreeMap;

@@ -26,12 +26,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
-use yagura_shared::parse_header;
+use yagura_shared::batch::EVENT_COUNT_PREFIX_LEN;
+use yagura_shared::metrics::{Histogram, HistogramSnapshot};
+use yagura_shared::{parse_header, peek_event_count};
 
 use super::{Appended, Archive, ArchiveError, Record, Result};
 
@@ -85,6 +88,58 @@ pub struct RetentionReport {
     pub held_by_consumers: usize,
 }
 
+/// Upper bounds (seconds) of the fsync latency histogram: from a fast NVMe flush to a
+/// disk in trouble; slower flushes fall in `+Inf`.
+pub const FSYNC_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// What the writer did since start, for `/metrics`: records made durable and how long
+/// each fsync took (the latency every ack waits for). Updated by the writer thread only.
+#[derive(Debug)]
+pub struct ArchiveStats {
+    records_appended: AtomicU64,
+    fsync: Histogram,
+}
+
+impl Default for ArchiveStats {
+    fn default() -> Self {
+        ArchiveStats {
+            records_appended: AtomicU64::new(0),
+            fsync: Histogram::new(FSYNC_BUCKETS),
+        }
+    }
+}
+
+impl ArchiveStats {
+    /// Records written and fsynced (duplicates are not written, so not counted).
+    pub fn records_appended(&self) -> u64 {
+        self.records_appended.load(Ordering::Relaxed)
+    }
+
+    /// Every fsync of a segment file: one per group commit, plus the one that closes a
+    /// segment at rotation.
+    pub fn fsync_seconds(&self) -> HistogramSnapshot {
+        self.fsync.snapshot()
+    }
+}
+
+/// What lies between a consumer's offset and the committed end, as far as a bounded
+/// scan of the record headers saw (see [`SegmentArchive::backlog`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Records counted.
+    pub records: u64,
+    /// The events those records' batches declare.
+    pub events: u64,
+    /// When the collector received the first record not yet consumed; `None` when the
+    /// consumer has caught up.
+    pub oldest_received_at_ms: Option<i64>,
+    /// `false` when the scan stopped at its record limit before the end: the counts are
+    /// then a lower bound.
+    pub complete: bool,
+}
+
 /// The segment-file archive. Cheap to clone through `Arc`.
 pub struct SegmentArchive {
     dir: PathBuf,
@@ -93,6 +148,7 @@ pub struct SegmentArchive {
     sequences: Arc<RwLock<HashMap<Uuid, u64>>>,
     consumers: Mutex<BTreeMap<String, u64>>,
     report: RecoveryReport,
+    stats: Arc<ArchiveStats>,
 }
 
 impl SegmentArchive {
@@ -127,6 +183,7 @@ impl SegmentArchive {
         let (committed_tx, committed) = watch::channel(report.end_offset);
         let (requests, rx) = mpsc::channel(1024);
         let sequences = Arc::new(RwLock::new(sequences));
+        let stats = Arc::new(ArchiveStats::default());
         let writer = Writer {
             dir: dir.to_path_buf(),
             file,
@@ -136,6 +193,7 @@ impl SegmentArchive {
             segment_max_bytes,
             sequences: Arc::clone(&sequences),
             committed: committed_tx,
+            stats: Arc::clone(&stats),
         };
         std::thread::Builder::new()
             .name("archive-writer".into())
@@ -148,11 +206,77 @@ impl SegmentArchive {
             sequences,
             consumers: Mutex::new(BTreeMap::new()),
             report,
+            stats,
         })
     }
 
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.report
+    }
+
+    /// The writer's counters and fsync latencies (`/metrics`).
+    pub fn stats(&self) -> &ArchiveStats {
+        &self.stats
+    }
+
+    /// The committed end offset: every byte ever made durable (retention deletes old
+    /// segments but offsets keep growing), and where every consumer is headed.
+    pub fn committed_end(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    /// Counts the records and events from `from` to the committed end, reading only each
+    /// record's length, receive time and the batch header up to its event count (no
+    /// payload, no CRC check), and stops after `max_records` (then `complete` is false).
+    /// Blocking file I/O: call it off the async threads. An offset before the oldest
+    /// kept segment counts from that segment, as a reader would resume there.
+    pub fn backlog(&self, from: u64, max_records: u64) -> Result<Backlog> {
+        let end = self.committed_end();
+        let mut backlog = Backlog {
+            complete: true,
+            ..Backlog::default()
+        };
+        if from >= end {
+            return Ok(backlog);
+        }
+        let segments = list_segments(&self.dir)?;
+        let first = segments
+            .iter()
+            .rposition(|(base, _)| *base <= from)
+            .unwrap_or(0);
+        let mut position = from;
+        for (base, path) in segments.iter().skip(first) {
+            if *base >= end {
+                break;
+            }
+            position = position.max(*base);
+            let file = match File::open(path) {
+                Ok(file) => file,
+                // Retention removed it since the listing: its records are gone.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(path)(e)),
+            };
+            while position < end {
+                if backlog.records >= max_records {
+                    backlog.complete = false;
+                    return Ok(backlog);
+                }
+                let Some(head) = read_record_head(&file, position - base).map_err(io_err(path))?
+                else {
+                    break; // the end of this segment: the next one goes on
+                };
+                backlog.records += 1;
+                backlog.events += u64::from(head.event_count);
+                backlog
+                    .oldest_received_at_ms
+                    .get_or_insert(head.received_at_ms);
+                position += head.len;
+            }
+            if position >= end {
+                break;
+            }
+        }
+        Ok(backlog)
     }
 
     /// Offset of the oldest record still kept (after retention, above 0).
@@ -292,6 +416,7 @@ struct Writer {
     segment_max_bytes: u64,
     sequences: Arc<RwLock<HashMap<Uuid, u64>>>,
     committed: watch::Sender<u64>,
+    stats: Arc<ArchiveStats>,
 }
 
 impl Writer {
@@ -316,7 +441,7 @@ impl Writer {
         let mut replies = Vec::with_capacity(group.len());
         let mut pending: HashMap<Uuid, u64> = HashMap::new();
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut wrote = false;
+        let mut wrote = 0u64;
         for request in group {
             let known = pending
                 .get(&request.agent)
@@ -348,10 +473,15 @@ impl Writer {
                     previous_sequence: known,
                 },
             ));
-            wrote = true;
+            wrote += 1;
         }
-        if wrote {
+        if wrote > 0 {
+            let started = Instant::now();
             self.file.sync_data().map_err(io_err(&self.path))?;
+            self.stats.fsync.observe(started.elapsed());
+            self.stats
+                .records_appended
+                .fetch_add(wrote, Ordering::Relaxed);
             if let Ok(mut map) = self.sequences.write() {
                 map.extend(pending);
             }
@@ -364,7 +494,9 @@ impl Writer {
     }
 
     fn rotate(&mut self) -> Result<()> {
+        let started = Instant::now();
         self.file.sync_all().map_err(io_err(&self.path))?;
+        self.stats.fsync.observe(started.elapsed());
         let path = segment_path(&self.dir, self.end_offset);
         self.file = OpenOptions::new()
             .create_new(true)
@@ -492,6 +624,63 @@ fn read_record(reader: &mut impl Read) -> std::io::Result<ReadOutcome> {
             len,
         }
     })
+}
+
+/// The start of a record, as [`SegmentArchive::backlog`] reads it.
+struct RecordHead {
+    /// The whole record's length, prefix included.
+    len: u64,
+    received_at_ms: i64,
+    /// 0 when the batch is too short or not a batch (damage is not this reader's call).
+    event_count: u32,
+}
+
+/// Reads the record at `at` of a segment file: its prefix, receive time and batch header
+/// up to the event count — one positioned read of 57 bytes, whatever the record's size
+/// (a buffered reader would pull in a whole buffer per record to skip most of it).
+/// `None` at the end of the segment (or a record cut short there).
+fn read_record_head(file: &File, at: u64) -> std::io::Result<Option<RecordHead>> {
+    let mut head = [0u8; RECORD_PREFIX + RECORD_META + EVENT_COUNT_PREFIX_LEN];
+    let got = read_at_most(file, &mut head, at)?;
+    if got < RECORD_PREFIX + RECORD_META {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    if (len as usize) < RECORD_META || len > MAX_RECORD_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("impossible record length {len}"),
+        ));
+    }
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&head[RECORD_PREFIX + 1..RECORD_PREFIX + RECORD_META]);
+    let batch_len = len as usize - RECORD_META;
+    let peeked = batch_len.min(EVENT_COUNT_PREFIX_LEN);
+    let start = RECORD_PREFIX + RECORD_META;
+    if got < start + peeked {
+        return Ok(None);
+    }
+    let event_count = peek_event_count(&head[start..start + peeked]).unwrap_or(0);
+    Ok(Some(RecordHead {
+        len: (RECORD_PREFIX as u64) + u64::from(len),
+        received_at_ms: i64::from_be_bytes(ts),
+        event_count,
+    }))
+}
+
+/// Reads up to `buf.len()` bytes at `at` (fewer only where the file ends).
+fn read_at_most(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt as _;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], at + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 type Recovered = (Vec<(u64, PathBuf)>, RecoveryReport, HashMap<Uuid, u64>);
@@ -835,6 +1024,75 @@ mod tests {
         assert_eq!(parse_header(&records[1].batch).expect("hdr").sequence, 2);
         // Resuming from the second record's offset reads only that one.
         assert_eq!(read_all(&archive, records[1].offset).len(), 1);
+    }
+
+    fn batch_of(key: &AgentKey, agent: Uuid, sequence: u64, events: usize) -> Vec<u8> {
+        let events: Vec<Event> = (0..events)
+            .map(|i| {
+                let mut e = Event::new(Utc::now());
+                e.set_str("message", format!("seq {sequence} event {i}"));
+                e
+            })
+            .collect();
+        SignedBatch::seal(key, agent, sequence, Utc::now(), &events)
+            .expect("seal")
+            .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn metrics_count_records_fsyncs_and_the_backlog_across_segments() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        // Small segments, so the backlog crosses several of them.
+        let archive = SegmentArchive::open(dir.path(), 400).expect("open");
+        let mut offsets = Vec::new();
+        for seq in 1..=6u64 {
+            let appended = archive
+                .append(agent, seq, batch_of(&key, agent, seq, seq as usize))
+                .await
+                .expect("append");
+            let Appended::Accepted { offset, .. } = appended else {
+                panic!("accepted");
+            };
+            offsets.push(offset);
+        }
+        archive
+            .append(agent, 3, batch_of(&key, agent, 3, 3))
+            .await
+            .expect("duplicate");
+        assert!(list_segments(dir.path()).expect("ls").len() > 2, "rotated");
+        assert_eq!(archive.stats().records_appended(), 6);
+        let fsyncs = archive.stats().fsync_seconds();
+        // One per append (each its own group here), plus one per rotation.
+        assert!(fsyncs.count >= 6, "{fsyncs:?}");
+        assert_eq!(fsyncs.buckets.len(), FSYNC_BUCKETS.len() + 1);
+        let end = archive.committed_end();
+        let records = read_all(&archive, 0);
+        assert_eq!(records.last().map(|r| r.next_offset), Some(end));
+
+        // From the start: every record, 1 + 2 + … + 6 events, the first receive time.
+        let all = archive.backlog(0, 10_000).expect("backlog");
+        assert_eq!((all.records, all.events, all.complete), (6, 21, true));
+        assert_eq!(all.oldest_received_at_ms, Some(records[0].received_at_ms));
+        // From the fourth record: 4 + 5 + 6.
+        let rest = archive.backlog(offsets[3], 10_000).expect("backlog");
+        assert_eq!((rest.records, rest.events, rest.complete), (3, 15, true));
+        // Capped: what was counted, marked incomplete.
+        let capped = archive.backlog(0, 2).expect("backlog");
+        assert_eq!(
+            (capped.records, capped.events, capped.complete),
+            (2, 3, false)
+        );
+        // Caught up.
+        let none = archive.backlog(end, 10_000).expect("backlog");
+        assert_eq!(
+            none,
+            Backlog {
+                complete: true,
+                ..Backlog::default()
+            }
+        );
     }
 
     #[tokio::test]

@@ -29,6 +29,7 @@ mod payload;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,6 +92,136 @@ pub enum Rejection {
     /// 503 with `Retry-After`.
     #[error("collector cannot store batches right now: {0}")]
     Unavailable(String),
+}
+
+impl Rejection {
+    /// The `reason` label of `yagura_ingest_batches_rejected_total`: one fixed word per
+    /// variant, so the label's values are bounded whatever the detail says.
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            Rejection::Malformed(_) => RejectReason::Malformed,
+            Rejection::ClockSkew(_) => RejectReason::ClockSkew,
+            Rejection::UnknownAgent(_) => RejectReason::UnknownAgent,
+            Rejection::RevokedAgent(_) => RejectReason::RevokedAgent,
+            Rejection::Unverified(_) => RejectReason::Unverified,
+            Rejection::TooLarge(_) => RejectReason::TooLarge,
+            Rejection::SlowDown { .. } => RejectReason::SlowDown,
+            Rejection::Unavailable(_) => RejectReason::Unavailable,
+        }
+    }
+}
+
+/// Why a batch was refused, without the detail: what operators count and alert on
+/// (a rise of `unverified` is an attack or a broken agent key, `slow_down` an indexer
+/// that cannot keep up, `unavailable` a collector that cannot store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Not a batch, an undecodable payload or bundle, an invalid event (400).
+    Malformed,
+    /// Created outside the allowed clock window (400).
+    ClockSkew,
+    /// Signed by an agent the collector does not know (401).
+    UnknownAgent,
+    /// Signed by a revoked agent (401).
+    RevokedAgent,
+    /// Signature or payload hash wrong, or the collector's own identity claimed (401).
+    Unverified,
+    /// An oversized body or a decompression bomb (413).
+    TooLarge,
+    /// Backpressure or the agent's rate limit (429).
+    SlowDown,
+    /// The archive or the database could not take it (503).
+    Unavailable,
+}
+
+impl RejectReason {
+    /// Every reason, in label order (each gets a series, zero included, so a rule on
+    /// one of them always has something to evaluate).
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::Malformed,
+        RejectReason::ClockSkew,
+        RejectReason::UnknownAgent,
+        RejectReason::RevokedAgent,
+        RejectReason::Unverified,
+        RejectReason::TooLarge,
+        RejectReason::SlowDown,
+        RejectReason::Unavailable,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::Malformed => "malformed",
+            RejectReason::ClockSkew => "clock_skew",
+            RejectReason::UnknownAgent => "unknown_agent",
+            RejectReason::RevokedAgent => "revoked_agent",
+            RejectReason::Unverified => "unverified",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::SlowDown => "slow_down",
+            RejectReason::Unavailable => "unavailable",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What ingest decided since start, for `/metrics`: batches archived, acknowledged again
+/// as duplicates and refused by reason, and the events and bytes archived. Counted where
+/// [`BatchIngest::ingest`] decides, so every batch is counted exactly once.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    batches_accepted: AtomicU64,
+    batches_duplicate: AtomicU64,
+    events_accepted: AtomicU64,
+    bytes_accepted: AtomicU64,
+    rejected: [AtomicU64; RejectReason::ALL.len()],
+}
+
+impl IngestStats {
+    /// Batches appended to the archive.
+    pub fn batches_accepted(&self) -> u64 {
+        self.batches_accepted.load(Ordering::Relaxed)
+    }
+
+    /// Batches whose sequence was already archived (acknowledged, not stored again).
+    pub fn batches_duplicate(&self) -> u64 {
+        self.batches_duplicate.load(Ordering::Relaxed)
+    }
+
+    /// Events in the archived batches (as their headers declare, checked at ingest).
+    pub fn events_accepted(&self) -> u64 {
+        self.events_accepted.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the archived signed batches, as received (compressed).
+    pub fn bytes_accepted(&self) -> u64 {
+        self.bytes_accepted.load(Ordering::Relaxed)
+    }
+
+    /// Batches refused for `reason`.
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.rejected[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Counts a refusal. The API calls it for the refusals it makes before a batch
+    /// reaches [`BatchIngest::ingest`] (an oversized body, an undecodable bundle).
+    pub fn count_rejection(&self, reason: RejectReason) {
+        self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_accepted(&self, events: u32, bytes: usize) {
+        self.batches_accepted.fetch_add(1, Ordering::Relaxed);
+        self.events_accepted
+            .fetch_add(u64::from(events), Ordering::Relaxed);
+        self.bytes_accepted
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn count_duplicate(&self) {
+        self.batches_duplicate.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What the agent is told when its batch is acknowledged.
@@ -159,6 +290,7 @@ pub struct BatchIngest<A: Archive> {
     events: CollectorEvents,
     limits: IngestLimits,
     buckets: Mutex<HashMap<Uuid, TokenBucket>>,
+    stats: IngestStats,
 }
 
 impl<A: Archive> BatchIngest<A> {
@@ -176,6 +308,7 @@ impl<A: Archive> BatchIngest<A> {
             events,
             limits,
             buckets: Mutex::default(),
+            stats: IngestStats::default(),
         }
     }
 
@@ -186,6 +319,11 @@ impl<A: Archive> BatchIngest<A> {
     /// The archive batches go to (health checks read its end and its consumers).
     pub fn archive(&self) -> &A {
         &self.archive
+    }
+
+    /// What ingest decided since start (`/metrics`).
+    pub fn stats(&self) -> &IngestStats {
+        &self.stats
     }
 
     /// Where refusals are reported (the API reports the ones it makes itself there too).
@@ -210,7 +348,20 @@ impl<A: Archive> BatchIngest<A> {
     }
 
     /// Runs every check on `body` (sent from `peer`) and archives it; returns the ack.
+    /// Every refusal is counted by its reason in [`Self::stats`].
     pub async fn ingest(&self, body: Vec<u8>, peer: Option<IpAddr>) -> Result<Ack, Rejection> {
+        let decided = self.check_and_archive(body, peer).await;
+        if let Err(rejection) = &decided {
+            self.stats.count_rejection(rejection.reason());
+        }
+        decided
+    }
+
+    async fn check_and_archive(
+        &self,
+        body: Vec<u8>,
+        peer: Option<IpAddr>,
+    ) -> Result<Ack, Rejection> {
         self.check_backpressure()?;
         let batch = SignedBatch::from_bytes(body).map_err(|e| {
             self.refuse(
@@ -276,6 +427,7 @@ impl<A: Archive> BatchIngest<A> {
             }
             self.fleet
                 .record_batch(header.agent_id, peer, header.sequence, None);
+            self.stats.count_duplicate();
             return Ok(Ack {
                 status: "duplicate",
                 sequence: header.sequence,
@@ -322,6 +474,7 @@ impl<A: Archive> BatchIngest<A> {
             }
         };
         drop(ndjson);
+        let size = batch.as_bytes().len();
         let appended = self
             .archive
             .append(header.agent_id, header.sequence, batch.into_bytes())
@@ -340,6 +493,7 @@ impl<A: Archive> BatchIngest<A> {
                         .gap(header.agent_id, expected, header.sequence - 1, peer);
                 }
                 tracing::debug!(agent = %header.agent_id, sequence = header.sequence, offset, "batch archived");
+                self.stats.count_accepted(header.event_count, size);
                 Ok(Ack {
                     status: "accepted",
                     sequence: header.sequence,
@@ -347,12 +501,15 @@ impl<A: Archive> BatchIngest<A> {
                     allowlist: None,
                 })
             }
-            Appended::Duplicate { .. } => Ok(Ack {
-                status: "duplicate",
-                sequence: header.sequence,
-                agent_id: header.agent_id,
-                allowlist: None,
-            }),
+            Appended::Duplicate { .. } => {
+                self.stats.count_duplicate();
+                Ok(Ack {
+                    status: "duplicate",
+                    sequence: header.sequence,
+                    agent_id: header.agent_id,
+                    allowlist: None,
+                })
+            }
         }
     }
 
@@ -446,6 +603,54 @@ impl<A: Archive> BatchIngest<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_rejection_maps_to_its_reason_label() {
+        let agent = Uuid::nil();
+        let cases = [
+            (Rejection::Malformed("x".into()), "malformed"),
+            (Rejection::ClockSkew("x".into()), "clock_skew"),
+            (Rejection::UnknownAgent(agent), "unknown_agent"),
+            (Rejection::RevokedAgent(agent), "revoked_agent"),
+            (Rejection::Unverified("x".into()), "unverified"),
+            (Rejection::TooLarge("x".into()), "too_large"),
+            (
+                Rejection::SlowDown {
+                    detail: "x".into(),
+                    retry_after_seconds: 1,
+                },
+                "slow_down",
+            ),
+            (Rejection::Unavailable("x".into()), "unavailable"),
+        ];
+        let labels: Vec<&str> = cases.iter().map(|(r, _)| r.reason().label()).collect();
+        let expected: Vec<&str> = cases.iter().map(|(_, l)| *l).collect();
+        assert_eq!(labels, expected);
+        // ALL lists every reason once, in the order of its counters.
+        let all: Vec<&str> = RejectReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(all, expected);
+        for (index, reason) in RejectReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), index);
+        }
+        let stats = IngestStats::default();
+        for (rejection, _) in &cases {
+            stats.count_rejection(rejection.reason());
+        }
+        stats.count_rejection(RejectReason::SlowDown);
+        assert_eq!(stats.rejected(RejectReason::SlowDown), 2);
+        assert_eq!(stats.rejected(RejectReason::Malformed), 1);
+        stats.count_accepted(7, 300);
+        stats.count_duplicate();
+        assert_eq!(
+            (
+                stats.batches_accepted(),
+                stats.events_accepted(),
+                stats.bytes_accepted(),
+                stats.batches_duplicate()
+            ),
+            (1, 7, 300, 1)
+        );
+    }
 
     #[test]
     fn token_bucket_allows_bursts_then_says_when_to_retry() {
