@@ -146,6 +146,26 @@ impl Browser {
         Ok(())
     }
 
+    /// Sends `keys` to whatever has the keyboard focus (WebDriver key codes: Enter is
+    /// `\u{E007}`, Tab `\u{E004}`).
+    pub async fn press(&self, keys: &str) -> anyhow::Result<()> {
+        self.client.active_element().await?.send_keys(keys).await?;
+        Ok(())
+    }
+
+    /// Focuses the first element matching `css` (as Tab would reach it), then sends
+    /// `keys` to it.
+    pub async fn press_on(&self, css: &str, keys: &str) -> anyhow::Result<()> {
+        self.wait_for(css).await?;
+        self.client
+            .execute(
+                "document.querySelector(arguments[0]).focus(); return true;",
+                vec![serde_json::Value::String(css.to_string())],
+            )
+            .await?;
+        self.press(keys).await
+    }
+
     pub async fn click(&self, css: &str) -> anyhow::Result<()> {
         self.wait_for(css).await?.click().await?;
         Ok(())

@@ -142,27 +142,14 @@ async fn analyst_signs_in_with_totp_searches_sees_a_live_alert_and_a_dashboard()
         .await?;
     let mut reached = false;
     for _ in 0..15 {
-        browser
-            .client
-            .active_element()
-            .await?
-            .send_keys(TAB)
-            .await?;
+        browser.press(TAB).await?;
         if browser.eval("return document.activeElement.id;").await? == json!("q") {
             reached = true;
             break;
         }
     }
     assert!(reached, "the query box is reachable with Tab");
-    browser
-        .eval("document.querySelector('#results tr.result-row').focus(); return true;")
-        .await?;
-    browser
-        .client
-        .active_element()
-        .await?
-        .send_keys(ENTER)
-        .await?;
+    browser.press_on("#results tr.result-row", ENTER).await?;
     browser
         .wait_until(
             "the event detail",
@@ -296,26 +283,9 @@ async fn analyst_signs_in_with_totp_searches_sees_a_live_alert_and_a_dashboard()
     browser.screenshot("alert-live").await?;
 
     // Its detail and an action, by keyboard.
+    browser.press_on("#alerts tr.alert-row", ENTER).await?;
     browser
-        .eval("document.querySelector('#alerts tr.alert-row').focus(); return true;")
-        .await?;
-    browser
-        .client
-        .active_element()
-        .await?
-        .send_keys(ENTER)
-        .await?;
-    browser
-        .wait_for("#alert-detail button[data-action='ack']")
-        .await?;
-    browser
-        .eval("document.querySelector(\"#alert-detail button[data-action='ack']\").focus(); return true;")
-        .await?;
-    browser
-        .client
-        .active_element()
-        .await?
-        .send_keys(ENTER)
+        .press_on("#alert-detail button[data-action='ack']", ENTER)
         .await?;
     browser
         .wait_until(
