@@ -21,6 +21,7 @@
 //! cancel the token to stop it cleanly.
 
 pub mod allowlist;
+pub mod build_info;
 pub mod config;
 mod durable;
 pub mod enroll;

@@ -58,6 +58,12 @@ enum Command {
         /// The file to read; `-` or nothing for standard input.
         file: Option<PathBuf>,
     },
+    /// Print the version; with `--deps`, every package the agent was built with
+    /// (name and locked version), to check against security advisories.
+    Version {
+        #[arg(long)]
+        deps: bool,
+    },
     /// Check a configuration file: every error with its line and key; exit 1 on any.
     /// (`run` makes the same checks before it starts.)
     CheckConfig {
@@ -140,6 +146,18 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 timezone,
                 file,
             } => parse_lines(&parser, &dataset, timezone, file.as_deref()),
+            Command::Version { deps } => {
+                println!("yagura-agent {}", env!("CARGO_PKG_VERSION"));
+                if deps {
+                    use yagura_agent::build_info::{
+                        CARGO_LOCK, format_dependencies, locked_dependencies,
+                    };
+                    let list = locked_dependencies(CARGO_LOCK, env!("CARGO_PKG_NAME"))
+                        .map_err(anyhow::Error::msg)?;
+                    print!("{}", format_dependencies(&list));
+                }
+                Ok(())
+            }
             Command::CheckConfig { file } => {
                 yagura_shared::config_check::check_file(&file, AgentConfig::problems)
                     .map_err(anyhow::Error::msg)

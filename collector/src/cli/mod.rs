@@ -85,6 +85,12 @@ enum Command {
     /// Check a collector.toml: every error with its line and key; exit 1 on any.
     /// (`serve` makes the same checks before it starts.)
     CheckConfig { file: PathBuf },
+    /// Print the version; with `--deps`, every package the collector was built with
+    /// (name and locked version), to check against security advisories.
+    Version {
+        #[arg(long)]
+        deps: bool,
+    },
     /// Allowlist policies for agents: the signing key, signing, assigning by label.
     Allowlist {
         #[command(subcommand)]
@@ -356,6 +362,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => provenance(&event_id, json, &remote).await,
         Command::Alerts { command } => alerts::run(command).await,
         Command::Allowlist { command } => allowlist::run(command).await,
+        Command::Version { deps } => {
+            println!("yagura {}", env!("CARGO_PKG_VERSION"));
+            if deps {
+                use yagura_agent::build_info::{
+                    CARGO_LOCK, format_dependencies, locked_dependencies,
+                };
+                let list = locked_dependencies(CARGO_LOCK, env!("CARGO_PKG_NAME"))
+                    .map_err(anyhow::Error::msg)?;
+                print!("{}", format_dependencies(&list));
+            }
+            Ok(())
+        }
         Command::CheckConfig { file } => yagura_shared::config_check::check_file(&file, |text| {
             CollectorConfig::problems(text, &file)
         })
