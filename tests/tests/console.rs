@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use fantoccini::actions::{InputSource as _, MOUSE_BUTTON_LEFT, MouseActions, PointerAction};
 use reqwest::header;
 use serde_json::{Value, json};
-use yagura_e2e::Up;
 use yagura_e2e::browser::{Browser, totp_now};
+use yagura_e2e::{Up, copy_dir};
 
 const ENTER: &str = "\u{E007}";
 const TAB: &str = "\u{E004}";
@@ -395,20 +395,6 @@ async fn analyst_signs_in_with_totp_searches_sees_a_live_alert_and_a_dashboard()
         );
     }
     browser.close().await?;
-    Ok(())
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use yagura_e2e::binaries;
+use yagura_e2e::{binaries, copy_dir};
 
 fn sigmahq() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -126,19 +126,5 @@ fn the_rule_pack_passes_its_fixtures_and_a_contradicted_fixture_fails() -> anyho
         ),
         "{stderr}"
     );
-    Ok(())
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
     Ok(())
 }
