@@ -32,11 +32,18 @@ pub enum ConfigError {
 pub struct CollectorConfig {
     /// Archive, index, state database and TLS identity live here.
     pub data_dir: PathBuf,
-    /// Address of the HTTPS listener (agents, API).
+    /// Address of the main HTTPS listener: it serves every segment (agent ingest, the
+    /// shop, the console and API) not given a listener of its own under `[listeners]`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Client addresses (CIDR) the main listener admits; empty: every address.
+    #[serde(default)]
+    pub allow: Vec<ipnet::IpNet>,
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Listeners of their own for network segments (see [`crate::listeners`]).
+    #[serde(default)]
+    pub listeners: ListenersConfig,
     #[serde(default)]
     pub ingest: IngestConfig,
     #[serde(default)]
@@ -56,6 +63,35 @@ pub struct CollectorConfig {
     /// The analyst console.
     #[serde(default)]
     pub console: ConsoleConfig,
+}
+
+/// `[listeners]`: a segment named here is served on its own listener instead of the
+/// main one, so agent ingest, the shop (a DMZ) and the management plane (console, API,
+/// metrics) can each sit on their own network.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenersConfig {
+    /// Agent enrollment and ingest.
+    pub ingest: Option<SegmentListenerConfig>,
+    /// The reference shop (`/shop/…`).
+    pub shop: Option<SegmentListenerConfig>,
+    /// The console, the management API and `/metrics` (with the shop's sign-in routes,
+    /// which the console signs in through).
+    pub console: Option<SegmentListenerConfig>,
+}
+
+/// `[listeners.<segment>]`: one segment's listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentListenerConfig {
+    pub listen: SocketAddr,
+    /// Client addresses (CIDR) admitted; empty: every address. Others are closed before
+    /// the TLS handshake and counted in `yagura_http_connections_refused_total`.
+    #[serde(default)]
+    pub allow: Vec<ipnet::IpNet>,
+    /// A PEM certificate chain and key for this listener; default: the collector's.
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
 }
 
 /// `[console]`: the analyst console (served when the shop's sign-in is enabled).
@@ -392,12 +428,33 @@ impl Default for ArchiveConfig {
     }
 }
 
+impl ListenersConfig {
+    /// The segments given a listener of their own, by name.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, &SegmentListenerConfig)> {
+        [
+            ("ingest", &self.ingest),
+            ("shop", &self.shop),
+            ("console", &self.console),
+        ]
+        .into_iter()
+        .filter_map(|(name, listener)| listener.as_ref().map(|l| (name, l)))
+    }
+
+    fn named_mut(&mut self) -> impl Iterator<Item = &mut SegmentListenerConfig> {
+        [&mut self.ingest, &mut self.shop, &mut self.console]
+            .into_iter()
+            .flatten()
+    }
+}
+
 impl CollectorConfig {
     /// Embedded defaults around a data directory (what `yagura up` runs with).
     pub fn with_data_dir(data_dir: PathBuf) -> Self {
         CollectorConfig {
             data_dir,
             listen: default_listen(),
+            allow: Vec::new(),
+            listeners: ListenersConfig::default(),
             tls: TlsConfig {
                 subject_alt_names: default_subject_alt_names(),
                 ..TlsConfig::default()
@@ -477,6 +534,29 @@ impl CollectorConfig {
         if config.tls.cert_path.is_some() != config.tls.key_path.is_some() {
             return Err(invalid("tls.cert_path and tls.key_path go together".into()));
         }
+        // The main listener is bound only while some segment is left to it.
+        let mut addresses = Vec::new();
+        if config.listeners.named().count() < 3 {
+            addresses.push(("listen".to_string(), config.listen));
+        }
+        for (name, listener) in config.listeners.named() {
+            if listener.cert_path.is_some() != listener.key_path.is_some() {
+                return Err(invalid(format!(
+                    "listeners.{name}.cert_path and listeners.{name}.key_path go together"
+                )));
+            }
+            let key = format!("listeners.{name}.listen");
+            if let Some((other, _)) = addresses
+                .iter()
+                .find(|(_, a)| *a == listener.listen && a.port() != 0)
+            {
+                return Err(invalid(format!(
+                    "{key}: {} is already the address of {other}",
+                    listener.listen
+                )));
+            }
+            addresses.push((key, listener.listen));
+        }
         if config.ingest.max_body_bytes < 1024 {
             return Err(invalid(
                 "ingest.max_body_bytes must be at least 1024".into(),
@@ -545,6 +625,16 @@ impl CollectorConfig {
                 && dir.is_relative()
             {
                 *dir = parent.join(&*dir);
+            }
+            for listener in config.listeners.named_mut() {
+                for file in [&mut listener.cert_path, &mut listener.key_path]
+                    .into_iter()
+                    .flatten()
+                {
+                    if file.is_relative() {
+                        *file = parent.join(&*file);
+                    }
+                }
             }
         }
         crate::console::dashboards::Dashboards::load(config.console.dashboards.as_deref())
@@ -658,5 +748,56 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("c.toml:3:"), "{text}");
         assert!(text.contains("max_body_byte"), "{text}");
+    }
+
+    #[test]
+    fn segment_listeners_parse_and_are_checked() {
+        let c = CollectorConfig::parse(
+            "data_dir = \"/d\"\nlisten = \"0.0.0.0:8443\"\n\
+             [listeners.shop]\nlisten = \"203.0.113.10:443\"\n\
+             cert_path = \"tls/shop.crt\"\nkey_path = \"tls/shop.key\"\n\
+             [listeners.console]\nlisten = \"10.9.0.5:9443\"\nallow = [\"10.9.0.0/24\", \"fd00::/8\"]\n",
+            Path::new("/etc/yagura/collector.toml"),
+        )
+        .expect("parse");
+        let named: Vec<_> = c.listeners.named().map(|(name, _)| name).collect();
+        assert_eq!(named, ["shop", "console"]);
+        let shop = c.listeners.shop.as_ref().expect("shop");
+        assert_eq!(
+            shop.cert_path.as_deref(),
+            Some(Path::new("/etc/yagura/tls/shop.crt"))
+        );
+        let console = c.listeners.console.as_ref().expect("console");
+        assert_eq!(console.allow.len(), 2);
+        assert!(c.listeners.ingest.is_none());
+
+        let half_tls = CollectorConfig::parse(
+            "data_dir = \"/d\"\n[listeners.ingest]\nlisten = \"10.1.0.5:8443\"\ncert_path = \"a.crt\"\n",
+            Path::new("c.toml"),
+        )
+        .expect_err("key missing");
+        assert!(
+            half_tls
+                .to_string()
+                .contains("listeners.ingest.cert_path and listeners.ingest.key_path"),
+            "{half_tls}"
+        );
+        let same_address = CollectorConfig::parse(
+            "data_dir = \"/d\"\nlisten = \"10.1.0.5:8443\"\n[listeners.ingest]\nlisten = \"10.1.0.5:8443\"\n",
+            Path::new("c.toml"),
+        )
+        .expect_err("same address twice");
+        assert!(
+            same_address.to_string().contains(
+                "listeners.ingest.listen: 10.1.0.5:8443 is already the address of listen"
+            ),
+            "{same_address}"
+        );
+        let bad_cidr = CollectorConfig::parse(
+            "data_dir = \"/d\"\n[listeners.console]\nlisten = \"10.9.0.5:9443\"\nallow = [\"10.9.0.0/33\"]\n",
+            Path::new("c.toml"),
+        )
+        .expect_err("bad CIDR");
+        assert!(bad_cidr.to_string().starts_with("c.toml:4:"), "{bad_cidr}");
     }
 }

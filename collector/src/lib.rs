@@ -2,7 +2,8 @@
 //!
 //! Data path: [`ingest`] checks each signed batch and appends it to the [`archive`] (the
 //! source of truth; fsync before ack); the [`index`] follows the archive into tantivy;
-//! the [`api`] serves enrollment, ingest, search and provenance over HTTPS ([`tls`]);
+//! the [`api`] serves enrollment, ingest, search and provenance over HTTPS ([`tls`]), on
+//! one listener or one per network segment ([`listeners`]);
 //! [`fleet`] and [`store`] keep agents, tokens and fleet state; [`collector_events`] turns
 //! what the collector itself sees (refused batches, gaps, silent agents) into
 //! collector-signed batches in the archive; [`custody`] traces an event back to its signed
@@ -21,6 +22,7 @@ pub mod detect;
 pub mod fleet;
 pub mod index;
 pub mod ingest;
+pub mod listeners;
 pub mod search;
 pub mod server;
 pub mod shop;

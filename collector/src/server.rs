@@ -9,7 +9,7 @@
 //! fleet state is persisted, then the indexer indexes everything durable and commits once
 //! more.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,25 +17,48 @@ use anyhow::Context as _;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Segments};
 use crate::archive::SegmentArchive;
 use crate::collector_events::{self, CollectorEvents};
 use crate::config::CollectorConfig;
 use crate::fleet::{self, AgentRegistry, FleetState};
 use crate::index::Indexer;
 use crate::ingest::BatchIngest;
+use crate::listeners::Listening;
 use crate::store::{Secret, Store};
 use crate::tls::TlsIdentity;
 
 /// What a started collector tells its caller.
 #[derive(Debug, Clone)]
 pub struct Started {
+    /// The listener serving the console and the management API (the CLI's address).
     pub address: SocketAddr,
     pub url: String,
-    /// SHA-256 of the collector certificate, for agents to pin.
+    /// SHA-256 of that listener's certificate.
     pub fingerprint: String,
+    /// Every listener, with the segments it serves.
+    pub listeners: Vec<Listening>,
     /// Made on the very first start only, and shown only then.
     pub first_run_api_token: Option<Secret>,
+}
+
+impl Started {
+    /// The listener agents enroll and ship to (its certificate is the one they pin).
+    pub fn ingest(&self) -> &Listening {
+        self.serving(|s| s.ingest)
+    }
+
+    /// The listener serving the shop.
+    pub fn shop(&self) -> &Listening {
+        self.serving(|s| s.shop)
+    }
+
+    fn serving(&self, segment: impl Fn(Segments) -> bool) -> &Listening {
+        self.listeners
+            .iter()
+            .find(|l| segment(l.segments))
+            .unwrap_or(&self.listeners[0])
+    }
 }
 
 /// Opens the state store of a data directory (also used by the offline CLI commands).
@@ -219,6 +242,7 @@ pub async fn run_with(
         })
     };
 
+    let app_http: Arc<api::metrics::HttpMetrics> = Default::default();
     let ingest = Arc::new(BatchIngest::new(
         Arc::clone(&archive),
         agents.clone(),
@@ -260,7 +284,8 @@ pub async fn run_with(
     } else {
         (None, None, None)
     };
-    let app = api::router(
+    let http = Arc::clone(&app_http);
+    let routes = api::routes(
         AppState {
             store: store.clone(),
             agents,
@@ -277,26 +302,31 @@ pub async fn run_with(
             console,
             indexer: indexer_stats,
             detector: detector_stats,
-            http: Default::default(),
+            http: app_http,
         },
         shop_router,
     );
 
-    let listener =
-        TcpListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
-    listener.set_nonblocking(true)?;
-    let address = listener.local_addr()?;
-    let tls = axum_server::tls_rustls::RustlsConfig::from_config(identity.server_config()?);
+    // Every listener is bound before any serves: a taken address stops the start whole.
+    let bound = crate::listeners::plan(&config)
+        .iter()
+        .map(|plan| crate::listeners::bind(plan, &identity))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let listeners: Vec<Listening> = bound.iter().map(|l| l.info.clone()).collect();
+    let management = listeners
+        .iter()
+        .find(|l| l.segments.console)
+        .unwrap_or(&listeners[0])
+        .clone();
+    let url = management.url.clone();
     let handle = axum_server::Handle::new();
-    // TCP_NODELAY: an ack is a small write after a large read; without it Nagle's
-    // algorithm and delayed ACKs add tens of milliseconds to every acknowledgement.
-    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
-        .acceptor(axum_server::accept::NoDelayAcceptor::new());
-    let server = axum_server::from_tcp(listener)?
-        .acceptor(acceptor)
-        .handle(handle.clone())
-        .serve(app.into_make_service_with_connect_info::<SocketAddr>());
-    let url = format!("https://{address}");
+    let servers: Vec<_> = bound
+        .into_iter()
+        .map(|listener| {
+            let app = routes.serve(listener.info.segments);
+            tokio::spawn(listener.serve(app, handle.clone(), Arc::clone(&http)))
+        })
+        .collect();
 
     // Alerting follows detection: the manager takes recorded matches into alerts, one
     // sender per destination delivers the outbox.
@@ -336,11 +366,20 @@ pub async fn run_with(
             alert_cancel.clone(),
         ));
     }
-    tracing::info!(%url, fingerprint = %identity.fingerprint, "collector listening");
+    for listener in &listeners {
+        tracing::info!(
+            listener = listener.name,
+            url = %listener.url,
+            segments = ?listener.segments.names(),
+            fingerprint = %listener.fingerprint,
+            "collector listening"
+        );
+    }
     let _ = started.send(Started {
-        address,
+        address: management.address,
         url,
-        fingerprint: identity.fingerprint.clone(),
+        fingerprint: management.fingerprint,
+        listeners,
         first_run_api_token,
     });
 
@@ -352,7 +391,20 @@ pub async fn run_with(
             handle.graceful_shutdown(Some(Duration::from_secs(10)));
         })
     };
-    let served = server.await;
+    // One listener failing stops them all (and with them the collector).
+    let mut served: anyhow::Result<()> = Ok(());
+    for server in servers {
+        let result = match server.await {
+            Ok(result) => result.map_err(anyhow::Error::from),
+            Err(joined) => Err(anyhow::anyhow!("listener task: {joined}")),
+        };
+        if let Err(error) = result {
+            handle.shutdown();
+            if served.is_ok() {
+                served = Err(error);
+            }
+        }
+    }
     stopper.abort();
     background_cancel.cancel();
     let _ = sealer.await;

@@ -196,7 +196,8 @@ impl Collector {
         // Later restarts must come back on the same address: agents know it.
         let text = std::fs::read_to_string(&config)?;
         let address = url.trim_start_matches("https://");
-        std::fs::write(&config, text.replace("127.0.0.1:0", address))?;
+        // (Only the first, the main `listen`: segment listeners keep their own.)
+        std::fs::write(&config, text.replacen("127.0.0.1:0", address, 1))?;
         Ok(Collector {
             dir: dir.to_path_buf(),
             config,
@@ -417,6 +418,19 @@ impl Agent {
         sources_toml: &str,
         labels: &str,
     ) -> anyhow::Result<Self> {
+        let at = (collector.url.as_str(), collector.fingerprint.as_str());
+        Self::enroll_at(dir, collector, at, host_name, sources_toml, labels)
+    }
+
+    /// [`Self::enroll_labelled`] at a given ingest listener: `(url, fingerprint)`.
+    pub fn enroll_at(
+        dir: &Path,
+        collector: &Collector,
+        (url, fingerprint): (&str, &str),
+        host_name: &str,
+        sources_toml: &str,
+        labels: &str,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("agent.toml");
         std::fs::write(
@@ -432,11 +446,11 @@ impl Agent {
             .arg(&config)
             .args([
                 "--collector",
-                &collector.url,
+                url,
                 "--token",
                 &token,
                 "--fingerprint",
-                &collector.fingerprint,
+                fingerprint,
             ])
             .output()?;
         anyhow::ensure!(

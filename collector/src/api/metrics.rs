@@ -68,6 +68,8 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
     routes: Mutex<BTreeMap<String, RouteMetrics>>,
+    /// Connections closed by a listener's allowlist, by listener.
+    refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Debug)]
@@ -93,8 +95,32 @@ impl HttpMetrics {
         metrics.durations.observe(elapsed);
     }
 
-    /// Adds the two HTTP families.
+    /// Makes `listener`'s refused-connection counter exist (at 0) from its start.
+    pub fn watch_listener(&self, listener: &'static str) {
+        if let Ok(mut refused) = self.refused.lock() {
+            refused.entry(listener).or_insert(0);
+        }
+    }
+
+    /// Counts one connection closed by `listener`'s allowlist.
+    pub fn refused_connection(&self, listener: &'static str) {
+        if let Ok(mut refused) = self.refused.lock() {
+            *refused.entry(listener).or_insert(0) += 1;
+        }
+    }
+
+    /// Adds the HTTP families.
     pub fn add_to(&self, out: &mut Exposition) {
+        if let Ok(refused) = self.refused.lock() {
+            let family = out.counter(
+                "yagura_http_connections_refused_total",
+                "Connections closed before the TLS handshake because the client's address \
+                 is outside the listener's allowlist, by listener.",
+            );
+            for (listener, n) in refused.iter() {
+                family.sample(&[("listener", listener)], *n);
+            }
+        }
         let Ok(routes) = self.routes.lock() else {
             return;
         };

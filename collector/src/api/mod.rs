@@ -77,12 +77,59 @@ pub struct AppState {
 #[derive(Debug, Clone)]
 pub struct Caller(pub String);
 
-/// The whole router with its layers; `extra` (the shop) is served under the same
-/// security headers, body limits and problem documents.
-pub fn router(state: AppState, extra: Option<Router>) -> Router {
+/// Which network segments one listener serves (see [`crate::listeners`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Segments {
+    /// Agent enrollment and ingest.
+    pub ingest: bool,
+    /// The reference shop.
+    pub shop: bool,
+    /// The console, the management API and `/metrics`.
+    pub console: bool,
+}
+
+impl Segments {
+    pub const ALL: Segments = Segments {
+        ingest: true,
+        shop: true,
+        console: true,
+    };
+
+    pub fn is_empty(self) -> bool {
+        !(self.ingest || self.shop || self.console)
+    }
+
+    /// The segments' names, for logs and the start banner.
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            (self.ingest, "ingest"),
+            (self.shop, "shop"),
+            (self.console, "console"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+}
+
+/// The collector's routes grouped by segment, each group with its state and body limit,
+/// so every listener is assembled from the same pieces ([`Routes::serve`]).
+#[derive(Clone)]
+pub struct Routes {
+    management: Router,
+    ingest: Router,
+    health: Router,
+    console: Router,
+    /// The shop's router; `None` when the shop is disabled.
+    shop: Option<Router>,
+    http: Arc<metrics::HttpMetrics>,
+}
+
+/// The routes of every segment; `shop` is the shop's router.
+pub fn routes(state: AppState, shop: Option<Router>) -> Routes {
     let max_batch = state.ingest.limits().max_body_bytes;
     let http = Arc::clone(&state.http);
-    let protected = Router::new()
+    let management = Router::new()
         .route("/api/v1/search", get(search))
         .route("/api/v1/export", get(export))
         .route("/api/v1/agents", get(list_agents))
@@ -99,35 +146,68 @@ pub fn router(state: AppState, extra: Option<Router>) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_caller,
-        ));
+        ))
+        .with_state(state.clone());
     let ingest = Router::new()
         .route("/api/v1/ingest", post(ingest))
         .route("/api/v1/ingest/bundle", post(ingest_bundle))
-        .layer(DefaultBodyLimit::max(max_batch));
-    let enroll = Router::new()
-        .route("/api/v1/enroll", post(enroll))
-        .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
+        .layer(DefaultBodyLimit::max(max_batch))
+        .merge(
+            Router::new()
+                .route("/api/v1/enroll", post(enroll))
+                .layer(DefaultBodyLimit::max(MAX_JSON_BODY)),
+        )
+        .with_state(state.clone());
     // Probes carry no secret and must work without one (load balancers, systemd,
-    // Kubernetes): pass or fail per check, nothing more.
+    // Kubernetes): pass or fail per check, nothing more. Every listener answers them.
     let health = Router::new()
         .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready));
+        .route("/health/ready", get(health::ready))
+        .with_state(state.clone());
     let console = crate::console::router(state.console.clone());
-    let api = Router::new()
-        .merge(protected)
-        .merge(health)
-        .merge(ingest)
-        .merge(enroll)
-        .with_state(state)
-        .merge(console);
-    let app = match extra {
-        Some(extra) => api.merge(extra),
-        None => api,
-    };
-    // Outermost, on every route (the shop's and the console's too) and the fallback:
-    // each request is counted under its route template once routing has matched it.
-    with_security_headers(app.fallback(|| async { ApiError::not_found("no such route") }))
-        .layer(middleware::from_fn_with_state(http, metrics::track_http))
+    Routes {
+        management,
+        ingest,
+        health,
+        console,
+        shop,
+        http,
+    }
+}
+
+impl Routes {
+    /// One listener's router: the health probes plus the given segments' routes, under
+    /// the security headers, with problem documents for everything else. The console
+    /// segment carries the shop's routes too: the console signs in through them.
+    pub fn serve(&self, segments: Segments) -> Router {
+        let mut app = self.health.clone();
+        if segments.ingest {
+            app = app.merge(self.ingest.clone());
+        }
+        if segments.console {
+            app = app
+                .merge(self.management.clone())
+                .merge(self.console.clone());
+        }
+        if (segments.shop || segments.console)
+            && let Some(shop) = &self.shop
+        {
+            app = app.merge(shop.clone());
+        }
+        // Outermost, on every route (the shop's and the console's too) and the fallback:
+        // each request is counted under its route template once routing has matched it.
+        with_security_headers(app.fallback(|| async { ApiError::not_found("no such route") }))
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(&self.http),
+                metrics::track_http,
+            ))
+    }
+}
+
+/// Every segment on one router; `extra` (the shop) is served under the same security
+/// headers, body limits and problem documents.
+pub fn router(state: AppState, extra: Option<Router>) -> Router {
+    routes(state, extra).serve(Segments::ALL)
 }
 
 /// The headers every response carries: a CSP that allows nothing at all and forbids

@@ -645,6 +645,18 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
                 token.expose()
             );
         }
+        // With segment listeners, one line per listener (agents pin the ingest one).
+        if started.listeners.len() > 1 {
+            for listener in &started.listeners {
+                println!(
+                    "listener {} ({}) on {} certificate sha256 {}",
+                    listener.name,
+                    listener.segments.names().join(", "),
+                    listener.url,
+                    listener.fingerprint
+                );
+            }
+        }
     }
     let signal = tokio::spawn(stop_signal(shutdown.clone()));
     let result = server.await.context("collector task")?;

@@ -89,9 +89,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         store.close().await;
         yagura_agent::enroll(
             &agent_dir,
-            &started.url,
+            &started.ingest().url,
             token.expose(),
-            Some(&started.fingerprint),
+            Some(&started.ingest().fingerprint),
             &host_name,
             false,
         )
@@ -253,7 +253,8 @@ fn print_banner(
     let _ = writeln!(
         out,
         "  Shop:         {}/shop/api (described at {}/shop/openapi.json; audit trail in event.dataset:yagura.shop.audit)",
-        started.url, started.url
+        started.shop().url,
+        started.shop().url
     );
     let _ = writeln!(out, "  Data:         {}", data_dir.display());
     if !host_logs.is_empty() {
