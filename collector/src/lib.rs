@@ -14,6 +14,7 @@
 pub mod alert;
 pub mod api;
 pub mod archive;
+pub mod backup;
 pub mod collector_events;
 pub mod config;
 pub mod console;

@@ -15,7 +15,8 @@ mod segment;
 
 pub use segment::{
     ArchiveReader, ArchiveStats, Backlog, FSYNC_BUCKETS, RecoveryReport, RetentionPolicy,
-    RetentionReport, ScanEnd, ScannedRecord, SegmentArchive, scan_offline,
+    RetentionReport, ScanEnd, ScannedRecord, SegmentArchive, intact_length, scan_offline,
+    segment_files,
 };
 
 use std::collections::BTreeMap;

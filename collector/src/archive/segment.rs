@@ -551,6 +551,28 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(segments)
 }
 
+/// The segment files of the archive in `dir`, oldest first, with their base offsets.
+pub fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    list_segments(dir)
+}
+
+/// How many leading bytes of the segment file at `path` are whole, intact records: a
+/// copy of those bytes is a consistent archive prefix even while a writer appends (a
+/// record in progress, or one whose CRC fails, ends the count).
+pub fn intact_length(path: &Path) -> Result<u64> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut position = 0u64;
+    loop {
+        match read_record(&mut reader).map_err(io_err(path))? {
+            ReadOutcome::Record { len, .. } => position += len,
+            ReadOutcome::End | ReadOutcome::CrcMismatch { .. } | ReadOutcome::Damaged(_) => {
+                return Ok(position);
+            }
+        }
+    }
+}
+
 /// Outcome of reading one record from a segment.
 enum ReadOutcome {
     Record {

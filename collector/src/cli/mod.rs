@@ -2,6 +2,7 @@
 
 mod alerts;
 mod allowlist;
+mod backup;
 mod bench;
 mod bench_agent;
 mod bench_alert;
@@ -110,6 +111,11 @@ enum Command {
     Shop {
         #[command(subcommand)]
         command: shop::ShopCommand,
+    },
+    /// Encrypted backups: make a key, take, list, verify and restore snapshots.
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
     },
     /// The archive of signed batches.
     Archive {
@@ -304,6 +310,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::run(args).await,
         Command::Rules { command } => rules::run(command).await,
         Command::Shop { command } => shop::run(command).await,
+        Command::Backup { command } => backup::run(command).await,
         Command::Agents {
             command:
                 AgentsCommand::Token {
