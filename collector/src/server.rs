@@ -112,6 +112,19 @@ pub async fn run_with(
         (Some(cert), Some(key)) => TlsIdentity::load(cert, key)?,
         _ => TlsIdentity::load_or_generate(&config.tls_dir(), &config.tls.subject_alt_names)?,
     };
+    // Every listener is bound before anything starts: a taken address stops the start
+    // whole, before a thread or task needs stopping.
+    let bound = crate::listeners::plan(&config)
+        .iter()
+        .map(|plan| crate::listeners::bind(plan, &identity))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let listeners: Vec<Listening> = bound.iter().map(|l| l.info.clone()).collect();
+    let management = listeners
+        .iter()
+        .find(|l| l.segments.console)
+        .unwrap_or(&listeners[0])
+        .clone();
+    let url = management.url.clone();
     let archive = Arc::new(
         SegmentArchive::open(&config.archive_dir(), config.archive.segment_max_bytes)
             .context("opening the archive")?,
@@ -276,11 +289,15 @@ pub async fn run_with(
             background_cancel.clone(),
         ));
         let console = crate::console::ConsoleAuth::new(Arc::clone(&shop));
-        let router = crate::shop::http::router(crate::shop::http::ShopState {
+        let state = crate::shop::http::ShopState {
             shop,
             admin_allowlist: Arc::new(config.shop.admin_allowlist.clone()),
-        });
-        (Some(router), Some(forwarder), Some(console))
+        };
+        let routers = (
+            crate::shop::http::router(state.clone()),
+            crate::shop::http::customer_router(state),
+        );
+        (Some(routers), Some(forwarder), Some(console))
     } else {
         (None, None, None)
     };
@@ -307,26 +324,12 @@ pub async fn run_with(
         shop_router,
     );
 
-    // Every listener is bound before any serves: a taken address stops the start whole.
-    let bound = crate::listeners::plan(&config)
-        .iter()
-        .map(|plan| crate::listeners::bind(plan, &identity))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let listeners: Vec<Listening> = bound.iter().map(|l| l.info.clone()).collect();
-    let management = listeners
-        .iter()
-        .find(|l| l.segments.console)
-        .unwrap_or(&listeners[0])
-        .clone();
-    let url = management.url.clone();
     let handle = axum_server::Handle::new();
-    let servers: Vec<_> = bound
-        .into_iter()
-        .map(|listener| {
-            let app = routes.serve(listener.info.segments);
-            tokio::spawn(listener.serve(app, handle.clone(), Arc::clone(&http)))
-        })
-        .collect();
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in bound {
+        let app = routes.serve(listener.info.segments);
+        servers.spawn(listener.serve(app, handle.clone(), Arc::clone(&http)));
+    }
 
     // Alerting follows detection: the manager takes recorded matches into alerts, one
     // sender per destination delivers the outbox.
@@ -393,8 +396,8 @@ pub async fn run_with(
     };
     // One listener failing stops them all (and with them the collector).
     let mut served: anyhow::Result<()> = Ok(());
-    for server in servers {
-        let result = match server.await {
+    while let Some(joined) = servers.join_next().await {
+        let result = match joined {
             Ok(result) => result.map_err(anyhow::Error::from),
             Err(joined) => Err(anyhow::anyhow!("listener task: {joined}")),
         };

@@ -144,13 +144,26 @@ async fn each_listener_serves_its_segment_to_its_network() -> anyhow::Result<()>
         status(&admitted, &format!("{shop_url}/shop/openapi.json")).await?,
         200
     );
-    for path in ["/console/login", "/api/v1/search?q=*", "/metrics"] {
+    // … customers' routes only: administration and the audit trail stay on the
+    // management listener.
+    for path in [
+        "/console/login",
+        "/api/v1/search?q=*",
+        "/metrics",
+        "/shop/api/admin/users",
+        "/shop/api/audit",
+    ] {
         assert_eq!(
             status(&admitted, &format!("{shop_url}{path}")).await?,
             404,
             "{path} on the shop listener"
         );
     }
+    assert_ne!(
+        status(&main, &format!("{main_url}/shop/api/admin/users")).await?,
+        404,
+        "shop administration is on the management listener"
+    );
     // … and closes 127.0.0.1's connections before any TLS: no certificate, no answer.
     let outsider = client_from("127.0.0.1")?;
     for _ in 0..3 {

@@ -120,13 +120,15 @@ pub struct Routes {
     ingest: Router,
     health: Router,
     console: Router,
-    /// The shop's router; `None` when the shop is disabled.
-    shop: Option<Router>,
+    /// The shop's router, and its customer routes alone; `None` when the shop is
+    /// disabled.
+    shop: Option<(Router, Router)>,
     http: Arc<metrics::HttpMetrics>,
 }
 
-/// The routes of every segment; `shop` is the shop's router.
-pub fn routes(state: AppState, shop: Option<Router>) -> Routes {
+/// The routes of every segment; `shop` is the shop's whole router and its customer
+/// routes alone.
+pub fn routes(state: AppState, shop: Option<(Router, Router)>) -> Routes {
     let max_batch = state.ingest.limits().max_body_bytes;
     let http = Arc::clone(&state.http);
     let management = Router::new()
@@ -189,10 +191,12 @@ impl Routes {
                 .merge(self.management.clone())
                 .merge(self.console.clone());
         }
-        if (segments.shop || segments.console)
-            && let Some(shop) = &self.shop
-        {
-            app = app.merge(shop.clone());
+        // The console signs in through the shop's routes and administers its accounts:
+        // the whole shop goes with it. A shop listener of its own serves customers only.
+        match (&self.shop, segments.console, segments.shop) {
+            (Some((whole, _)), true, _) => app = app.merge(whole.clone()),
+            (Some((_, customers)), false, true) => app = app.merge(customers.clone()),
+            _ => {}
         }
         // Outermost, on every route (the shop's and the console's too) and the fallback:
         // each request is counted under its route template once routing has matched it.
@@ -204,10 +208,10 @@ impl Routes {
     }
 }
 
-/// Every segment on one router; `extra` (the shop) is served under the same security
-/// headers, body limits and problem documents.
-pub fn router(state: AppState, extra: Option<Router>) -> Router {
-    routes(state, extra).serve(Segments::ALL)
+/// Every segment on one router; `shop` (the whole shop router and its customer routes)
+/// is served under the same security headers, body limits and problem documents.
+pub fn router(state: AppState, shop: Option<(Router, Router)>) -> Router {
+    routes(state, shop).serve(Segments::ALL)
 }
 
 /// The headers every response carries: a CSP that allows nothing at all and forbids

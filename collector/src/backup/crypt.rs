@@ -32,6 +32,12 @@ const NONCE_PREFIX: usize = 19;
 /// The first bytes of every object (format version 1).
 const MAGIC: &[u8; 8] = b"YGBKOBJ1";
 
+/// The length of the object [`BackupKey::seal`] makes of `plain` bytes.
+pub fn sealed_len(plain: u64) -> u64 {
+    let chunks = plain.div_ceil(CHUNK as u64).max(1);
+    (MAGIC.len() + NONCE_PREFIX) as u64 + plain + chunks * TAG as u64
+}
+
 /// The backup key: 32 random bytes, kept in a file apart from the backups.
 #[derive(Clone)]
 pub struct BackupKey {
@@ -231,6 +237,7 @@ mod tests {
                 MAGIC.len() + NONCE_PREFIX + size + chunks * TAG,
                 "size {size}"
             );
+            assert_eq!(sealed.len() as u64, sealed_len(size as u64));
         }
     }
 

@@ -313,25 +313,62 @@ impl Store {
         }
     }
 
-    /// Seals `source` as the object for `sha256` unless the store has it; true if written.
-    fn put(&self, key: &BackupKey, object: &str, source: &Path) -> Result<bool> {
+    /// Seals `source` as `object` unless the store holds it already (an object of the
+    /// right sealed length); true if written. The sealed bytes must be the `size` and
+    /// `sha256` the object is named for, else the source changed under the backup.
+    fn put(
+        &self,
+        key: &BackupKey,
+        object: &str,
+        source: &Path,
+        (size, sha256): (u64, &str),
+        touched: &mut BTreeSet<PathBuf>,
+    ) -> Result<bool> {
         let path = self.object_path(object);
-        if path.is_file() {
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == crypt::sealed_len(size))
+        {
             return Ok(false);
         }
-        let parent = path.parent().unwrap_or(&self.dir);
-        std::fs::create_dir_all(parent).map_err(BackupError::io(parent))?;
-        let tmp = path.with_extension("tmp");
-        let input = File::open(source).map_err(BackupError::io(source))?;
-        let mut out = io::BufWriter::new(File::create(&tmp).map_err(BackupError::io(&tmp))?);
-        key.seal(object, input, &mut out)?;
-        let file = out
-            .into_inner()
-            .map_err(|e| BackupError::io(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(BackupError::io(&tmp))?;
+        let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
+        std::fs::create_dir_all(&parent).map_err(BackupError::io(&parent))?;
+        let mut suffix = [0u8; 6];
+        getrandom::fill(&mut suffix).map_err(|e| BackupError::Crypto(e.to_string()))?;
+        let tmp = parent.join(format!("{object}.{}.tmp", hex::encode(suffix)));
+        let written = (|| {
+            let input = File::open(source).map_err(BackupError::io(source))?;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(BackupError::io(&tmp))?;
+            let mut out = io::BufWriter::new(file);
+            let sealed = key.seal(object, input, &mut out)?;
+            let file = out
+                .into_inner()
+                .map_err(|e| BackupError::io(&tmp)(e.into_error()))?;
+            if sealed != (size, sha256.to_string()) {
+                return Err(BackupError::Refused(format!(
+                    "{} changed while it was being backed up",
+                    source.display()
+                )));
+            }
+            file.sync_all().map_err(BackupError::io(&tmp))
+        })();
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(error);
+        }
         std::fs::rename(&tmp, &path).map_err(BackupError::io(&path))?;
+        touched.insert(parent);
         Ok(true)
     }
+}
+
+/// Flushes directory entries (new objects, a new manifest) to disk.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(BackupError::io(dir))
 }
 
 fn manifest_aad(snapshot: &str) -> String {
@@ -367,6 +404,18 @@ fn sha256_of(path: &Path) -> Result<(u64, String)> {
 struct Planned {
     source: PathBuf,
     path: String,
+    /// The file whose permissions the snapshot records (the original of a staged copy).
+    mode_from: PathBuf,
+}
+
+impl Planned {
+    fn staged(source: PathBuf, path: impl Into<String>, original: &Path) -> Self {
+        Planned {
+            source,
+            path: path.into(),
+            mode_from: original.to_path_buf(),
+        }
+    }
 }
 
 /// The scratch directory of one `create`, removed however it ends.
@@ -387,6 +436,16 @@ pub async fn create(
 ) -> Result<CreateReport> {
     let started = Instant::now();
     let store = Store::open(to, key, true)?;
+    // One writer per store: two runs at once (overlapping timers) would race on objects.
+    let lock_path = store.dir.join("backup.lock");
+    let lock = File::create(&lock_path).map_err(BackupError::io(&lock_path))?;
+    lock.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::WouldBlock => BackupError::Refused(format!(
+            "another backup is writing to {} now",
+            store.dir.display()
+        )),
+        std::fs::TryLockError::Error(e) => BackupError::io(&lock_path)(e),
+    })?;
     let created_at = Utc::now();
     let mut suffix = [0u8; 3];
     getrandom::fill(&mut suffix).map_err(|e| BackupError::Crypto(e.to_string()))?;
@@ -402,6 +461,18 @@ pub async fn create(
             data_dir.display()
         )));
     }
+    // Scratch left by a run that was killed holds hard links to deleted files: gone.
+    if let Ok(entries) = std::fs::read_dir(data_dir) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(STAGING_PREFIX)
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     let staging = Staging(data_dir.join(format!("{STAGING_PREFIX}{snapshot}")));
     std::fs::create_dir_all(&staging.0).map_err(BackupError::io(&staging.0))?;
     let mut planned = Vec::new();
@@ -413,10 +484,7 @@ pub async fn create(
     if state_db.is_file() {
         let copy = staging.0.join("state.db");
         vacuum_into(&state_db, &copy).await?;
-        planned.push(Planned {
-            source: copy,
-            path: "data/state.db".into(),
-        });
+        planned.push(Planned::staged(copy, "data/state.db", &state_db));
     }
     skip.insert(state_db);
     let shop_url = config.shop_database_url();
@@ -438,7 +506,7 @@ pub async fn create(
                     "config/shop.db".into()
                 }
             };
-            planned.push(Planned { source: copy, path });
+            planned.push(Planned::staged(copy, path, &shop_db));
         }
         skip.insert(shop_db);
     } else {
@@ -482,16 +550,18 @@ pub async fn create(
         let mut new_objects = 0;
         let mut new_bytes = 0;
         let mut bytes = 0;
+        let mut touched = BTreeSet::new();
         for file in &planned {
             let (size, sha256) = sha256_of(&file.source)?;
             let object = key.object_name(&sha256);
-            if store.put(&key, &object, &file.source)? {
+            if store.put(&key, &object, &file.source, (size, &sha256), &mut touched)? {
                 new_objects += 1;
                 new_bytes += size;
             }
             bytes += size;
-            let mode = std::fs::metadata(&file.source)
-                .map_err(BackupError::io(&file.source))?
+            let mode = std::fs::metadata(&file.mode_from)
+                .or_else(|_| std::fs::metadata(&file.source))
+                .map_err(BackupError::io(&file.mode_from))?
                 .permissions()
                 .mode()
                 & 0o7777;
@@ -503,6 +573,11 @@ pub async fn create(
                 mode,
             });
         }
+        // The objects' directory entries are durable before a manifest names them.
+        for dir in &touched {
+            sync_dir(dir)?;
+        }
+        sync_dir(&store.dir.join("objects"))?;
         let plain =
             serde_json::to_vec(&manifest).map_err(|e| BackupError::Crypto(e.to_string()))?;
         let path = store.manifest_path(&manifest.snapshot);
@@ -574,7 +649,7 @@ fn plan_files(
 ) -> Result<((Vec<Planned>, Vec<String>), u64)> {
     let data_dir = &config.data_dir;
     let mut planned = Vec::new();
-    let notes = Vec::new();
+    let mut notes = Vec::new();
 
     // 2. The index: per day, the last commit and the files it names.
     let index_dir = config.index_dir();
@@ -584,10 +659,7 @@ fn plan_files(
             let copy = staging.join("index").join("indexer.json");
             create_parent(&copy)?;
             std::fs::copy(&state, &copy).map_err(BackupError::io(&state))?;
-            planned.push(Planned {
-                source: copy,
-                path: "data/index/indexer.json".into(),
-            });
+            planned.push(Planned::staged(copy, "data/index/indexer.json", &state));
         }
         let days = index_dir.join("days");
         if days.is_dir() {
@@ -601,11 +673,10 @@ fn plan_files(
             }
             names.sort();
             for day in names {
-                let copied =
-                    snapshot_day(&days.join(&day), &staging.join("index/days").join(&day))?;
-                planned.extend(copied.into_iter().map(|(source, name)| Planned {
-                    source,
-                    path: format!("data/index/days/{day}/{name}"),
+                let dir = days.join(&day);
+                let copied = snapshot_day(&dir, &staging.join("index/days").join(&day))?;
+                planned.extend(copied.into_iter().map(|(source, name)| {
+                    Planned::staged(source, format!("data/index/days/{day}/{name}"), &dir)
                 }));
             }
         }
@@ -643,51 +714,92 @@ fn plan_files(
                 io::copy(&mut from, &mut to).map_err(BackupError::io(&copy))?;
                 archive_end_offset = base + intact;
             }
-            planned.push(Planned {
-                source: copy,
-                path: format!("data/archive/{name}"),
-            });
+            planned.push(Planned::staged(copy, format!("data/archive/{name}"), path));
         }
         let sequences = archive_dir.join("sequences.json");
         if sequences.is_file() {
             let copy = staged.join("sequences.json");
             std::fs::copy(&sequences, &copy).map_err(BackupError::io(&sequences))?;
-            planned.push(Planned {
-                source: copy,
-                path: "data/archive/sequences.json".into(),
-            });
+            planned.push(Planned::staged(
+                copy,
+                "data/archive/sequences.json",
+                &sequences,
+            ));
         }
     }
     skip.insert(archive_dir);
     skip.insert(staging.to_path_buf());
 
-    // The rest of the data directory: keys, certificates, small state files.
+    // The rest of the data directory (keys, certificates, small state files), copied
+    // first so a file written meanwhile is taken whole, as it was at one moment.
     let mut rest = Vec::new();
-    walk(data_dir, &skip, &mut rest)?;
+    walk(data_dir, &skip, &mut rest, &mut notes)?;
     rest.sort();
+    let staged_rest = staging.join("rest");
     for source in rest {
         let rel = source.strip_prefix(data_dir).map_err(|_| {
             BackupError::Refused(format!("{} outside the data dir", source.display()))
         })?;
-        planned.push(Planned {
-            path: format!("data/{}", rel.display()),
-            source,
-        });
+        let copy = staged_rest.join(rel);
+        create_parent(&copy)?;
+        std::fs::copy(&source, &copy).map_err(BackupError::io(&source))?;
+        planned.push(Planned::staged(
+            copy,
+            format!("data/{}", rel.display()),
+            &source,
+        ));
     }
 
-    // The configuration, and a field keyring kept outside the data directory.
+    // The configuration and the files it names outside the data directory: the field
+    // keyring, certificates and keys.
+    let staged_config = staging.join("config");
+    let mut outside = Vec::new();
     if let Some(file) = config_file {
-        planned.push(Planned {
-            source: file.to_path_buf(),
-            path: format!("config/{}", file_name(file)),
-        });
+        outside.push((file.to_path_buf(), file_name(file)));
     }
     let keyring = config.shop_field_keys_path();
     if keyring.is_file() && !keyring.starts_with(data_dir) {
-        planned.push(Planned {
-            path: format!("config/{}", file_name(&keyring)),
-            source: keyring,
-        });
+        outside.push((keyring.clone(), format!("shop-{}", file_name(&keyring))));
+    }
+    let mut tls = vec![
+        ("tls", &config.tls.cert_path),
+        ("tls", &config.tls.key_path),
+    ];
+    for (name, listener) in config.listeners.named() {
+        tls.push((name, &listener.cert_path));
+        tls.push((name, &listener.key_path));
+    }
+    for (owner, file) in tls {
+        if let Some(file) = file
+            && !file.starts_with(data_dir)
+        {
+            outside.push((file.clone(), format!("{owner}-{}", file_name(file))));
+        }
+    }
+    let mut names = HashSet::new();
+    for (source, name) in outside {
+        if !names.insert(name.clone()) {
+            continue;
+        }
+        let copy = staged_config.join(&name);
+        create_parent(&copy)?;
+        std::fs::copy(&source, &copy).map_err(BackupError::io(&source))?;
+        planned.push(Planned::staged(copy, format!("config/{name}"), &source));
+    }
+    if config.shop.field_keys_env.is_some() {
+        notes.push(
+            "the shop's field-encryption keyring comes from an environment variable: not in \
+             this snapshot; keep it with the backup key, or the shop's encrypted fields \
+             cannot be read after a restore"
+                .into(),
+        );
+    }
+    if !config.detect.rules.is_empty() || config.console.dashboards.is_some() {
+        notes.push(
+            "detection rules and dashboard directories are not in the snapshot: keep them in \
+             version control"
+                .into(),
+        );
     }
     Ok(((planned, notes), archive_end_offset))
 }
@@ -700,7 +812,12 @@ fn file_name(path: &Path) -> String {
 
 /// Every regular file under `dir` but the skipped paths and transient files (locks,
 /// SQLite's WAL and shared memory, temporaries, earlier staging directories).
-fn walk(dir: &Path, skip: &HashSet<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
+fn walk(
+    dir: &Path,
+    skip: &HashSet<PathBuf>,
+    out: &mut Vec<PathBuf>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(BackupError::io(dir))? {
         let entry = entry.map_err(BackupError::io(dir))?;
         let path = entry.path();
@@ -715,9 +832,14 @@ fn walk(dir: &Path, skip: &HashSet<PathBuf>, out: &mut Vec<PathBuf>) -> Result<(
         }
         let kind = entry.file_type().map_err(BackupError::io(&path))?;
         if kind.is_dir() {
-            walk(&path, skip, out)?;
+            walk(&path, skip, out, notes)?;
         } else if kind.is_file() {
             out.push(path);
+        } else {
+            notes.push(format!(
+                "{} is not a regular file (a link or device): not in the snapshot",
+                path.display()
+            ));
         }
     }
     Ok(())
@@ -787,9 +909,18 @@ fn snapshot_day(day: &Path, staged: &Path) -> Result<Vec<(PathBuf, String)>> {
                 Err(e) => return Err(BackupError::io(&day.join(name))(e)),
             }
         }
-        // The commit must still be the one read: else a merge may have replaced files.
+        // Every segment read must still be committed (tantivy deletes only segments a
+        // commit no longer names); a plain commit adding segments is no reason to retry.
         let still = std::fs::read(&meta_path).map_err(BackupError::io(&meta_path))?;
-        if vanished || still != meta_bytes {
+        let still_ids: BTreeSet<String> = serde_json::from_slice::<Meta>(&still)
+            .map(|m| {
+                m.segments
+                    .into_iter()
+                    .map(|s| s.segment_id.replace('-', ""))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if vanished || !ids.iter().all(|id| still_ids.contains(id)) {
             if attempt < 20 {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
@@ -893,37 +1024,106 @@ pub fn restore(
     let store = Store::open(from, key, false)?;
     let id = store.pick(snapshot)?;
     let manifest = store.read_manifest(key, &id)?;
-    match std::fs::read_dir(data_dir) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(BackupError::Refused(format!(
-                    "{} is not empty: a restore goes into an empty data directory (move the \
-                     old one aside first)",
-                    data_dir.display()
-                )));
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(data_dir).map_err(BackupError::io(data_dir))?;
-        }
-        Err(e) => return Err(BackupError::io(data_dir)(e)),
-    }
-    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o750))
-        .map_err(BackupError::io(data_dir))?;
     let config_dir = config_dir
         .map(Path::to_path_buf)
         .unwrap_or_else(|| data_dir.join(RESTORED_CONFIG_DIR));
-    let mut bytes = 0;
-    let mut dirs = BTreeSet::new();
+    // Everything that can be checked before writing is: targets, duplicates, objects.
+    let mut targets = Vec::with_capacity(manifest.entries.len());
+    let mut seen = HashSet::new();
     for entry in &manifest.entries {
         let target = restore_target(&entry.path, data_dir, &config_dir)?;
-        create_parent(&target)?;
-        if let Some(parent) = target.parent() {
-            dirs.insert(parent.to_path_buf());
+        if !seen.insert(target.clone()) {
+            return Err(BackupError::Damaged(format!(
+                "the manifest names {} twice",
+                entry.path
+            )));
         }
-        let tmp = target.with_extension("restoring");
         let object = store.object_path(&entry.object);
-        let sealed = File::open(&object).map_err(BackupError::io(&object))?;
+        if !std::fs::metadata(&object).is_ok_and(|m| m.len() == crypt::sealed_len(entry.size)) {
+            return Err(BackupError::Damaged(format!(
+                "{}: its object {} is missing or of the wrong length (run `yagura backup \
+                 verify`)",
+                entry.path, entry.object
+            )));
+        }
+        targets.push((entry, target, object));
+    }
+    for (dir, what) in [
+        (data_dir, "data directory"),
+        (config_dir.as_path(), "configuration directory"),
+    ] {
+        match std::fs::read_dir(dir) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return Err(BackupError::Refused(format!(
+                        "{} is not empty: a restore goes into an empty {what} (move the old \
+                         one aside first)",
+                        dir.display()
+                    )));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(BackupError::io(dir)(e)),
+        }
+    }
+    std::fs::create_dir_all(data_dir).map_err(BackupError::io(data_dir))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o750))
+        .map_err(BackupError::io(data_dir))?;
+    let mut bytes = 0;
+    let written = (|| -> Result<()> {
+        let mut dirs = BTreeSet::new();
+        for (entry, target, object) in &targets {
+            create_parent(target)?;
+            let mut parent = target.parent();
+            while let Some(dir) = parent {
+                dirs.insert(dir.to_path_buf());
+                if dir == data_dir || dir == config_dir {
+                    break;
+                }
+                parent = dir.parent();
+            }
+            bytes += restore_file(key, entry, target, object)?;
+        }
+        for dir in dirs.iter().rev() {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    })();
+    if let Err(error) = written {
+        // Leave the directories as empty as they were found: a half-restored data
+        // directory must not be started, nor block the next attempt.
+        for dir in [data_dir, config_dir.as_path()] {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let _ = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                }
+            }
+        }
+        return Err(error);
+    }
+    Ok(RestoreReport {
+        snapshot: id,
+        created_at: manifest.created_at,
+        files: manifest.entries.len(),
+        bytes,
+        archive_end_offset: manifest.archive_end_offset,
+        config_dir,
+        notes: manifest.notes,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Decrypts one entry next to its target, checks it, gives it its mode, syncs it and
+/// renames it into place; returns its size.
+fn restore_file(key: &BackupKey, entry: &Entry, target: &Path, object: &Path) -> Result<u64> {
+    let tmp = target.with_extension("restoring");
+    let outcome = (|| {
+        let sealed = File::open(object).map_err(BackupError::io(object))?;
         let mut out = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -937,7 +1137,6 @@ pub fn restore(
             opened
         };
         if size != entry.size || sha256 != entry.sha256 {
-            let _ = std::fs::remove_file(&tmp);
             return Err(BackupError::Damaged(format!(
                 "{}: restored {size} bytes that do not match the manifest",
                 entry.path
@@ -946,24 +1145,13 @@ pub fn restore(
         out.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o777))
             .and_then(|()| out.sync_all())
             .map_err(BackupError::io(&tmp))?;
-        std::fs::rename(&tmp, &target).map_err(BackupError::io(&target))?;
-        bytes += size;
+        std::fs::rename(&tmp, target).map_err(BackupError::io(target))?;
+        Ok(size)
+    })();
+    if outcome.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    for dir in dirs {
-        if let Ok(handle) = File::open(&dir) {
-            let _ = handle.sync_all();
-        }
-    }
-    Ok(RestoreReport {
-        snapshot: id,
-        created_at: manifest.created_at,
-        files: manifest.entries.len(),
-        bytes,
-        archive_end_offset: manifest.archive_end_offset,
-        config_dir,
-        notes: manifest.notes,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    outcome
 }
 
 /// Where an entry goes; a path that would leave its directory is damage, not a path.

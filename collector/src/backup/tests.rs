@@ -77,7 +77,7 @@ async fn count_rows(path: &Path) -> i64 {
 fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut all = Vec::new();
-    walk(dir, &HashSet::new(), &mut all).expect("walk");
+    walk(dir, &HashSet::new(), &mut all, &mut Vec::new()).expect("walk");
     for path in all {
         let rel = path.strip_prefix(dir).expect("rel").display().to_string();
         out.insert(rel, std::fs::read(&path).expect("read"));
@@ -287,6 +287,11 @@ async fn damage_wrong_keys_and_occupied_targets_are_refused() {
         damaged.to_string().contains("does not decrypt"),
         "{damaged}"
     );
+    assert_eq!(
+        std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0),
+        0,
+        "a failed restore leaves the directory empty, ready for the next attempt"
+    );
 
     // Only into an empty directory.
     let occupied = restore(&f.store, &f.key, None, &f.config.data_dir, None).expect_err("occupied");
@@ -296,6 +301,15 @@ async fn damage_wrong_keys_and_occupied_targets_are_refused() {
     assert!(
         missing.to_string().contains("no snapshot nope"),
         "{missing}"
+    );
+    // A missing object is found before anything is written.
+    std::fs::remove_file(&object).expect("remove");
+    let missing_object = restore(&f.store, &f.key, None, &dir, None).expect_err("missing");
+    assert!(
+        missing_object
+            .to_string()
+            .contains("missing or of the wrong length"),
+        "{missing_object}"
     );
 }
 

@@ -70,10 +70,34 @@ pub struct ShopRoute {
     pub handler: MethodRouter<ShopState>,
 }
 
+impl Access {
+    /// Routes for staff (administration, the audit trail) rather than customers.
+    pub fn is_staff(self) -> bool {
+        matches!(
+            self,
+            Access::Admin | Access::Role(Role::Analyst) | Access::Role(Role::Admin)
+        )
+    }
+}
+
 /// The shop's router (under `/shop`), with body limits and per-route access checks.
 pub fn router(state: ShopState) -> Router {
+    router_with(state, true)
+}
+
+/// The shop's customer routes only: what a listener in a DMZ serves (see
+/// [`crate::listeners`]); administration and the audit trail stay on the management
+/// listener, so a staff session or an exposed admin route cannot be used from there.
+pub fn customer_router(state: ShopState) -> Router {
+    router_with(state, false)
+}
+
+fn router_with(state: ShopState, staff: bool) -> Router {
     let mut router = Router::new();
     for route in handlers::routes() {
+        if !staff && route.access.is_staff() {
+            continue;
+        }
         let guard = middleware::from_fn_with_state((state.clone(), route.access), guard);
         router = router.route(route.path, route.handler.route_layer(guard));
     }
