@@ -30,6 +30,7 @@ pub mod inventory;
 pub mod loss;
 pub mod metrics;
 pub mod parse;
+pub mod rotate_key;
 mod seal;
 pub mod ship;
 pub mod spool;
@@ -64,6 +65,9 @@ const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before sealing again after a failed seal (disk full, I/O error).
 const SEAL_RETRY: Duration = Duration::from_secs(1);
+/// How often a requested key rotation is looked for, and a doubtful one asked about again.
+const ROTATION_CHECK: Duration = Duration::from_secs(1);
+const ROTATION_RETRY: Duration = Duration::from_secs(5);
 /// How often the producer publishes its checkpoints for `/metrics` (per-file lag).
 const PUBLISH_CHECKPOINTS_EVERY: Duration = Duration::from_secs(1);
 
@@ -161,6 +165,33 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         next_sequence = spool.next_sequence(),
         "agent starting"
     );
+    // A key rotation left in doubt by a crash is settled before anything is sealed.
+    let mut key = key;
+    if rotate_key::pending(&state_dir) {
+        let next_sequence = spool.next_sequence();
+        loop {
+            match rotate_key::settle(&state_dir, &enrollment, &key, next_sequence).await? {
+                rotate_key::Settled::InDoubt(reason) => {
+                    tracing::error!(%reason, "a key rotation is in doubt; asking the collector again before sealing anything");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(ROTATION_RETRY) => {}
+                    }
+                }
+                settled => {
+                    rotate_key::finish_request(&state_dir, &settled);
+                    match settled {
+                        rotate_key::Settled::Rotated(new, _) => key = Arc::new(*new),
+                        rotate_key::Settled::Refused(reason) => {
+                            tracing::warn!(%reason, "a pending key rotation was not done; the old key stays");
+                        }
+                        rotate_key::Settled::InDoubt(_) => {}
+                    }
+                    break;
+                }
+            }
+        }
+    }
     let checkpoints = spool.checkpoints().to_vec();
     let spool = Arc::new(Mutex::new(spool));
 
@@ -316,7 +347,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                 max_wait: Duration::from_millis(ship_config.batch_max_wait_ms),
                 last_rescan: Instant::now(),
                 seal_retry_at: None,
-                sealing: seal::SealPipeline::new(Arc::clone(&spool), key, agent_id, batch_sealed),
+                sealing: seal::SealPipeline::new(
+                    Arc::clone(&spool),
+                    Arc::clone(&key),
+                    agent_id,
+                    batch_sealed,
+                ),
                 spool,
                 inventory: inventory_events,
             }
@@ -331,7 +367,58 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
 
     let mut more_ready = false;
     let mut deadline: Option<tokio::time::Instant> = None;
+    let mut rotation_checked = Instant::now();
+    // Set while the collector may hold a new key the agent could not confirm: nothing may
+    // be sealed with the old one (not even at shutdown) until it is settled.
+    let mut rotation_in_doubt = false;
     let ended: Result<Producer> = loop {
+        if rotation_checked.elapsed() >= ROTATION_CHECK && rotate_key::requested(&state_dir) {
+            rotation_checked = Instant::now();
+            let idle = blocking(move || {
+                let ready = producer.sealing.wait_idle();
+                let next = producer.lock_spool().next_sequence();
+                (producer, ready, next)
+            })
+            .await;
+            let next = match idle {
+                Ok((back, ready, next)) => {
+                    producer = back;
+                    ready.then_some(next)
+                }
+                Err(e) => break Err(e),
+            };
+            if let Some(next) = next {
+                let mut settled = rotate_key::rotate(&state_dir, &enrollment, &key, next).await;
+                while let Ok(rotate_key::Settled::InDoubt(reason)) = &settled {
+                    rotation_in_doubt = true;
+                    tracing::error!(%reason, "a key rotation is in doubt; asking the collector again before sealing anything");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(ROTATION_RETRY) => {}
+                    }
+                    settled = rotate_key::settle(&state_dir, &enrollment, &key, next).await;
+                }
+                match settled {
+                    Ok(rotate_key::Settled::InDoubt(_)) => break Ok(producer),
+                    Ok(settled) => {
+                        rotation_in_doubt = false;
+                        rotate_key::finish_request(&state_dir, &settled);
+                        if let rotate_key::Settled::Rotated(new, _) = settled {
+                            key = Arc::new(*new);
+                            producer.sealing.set_key(Arc::clone(&key));
+                        }
+                    }
+                    Err(e) => {
+                        rotate_key::finish_request(
+                            &state_dir,
+                            &rotate_key::Settled::Refused(e.to_string()),
+                        );
+                    }
+                }
+            }
+        } else if rotation_checked.elapsed() >= ROTATION_CHECK {
+            rotation_checked = Instant::now();
+        }
         if more_ready {
             if shutdown.is_cancelled() {
                 break Ok(producer);
@@ -376,7 +463,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             return Err(e);
         }
     };
-    // Shutdown: seal what is pending, then let the shipper drain for a while.
+    // Shutdown: seal what is pending, then let the shipper drain for a while (unless a
+    // key rotation is in doubt: the lines are read again after it is settled).
+    if rotation_in_doubt {
+        tracing::warn!("not sealing the pending lines: a key rotation is in doubt");
+        drain.cancel();
+        stop.cancel();
+        log_join(shipper_task.await);
+        return Ok(());
+    }
     match blocking(move || producer.seal_pending()).await {
         Ok(true) => {}
         Ok(false) | Err(_) => {

@@ -70,6 +70,17 @@ enum Command {
         /// The agent configuration file.
         file: PathBuf,
     },
+    /// Move this agent to a new signing key. The running agent does it between two
+    /// batches (the collector keeps the old key for the batches before); when none is
+    /// running, the next start does it. Waits for the outcome.
+    RotateKey {
+        /// The agent configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// How long to wait for the running agent.
+        #[arg(long, default_value_t = 60)]
+        timeout_seconds: u64,
+    },
     /// Show the running agent's health: uptime, memory, spool, lag, counters, errors
     /// (from the status file it refreshes every heartbeat interval).
     Status {
@@ -161,6 +172,41 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             Command::CheckConfig { file } => {
                 yagura_shared::config_check::check_file(&file, AgentConfig::problems)
                     .map_err(anyhow::Error::msg)
+            }
+            Command::RotateKey {
+                config,
+                timeout_seconds,
+            } => {
+                let config = AgentConfig::load(&config)?;
+                let state_dir = &config.state_dir;
+                yagura_agent::enroll::Enrollment::load(state_dir)?;
+                yagura_agent::rotate_key::request(state_dir)?;
+                let deadline =
+                    std::time::Instant::now() + std::time::Duration::from_secs(timeout_seconds);
+                loop {
+                    if let Some(result) = yagura_agent::rotate_key::result(state_dir) {
+                        if result.ok {
+                            println!(
+                                "rotated: public key {} signs from batch {} on",
+                                result.public_key.unwrap_or_default(),
+                                result.from_sequence.unwrap_or_default()
+                            );
+                            return Ok(());
+                        }
+                        anyhow::bail!(
+                            "the key was not rotated: {}",
+                            result.error.unwrap_or_default()
+                        );
+                    }
+                    if std::time::Instant::now() > deadline {
+                        anyhow::bail!(
+                            "no running agent took the request within {timeout_seconds} s; it \
+                             stays in {} and the agent rotates its key at its next start",
+                            state_dir.display()
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
             }
             Command::Status { config, json } => {
                 let config = AgentConfig::load(&config)?;

@@ -113,6 +113,13 @@ impl SealPipeline {
         self.failed.is_none()
     }
 
+    /// Seals with `key` from the next batch on. Only when idle (see [`Self::wait_idle`]):
+    /// a batch in flight was numbered for the old key.
+    pub fn set_key(&mut self, key: Arc<AgentKey>) {
+        debug_assert!(self.in_flight.is_none() && self.failed.is_none());
+        self.sealing.key = key;
+    }
+
     /// Takes in a finished seal without waiting for an unfinished one.
     pub fn poll(&mut self) {
         if self.in_flight.as_ref().is_some_and(JoinHandle::is_finished)

@@ -17,6 +17,7 @@ pub mod bundle;
 pub mod config_check;
 pub mod event;
 pub mod flat;
+pub mod key_rotation;
 pub mod metrics;
 pub mod policy_delivery;
 

@@ -157,6 +157,7 @@ pub fn routes(state: AppState, shop: Option<(Router, Router)>) -> Routes {
         .merge(
             Router::new()
                 .route("/api/v1/enroll", post(enroll))
+                .route("/api/v1/agents/{id}/key", post(rotate_agent_key))
                 .layer(DefaultBodyLimit::max(MAX_JSON_BODY)),
         )
         .with_state(state.clone());
@@ -941,6 +942,55 @@ async fn revoke_agent(
     };
     tracing::info!(agent = %id, status, "agent revoked");
     Ok(Json(serde_json::json!({ "id": id.to_string(), "status": status })).into_response())
+}
+
+/// `POST /api/v1/agents/{id}/key`: an agent moves to a new signing key (on the ingest
+/// segment: agents call it). Authorised by the request itself — signed by the agent's
+/// current key and by the new one ([`yagura_shared::key_rotation`]); retrying a done
+/// rotation answers 200 again.
+async fn rotate_agent_key(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    body: Result<Json<yagura_shared::key_rotation::KeyRotation>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    use crate::fleet::KeyRotationError;
+    let id = agent_id(&id)?;
+    let Json(request) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let last_archived = crate::archive::Archive::last_sequence(state.ingest.archive(), id);
+    let outcome = state
+        .agents
+        .rotate_key(id, &request, last_archived)
+        .await
+        .map_err(|e| match e {
+            KeyRotationError::NotRotatable(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, e.to_string())
+            }
+            KeyRotationError::BadSignature(_) => ApiError::unauthorized(e.to_string()),
+            KeyRotationError::TooEarly { .. } | KeyRotationError::KeyChanged => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
+            KeyRotationError::Store(e) => ApiError::internal(e),
+        })?;
+    let status = match outcome {
+        crate::store::KeyRotationOutcome::Rotated => {
+            state.ingest.collector_events().agent_key_rotated(
+                id,
+                &request.public_key,
+                request.from_sequence,
+                Some(peer.ip()),
+            );
+            "rotated"
+        }
+        _ => "already_rotated",
+    };
+    Ok(Json(serde_json::json!({
+        "agent_id": id.to_string(),
+        "public_key": request.public_key,
+        "from_sequence": request.from_sequence,
+        "status": status,
+    }))
+    .into_response())
 }
 
 /// `GET /api/v1/events/{id}/provenance`: the signed batch of an event, re-verified now.

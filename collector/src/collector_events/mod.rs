@@ -34,6 +34,8 @@ use crate::archive::{Appended, Archive};
 pub const SECURITY_DATASET: &str = "yagura.collector.security";
 /// Dataset of sequence gaps (batches an agent sealed that never arrived).
 pub const GAP_DATASET: &str = "yagura.collector.gap";
+/// Dataset of agent key rotations.
+pub const KEY_ROTATION_DATASET: &str = "yagura.collector.key_rotation";
 /// Dataset of the detector's own events (rule sets refused).
 pub const DETECT_DATASET: &str = "yagura.collector.detect";
 /// Dataset of index days deleted by retention.
@@ -234,6 +236,31 @@ impl CollectorEvents {
         event.set_str(
             "message",
             format!("agent {agent}: batches {first_missing} to {last_missing} never arrived"),
+        );
+        self.push(event);
+    }
+
+    /// Records that `agent` moved to a new signing key from batch `from_sequence` on (the
+    /// old key still verifies the batches before it).
+    pub fn agent_key_rotated(
+        &self,
+        agent: Uuid,
+        public_key: &str,
+        from_sequence: u64,
+        peer: Option<IpAddr>,
+    ) {
+        tracing::info!(%agent, from_sequence, "agent signing key rotated");
+        let mut event = self.base_event(KEY_ROTATION_DATASET, "agent_key_rotated", "event");
+        event.set("event.category", json!(["iam"]));
+        event.set_str("yagura.subject_agent_id", agent.to_string());
+        event.set_str("yagura.key_rotation.public_key", public_key);
+        event.set("yagura.key_rotation.from_sequence", json!(from_sequence));
+        if let Some(peer) = peer {
+            event.set_str("source.ip", peer.to_string());
+        }
+        event.set_str(
+            "message",
+            format!("agent {agent} signs with a new key from batch {from_sequence} on"),
         );
         self.push(event);
     }

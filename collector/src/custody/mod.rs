@@ -123,9 +123,11 @@ pub fn verify_record(
             .push(format!("agent {} is not on record", header.agent_id));
         return check;
     };
-    check.agent_public_key = Some(agent.public_key.clone());
+    // The key that signed this sequence: the current one, or one retired since.
+    let public_key = agent.public_key_for(header.sequence);
+    check.agent_public_key = Some(public_key.to_string());
     check.agent_hostname = Some(agent.hostname.clone());
-    let key = match verifying_key_from_base64(&agent.public_key) {
+    let key = match verifying_key_from_base64(public_key) {
         Ok(k) => k,
         Err(e) => {
             check.problems.push(format!("agent key on record: {e}"));

@@ -28,16 +28,50 @@ use yagura_shared::verifying_key_from_base64;
 use yagura_shared::{Event, VerifyingKey};
 
 use crate::collector_events::CollectorEvents;
-use crate::store::{AgentRecord, AgentState, RevokeOutcome, Store, StoreError, TokenRefusal};
+use crate::store::{
+    AgentRecord, AgentState, KeyRotationOutcome, RevokeOutcome, Store, StoreError, TokenRefusal,
+};
+use yagura_shared::key_rotation::KeyRotation;
 
 /// Dataset of the agents' own heartbeat events.
 pub const HEARTBEAT_DATASET: &str = "yagura.agent.heartbeat";
 
-/// An agent as ingest needs it: its record and its parsed key.
+/// An agent as ingest needs it: its record and its parsed keys.
 #[derive(Debug, Clone)]
 pub struct KnownAgent {
     pub record: AgentRecord,
+    /// The current key.
     pub key: VerifyingKey,
+    /// Keys it rotated away from: (first sequence it no longer signs, key), ascending.
+    pub retired: Vec<(u64, VerifyingKey)>,
+}
+
+impl KnownAgent {
+    /// The key that signs batch `sequence` (see [`AgentRecord::public_key_for`]).
+    pub fn key_for(&self, sequence: u64) -> &VerifyingKey {
+        self.retired
+            .iter()
+            .find(|(until, _)| sequence < *until)
+            .map_or(&self.key, |(_, key)| key)
+    }
+}
+
+/// Why a key rotation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyRotationError {
+    #[error("no active agent {0}")]
+    NotRotatable(Uuid),
+    #[error("the rotation is not signed by the agent's current key and the new one: {0}")]
+    BadSignature(String),
+    #[error(
+        "from_sequence {from} is not after the agent's last archived batch ({last}): batches \
+         after it are already signed with the old key"
+    )]
+    TooEarly { from: u64, last: u64 },
+    #[error("the key on record is not the one this rotation moves from")]
+    KeyChanged,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +108,20 @@ impl AgentRegistry {
         };
         let key = verifying_key_from_base64(&record.public_key)
             .map_err(|e| StoreError::Invalid(format!("agent {id} key: {e}")))?;
-        let known = Arc::new(KnownAgent { record, key });
+        let retired = record
+            .retired_keys
+            .iter()
+            .map(|k| {
+                verifying_key_from_base64(&k.public_key)
+                    .map(|key| (k.until_sequence, key))
+                    .map_err(|e| StoreError::Invalid(format!("agent {id} retired key: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let known = Arc::new(KnownAgent {
+            record,
+            key,
+            retired,
+        });
         if let Ok(mut cache) = self.cache.write() {
             cache.insert(id, Arc::clone(&known));
         }
@@ -94,6 +141,70 @@ impl AgentRegistry {
             .enroll_agent(token, public_key, hostname, version)
             .await?
             .map_err(EnrollError::Refused)
+    }
+
+    /// Moves an agent to the key a signed [`KeyRotation`] names, from its first sequence
+    /// on; `last_archived` is the agent's last archived sequence (the new key must not
+    /// claim batches already signed with the old one). Drops the cached entry so the very
+    /// next batch is verified with the new keys.
+    pub async fn rotate_key(
+        &self,
+        id: Uuid,
+        request: &KeyRotation,
+        last_archived: Option<u64>,
+    ) -> Result<KeyRotationOutcome, KeyRotationError> {
+        let Some(agent) = self.store.agent(id).await? else {
+            return Err(KeyRotationError::NotRotatable(id));
+        };
+        if !agent.is_active() || agent.is_internal() {
+            return Err(KeyRotationError::NotRotatable(id));
+        }
+        let current = verifying_key_from_base64(&agent.public_key)
+            .map_err(|e| StoreError::Invalid(format!("agent {id} key: {e}")))?;
+        // A retried request whose rotation was done: the key on record is already the new
+        // one, and the old one is retired at the same sequence.
+        let redo = agent.public_key == request.public_key
+            && agent
+                .retired_keys
+                .iter()
+                .any(|k| k.until_sequence == request.from_sequence);
+        let moved_from = if redo {
+            agent
+                .retired_keys
+                .iter()
+                .find(|k| k.until_sequence == request.from_sequence)
+                .map(|k| k.public_key.clone())
+                .unwrap_or_default()
+        } else {
+            agent.public_key.clone()
+        };
+        let signer = verifying_key_from_base64(&moved_from)
+            .map_err(|e| StoreError::Invalid(format!("agent {id} key: {e}")))?;
+        request
+            .verify(id, if redo { &signer } else { &current })
+            .map_err(|e| KeyRotationError::BadSignature(e.to_string()))?;
+        if !redo
+            && let Some(last) = last_archived
+            && request.from_sequence <= last
+        {
+            return Err(KeyRotationError::TooEarly {
+                from: request.from_sequence,
+                last,
+            });
+        }
+        let outcome = self
+            .store
+            .rotate_agent_key(id, &moved_from, &request.public_key, request.from_sequence)
+            .await?;
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(&id);
+        }
+        match outcome {
+            KeyRotationOutcome::KeyChanged | KeyRotationOutcome::NotRotatable => {
+                Err(KeyRotationError::KeyChanged)
+            }
+            done => Ok(done),
+        }
     }
 
     /// Revokes an agent in the database and drops it from the key cache.

@@ -402,7 +402,7 @@ impl<A: Archive> BatchIngest<A> {
                 Rejection::RevokedAgent(header.agent_id),
             ));
         }
-        batch.verify(&agent.key).map_err(|e| {
+        batch.verify(agent.key_for(header.sequence)).map_err(|e| {
             let action = match e {
                 BatchError::PayloadHashMismatch => "payload_hash_mismatch",
                 _ => "bad_signature",

@@ -5,7 +5,7 @@
 //! Secrets are never stored: tokens are kept as their SHA-256 (they are 256-bit random
 //! values, so a fast hash is enough; passwords, later, get Argon2id).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -73,9 +73,42 @@ pub struct AgentRecord {
     pub kind: String,
     pub labels: Labels,
     pub revoked_at: Option<String>,
+    /// Keys it signed with before its current one, oldest first.
+    pub retired_keys: Vec<RetiredKey>,
+}
+
+/// A key an agent rotated away from, and the batches it signed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RetiredKey {
+    pub public_key: String,
+    /// It signed the sequence numbers below this one (down to the key before it).
+    pub until_sequence: u64,
+    pub retired_at: String,
+}
+
+/// What an agent key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRotationOutcome {
+    Rotated,
+    /// The same rotation was recorded before (a retried request).
+    AlreadyDone,
+    /// The key on record is no longer the one the request moves from.
+    KeyChanged,
+    /// Not an active agent (unknown, revoked, or one of the collector's own identities).
+    NotRotatable,
 }
 
 impl AgentRecord {
+    /// The public key (base64) that signs batch `sequence`: the retired key whose range
+    /// holds it, else the current one.
+    pub fn public_key_for(&self, sequence: u64) -> &str {
+        self.retired_keys
+            .iter()
+            .filter(|k| sequence < k.until_sequence)
+            .min_by_key(|k| k.until_sequence)
+            .map_or(self.public_key.as_str(), |k| k.public_key.as_str())
+    }
+
     pub fn is_active(&self) -> bool {
         self.status == "active"
     }
@@ -276,6 +309,7 @@ impl Store {
             kind: "agent".into(),
             labels,
             revoked_at: None,
+            retired_keys: Vec::new(),
         };
         insert_agent(&mut tx, &agent).await?;
         tx.commit().await?;
@@ -327,6 +361,7 @@ impl Store {
             kind: kind.into(),
             labels: Labels::new(),
             revoked_at: None,
+            retired_keys: Vec::new(),
         };
         insert_agent(&mut tx, &record).await?;
         tx.commit().await?;
@@ -357,14 +392,119 @@ impl Store {
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| agent_from_row(&r)).transpose()
+        let Some(mut agent) = row.map(|r| agent_from_row(&r)).transpose()? else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT agent_id, public_key, until_sequence, retired_at FROM agent_retired_keys \
+             WHERE agent_id = $1 ORDER BY until_sequence",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &rows {
+            agent.retired_keys.push(retired_key_from_row(row)?.1);
+        }
+        Ok(Some(agent))
     }
 
     pub async fn agents(&self) -> Result<Vec<AgentRecord>> {
         let rows = sqlx::query(select_agents!("ORDER BY enrolled_at"))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(agent_from_row).collect()
+        let mut agents = rows
+            .iter()
+            .map(agent_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let retired = sqlx::query(
+            "SELECT agent_id, public_key, until_sequence, retired_at FROM agent_retired_keys \
+             ORDER BY agent_id, until_sequence",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_agent: HashMap<Uuid, Vec<RetiredKey>> = HashMap::new();
+        for row in &retired {
+            let (id, key) = retired_key_from_row(row)?;
+            by_agent.entry(id).or_default().push(key);
+        }
+        for agent in &mut agents {
+            if let Some(keys) = by_agent.remove(&agent.id) {
+                agent.retired_keys = keys;
+            }
+        }
+        Ok(agents)
+    }
+
+    /// Moves an active agent from the key `from` to `to`, which signs from sequence
+    /// `from_sequence` on; `from` is kept for the sequences before it. One transaction.
+    pub async fn rotate_agent_key(
+        &self,
+        id: Uuid,
+        from: &str,
+        to: &str,
+        from_sequence: u64,
+    ) -> Result<KeyRotationOutcome> {
+        let until = i64::try_from(from_sequence)
+            .map_err(|_| StoreError::Invalid(format!("sequence {from_sequence}")))?;
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(select_agents!("WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(agent) = row.map(|r| agent_from_row(&r)).transpose()? else {
+            return Ok(KeyRotationOutcome::NotRotatable);
+        };
+        if !agent.is_active() || agent.is_internal() {
+            return Ok(KeyRotationOutcome::NotRotatable);
+        }
+        if agent.public_key != from {
+            let done: Option<(String,)> = sqlx::query_as(
+                "SELECT public_key FROM agent_retired_keys WHERE agent_id = $1 \
+                 AND until_sequence = $2",
+            )
+            .bind(id.to_string())
+            .bind(until)
+            .fetch_optional(&mut *tx)
+            .await?;
+            return Ok(match done {
+                Some((retired,)) if retired == from && agent.public_key == to => {
+                    KeyRotationOutcome::AlreadyDone
+                }
+                _ => KeyRotationOutcome::KeyChanged,
+            });
+        }
+        let (latest,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MAX(until_sequence) FROM agent_retired_keys WHERE agent_id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        match latest {
+            // The ranges must follow one another.
+            Some(latest) if until < latest => return Ok(KeyRotationOutcome::KeyChanged),
+            // The current key signed nothing (rotated again before any batch): the
+            // earlier key keeps its range, the unused one is not kept.
+            Some(latest) if until == latest => {}
+            _ => {
+                sqlx::query(
+                    "INSERT INTO agent_retired_keys (agent_id, public_key, until_sequence, \
+                     retired_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(id.to_string())
+                .bind(from)
+                .bind(until)
+                .bind(Utc::now().to_rfc3339())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        sqlx::query("UPDATE agents SET public_key = $1 WHERE id = $2")
+            .bind(to)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(KeyRotationOutcome::Rotated)
     }
 
     /// Writes the fleet state of these agents (insert or replace), in one transaction.
@@ -632,7 +772,22 @@ fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord> {
         version: row.try_get("version")?,
         status: row.try_get("status")?,
         enrolled_at: row.try_get("enrolled_at")?,
+        retired_keys: Vec::new(),
     })
+}
+
+fn retired_key_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<(Uuid, RetiredKey)> {
+    let id: String = row.try_get("agent_id")?;
+    let until: i64 = row.try_get("until_sequence")?;
+    Ok((
+        Uuid::parse_str(&id).map_err(|e| StoreError::Invalid(format!("agent id: {e}")))?,
+        RetiredKey {
+            public_key: row.try_get("public_key")?,
+            until_sequence: u64::try_from(until)
+                .map_err(|_| StoreError::Invalid(format!("retired key until {until}")))?,
+            retired_at: row.try_get("retired_at")?,
+        },
+    ))
 }
 
 #[cfg(test)]

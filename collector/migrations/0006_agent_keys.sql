@@ -1,0 +1,12 @@
+-- Keys an agent signed with before it rotated to its current one (agents.public_key).
+-- Each covers the sequence numbers below until_sequence (and from the previous retired
+-- key's until_sequence on), so batches archived before a rotation keep verifying — at
+-- ingest while the agent's spool drains, and in custody checks for as long as they are
+-- kept.
+CREATE TABLE agent_retired_keys (
+    agent_id TEXT NOT NULL REFERENCES agents (id),
+    public_key TEXT NOT NULL,
+    until_sequence INTEGER NOT NULL,
+    retired_at TEXT NOT NULL,
+    PRIMARY KEY (agent_id, until_sequence)
+);
