@@ -388,7 +388,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                 Err(e) => break Err(e),
             };
             if let Some(next) = next {
-                let mut settled = rotate_key::rotate(&state_dir, &enrollment, &key, next).await;
+                // An error with a pending key left (reading it back, say) is a doubt too.
+                let in_doubt =
+                    |result: Result<rotate_key::Settled>, state_dir: &std::path::Path| match result
+                    {
+                        Err(e) if rotate_key::pending(state_dir) => {
+                            Ok(rotate_key::Settled::InDoubt(e.to_string()))
+                        }
+                        other => other,
+                    };
+                let mut settled = in_doubt(
+                    rotate_key::rotate(&state_dir, &enrollment, &key, next).await,
+                    &state_dir,
+                );
                 while let Ok(rotate_key::Settled::InDoubt(reason)) = &settled {
                     rotation_in_doubt = true;
                     tracing::error!(%reason, "a key rotation is in doubt; asking the collector again before sealing anything");
@@ -396,7 +408,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(ROTATION_RETRY) => {}
                     }
-                    settled = rotate_key::settle(&state_dir, &enrollment, &key, next).await;
+                    settled = in_doubt(
+                        rotate_key::settle(&state_dir, &enrollment, &key, next).await,
+                        &state_dir,
+                    );
                 }
                 match settled {
                     Ok(rotate_key::Settled::InDoubt(_)) => break Ok(producer),

@@ -123,7 +123,7 @@ pub async fn rotate(
     let json = serde_json::to_vec(&pending).map_err(|e| Error::Task(e.to_string()))?;
     durable::write_atomic(&state_dir.join(PENDING_FILE), &json, 0o600)
         .map_err(|e| Error::io("writing the pending key", e))?;
-    settle(state_dir, enrollment, old, from_sequence).await
+    settle_attempt(state_dir, enrollment, old, from_sequence, true).await
 }
 
 /// Asks the collector about the pending rotation (again) and settles it: installs the new
@@ -134,6 +134,18 @@ pub async fn settle(
     enrollment: &Enrollment,
     old: &AgentKey,
     next_sequence: u64,
+) -> Result<Settled, Error> {
+    settle_attempt(state_dir, enrollment, old, next_sequence, false).await
+}
+
+/// [`settle`]; `first` when no request for this pending key can have left before (a
+/// connection that failed then proves the collector never saw it).
+async fn settle_attempt(
+    state_dir: &Path,
+    enrollment: &Enrollment,
+    old: &AgentKey,
+    next_sequence: u64,
+    first: bool,
 ) -> Result<Settled, Error> {
     let path = state_dir.join(PENDING_FILE);
     let bytes = match std::fs::read(&path) {
@@ -157,6 +169,12 @@ pub async fn settle(
             path.display()
         ));
     };
+    // Installed before a crash took the pending file's removal with it: done.
+    if new.public_key_base64() == old.public_key_base64() {
+        let _ = std::fs::remove_file(&path);
+        let _ = durable::fsync_dir(state_dir);
+        return Ok(Settled::Rotated(Box::new(new), pending.from_sequence));
+    }
     if pending.from_sequence != next_sequence {
         return drop_pending(format!(
             "a pending rotation from sequence {} while the next batch is {next_sequence}; \
@@ -165,9 +183,13 @@ pub async fn settle(
         ));
     }
     let request = KeyRotation::sign(old, &new, enrollment.agent_id, pending.from_sequence);
-    match post(enrollment, &request).await {
+    match post(enrollment, &request, first).await {
         Answer::Yes => {
-            install(state_dir, &new)?;
+            // The collector holds the new key now: failing to install it locally is no
+            // reason to seal with the old one. Asked again, it answers yes again.
+            if let Err(error) = install(state_dir, &new) {
+                return Ok(Settled::InDoubt(error.to_string()));
+            }
             let _ = std::fs::remove_file(&path);
             let _ = durable::fsync_dir(state_dir);
             tracing::info!(
@@ -198,7 +220,9 @@ enum Answer {
     Unknown(String),
 }
 
-async fn post(enrollment: &Enrollment, request: &KeyRotation) -> Answer {
+/// What the collector said. `first`: no earlier request for this rotation can have
+/// reached it, so a refused connection means "not done"; later, only an answer counts.
+async fn post(enrollment: &Enrollment, request: &KeyRotation, first: bool) -> Answer {
     let url = format!(
         "{}/api/v1/agents/{}/key",
         enrollment.collector_url, enrollment.agent_id
@@ -207,10 +231,15 @@ async fn post(enrollment: &Enrollment, request: &KeyRotation) -> Answer {
         match crate::tls::pinned_client(enrollment.fingerprint.as_deref(), Duration::from_secs(30))
         {
             Ok((client, _)) => client,
-            Err(e) => return Answer::No(e.to_string()),
+            Err(e) if first => return Answer::No(e.to_string()),
+            Err(e) => return Answer::Unknown(e.to_string()),
         };
     match client.post(&url).json(request).send().await {
         Ok(response) if response.status().is_success() => Answer::Yes,
+        // A proxy's timeout or rate limit says nothing about the rotation.
+        Ok(response) if matches!(response.status().as_u16(), 408 | 429) => {
+            Answer::Unknown(format!("the collector answered {}", response.status()))
+        }
         Ok(response) if response.status().is_client_error() => {
             let status = response.status().as_u16();
             let text = response.text().await.unwrap_or_default();
@@ -223,7 +252,7 @@ async fn post(enrollment: &Enrollment, request: &KeyRotation) -> Answer {
             response.status()
         )),
         // Not connected: the request never left, so nothing can have been done.
-        Err(e) if e.is_connect() => Answer::No(format!(
+        Err(e) if first && e.is_connect() => Answer::No(format!(
             "the collector is unreachable, the rotation was not done: {}",
             crate::ship::ErrorChain(&e)
         )),

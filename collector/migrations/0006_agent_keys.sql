@@ -10,3 +10,15 @@ CREATE TABLE agent_retired_keys (
     retired_at TEXT NOT NULL,
     PRIMARY KEY (agent_id, until_sequence)
 );
+
+-- Every rotation done, as asked: a retried request is recognised by its new key and
+-- sequence (and checked against the key it moved from), even when two rotations share a
+-- sequence number and only the first key kept a range above.
+CREATE TABLE agent_key_rotations (
+    agent_id TEXT NOT NULL REFERENCES agents (id),
+    from_key TEXT NOT NULL,
+    to_key TEXT NOT NULL,
+    from_sequence INTEGER NOT NULL,
+    rotated_at TEXT NOT NULL,
+    PRIMARY KEY (agent_id, to_key)
+);

@@ -320,6 +320,7 @@ pub async fn run_with(
             indexer: indexer_stats,
             detector: detector_stats,
             http: app_http,
+            tls_dir: config.tls.cert_path.is_none().then(|| config.tls_dir()),
         },
         shop_router,
     );

@@ -20,6 +20,7 @@ pub mod flat;
 pub mod key_rotation;
 pub mod metrics;
 pub mod policy_delivery;
+pub mod tls_handover;
 
 pub use batch::{
     AgentKey, BatchError, BatchHeader, EventLines, SignedBatch, parse_header, peek_event_count,

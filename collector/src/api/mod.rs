@@ -71,6 +71,9 @@ pub struct AppState {
     pub detector: Option<Arc<crate::detect::DetectorStats>>,
     /// Requests by route and status, counted by [`metrics::track_http`] on every route.
     pub http: Arc<metrics::HttpMetrics>,
+    /// Where a certificate hand-over is published (the generated certificate's
+    /// directory); `None` with an operator-supplied certificate.
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// Who is calling: the name of the API token presented (recorded in alert histories).
@@ -158,6 +161,7 @@ pub fn routes(state: AppState, shop: Option<(Router, Router)>) -> Routes {
             Router::new()
                 .route("/api/v1/enroll", post(enroll))
                 .route("/api/v1/agents/{id}/key", post(rotate_agent_key))
+                .route("/api/v1/tls/handover", get(tls_handover))
                 .layer(DefaultBodyLimit::max(MAX_JSON_BODY)),
         )
         .with_state(state.clone());
@@ -957,11 +961,28 @@ async fn rotate_agent_key(
     use crate::fleet::KeyRotationError;
     let id = agent_id(&id)?;
     let Json(request) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    if i64::try_from(request.from_sequence).is_err() {
+        return Err(ApiError::bad_request("from_sequence is out of range"));
+    }
     let last_archived = crate::archive::Archive::last_sequence(state.ingest.archive(), id);
     let outcome = state
         .agents
         .rotate_key(id, &request, last_archived)
         .await
+        .map_err(|e| {
+            if !matches!(e, KeyRotationError::Store(_)) {
+                state
+                    .ingest
+                    .collector_events()
+                    .security(crate::collector_events::SecurityReport {
+                        action: "key_rotation_refused",
+                        peer: Some(peer.ip()),
+                        claimed_agent: Some(id),
+                        reason: e.to_string(),
+                    });
+            }
+            e
+        })
         .map_err(|e| match e {
             KeyRotationError::NotRotatable(_) => {
                 ApiError::new(StatusCode::FORBIDDEN, e.to_string())
@@ -991,6 +1012,21 @@ async fn rotate_agent_key(
         "status": status,
     }))
     .into_response())
+}
+
+/// `GET /api/v1/tls/handover`: the published certificate hand-over (404 when none).
+/// Open to anyone, like the certificate itself: agents check its signature against the
+/// certificate they pin.
+async fn tls_handover(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let dir = state
+        .tls_dir
+        .ok_or_else(|| ApiError::not_found("this collector's certificate is managed outside it"))?;
+    let handover = tokio::task::spawn_blocking(move || crate::tls::handover::published(&dir))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found("no certificate hand-over is published"))?;
+    Ok(Json(handover).into_response())
 }
 
 /// `GET /api/v1/events/{id}/provenance`: the signed batch of an event, re-verified now.

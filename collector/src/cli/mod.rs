@@ -112,6 +112,11 @@ enum Command {
         #[command(subcommand)]
         command: shop::ShopCommand,
     },
+    /// The collector's certificate: rotate it through a signed hand-over to the agents.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// Encrypted backups: make a key, take, list, verify and restore snapshots.
     Backup {
         #[command(subcommand)]
@@ -127,6 +132,22 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Make the next certificate and publish its hand-over, signed with the current key
+    /// (agents fetch it and trust both). Activate once the fleet has it.
+    Rotate {
+        #[command(flatten)]
+        location: DataLocation,
+    },
+    /// Make the staged certificate the current one; the collector serves it from its next
+    /// start (restart it).
+    Activate {
+        #[command(flatten)]
+        location: DataLocation,
     },
 }
 
@@ -311,6 +332,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rules { command } => rules::run(command).await,
         Command::Shop { command } => shop::run(command).await,
         Command::Backup { command } => backup::run(command).await,
+        Command::Tls { command } => {
+            let location = match &command {
+                TlsCommand::Rotate { location } | TlsCommand::Activate { location } => location,
+            };
+            let config = location.config()?;
+            anyhow::ensure!(
+                config.tls.cert_path.is_none(),
+                "tls.cert_path is set: the certificate is managed outside the collector (replace \
+                 the files, and give agents the new fingerprint)"
+            );
+            let dir = config.tls_dir();
+            match command {
+                TlsCommand::Rotate { .. } => {
+                    let handover = yagura_collector::tls::handover::stage(
+                        &dir,
+                        &config.tls.subject_alt_names,
+                    )?;
+                    println!(
+                        "hand-over published: sha256 {} → sha256 {}",
+                        handover.from_fingerprint, handover.to_fingerprint
+                    );
+                    println!(
+                        "agents take it within their [ship] handover_check_seconds; then run \
+                         `yagura tls activate` and restart the collector"
+                    );
+                }
+                TlsCommand::Activate { .. } => {
+                    let (from, to) = yagura_collector::tls::handover::activate(&dir)?;
+                    println!(
+                        "certificate sha256 {to} is now current (was {from}); restart the \
+                         collector to serve it"
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Agents {
             command:
                 AgentsCommand::Token {

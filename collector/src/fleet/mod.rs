@@ -88,6 +88,9 @@ pub enum EnrollError {
 pub struct AgentRegistry {
     store: Store,
     cache: Arc<RwLock<HashMap<Uuid, Arc<KnownAgent>>>>,
+    /// Bumped at every change of an agent's keys or status: a lookup that read the
+    /// database before a change must not cache what it read.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AgentRegistry {
@@ -95,6 +98,7 @@ impl AgentRegistry {
         AgentRegistry {
             store,
             cache: Arc::default(),
+            generation: Arc::default(),
         }
     }
 
@@ -103,6 +107,7 @@ impl AgentRegistry {
         if let Some(found) = self.cache.read().ok().and_then(|c| c.get(&id).cloned()) {
             return Ok(Some(found));
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let Some(record) = self.store.agent(id).await? else {
             return Ok(None);
         };
@@ -122,7 +127,9 @@ impl AgentRegistry {
             key,
             retired,
         });
-        if let Ok(mut cache) = self.cache.write() {
+        if let Ok(mut cache) = self.cache.write()
+            && self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation
+        {
             cache.insert(id, Arc::clone(&known));
         }
         Ok(Some(known))
@@ -159,32 +166,28 @@ impl AgentRegistry {
         if !agent.is_active() || agent.is_internal() {
             return Err(KeyRotationError::NotRotatable(id));
         }
+        // A retried request whose rotation was done is answered as done, once it checks
+        // out against the key that rotation moved from.
+        if let Some((from_key, from_sequence)) =
+            self.store.key_rotation_to(id, &request.public_key).await?
+        {
+            let signer = verifying_key_from_base64(&from_key)
+                .map_err(|e| StoreError::Invalid(format!("agent {id} key: {e}")))?;
+            request
+                .verify(id, &signer)
+                .map_err(|e| KeyRotationError::BadSignature(e.to_string()))?;
+            return if from_sequence == request.from_sequence {
+                Ok(KeyRotationOutcome::AlreadyDone)
+            } else {
+                Err(KeyRotationError::KeyChanged)
+            };
+        }
         let current = verifying_key_from_base64(&agent.public_key)
             .map_err(|e| StoreError::Invalid(format!("agent {id} key: {e}")))?;
-        // A retried request whose rotation was done: the key on record is already the new
-        // one, and the old one is retired at the same sequence.
-        let redo = agent.public_key == request.public_key
-            && agent
-                .retired_keys
-                .iter()
-                .any(|k| k.until_sequence == request.from_sequence);
-        let moved_from = if redo {
-            agent
-                .retired_keys
-                .iter()
-                .find(|k| k.until_sequence == request.from_sequence)
-                .map(|k| k.public_key.clone())
-                .unwrap_or_default()
-        } else {
-            agent.public_key.clone()
-        };
-        let signer = verifying_key_from_base64(&moved_from)
-            .map_err(|e| StoreError::Invalid(format!("agent {id} key: {e}")))?;
         request
-            .verify(id, if redo { &signer } else { &current })
+            .verify(id, &current)
             .map_err(|e| KeyRotationError::BadSignature(e.to_string()))?;
-        if !redo
-            && let Some(last) = last_archived
+        if let Some(last) = last_archived
             && request.from_sequence <= last
         {
             return Err(KeyRotationError::TooEarly {
@@ -194,11 +197,14 @@ impl AgentRegistry {
         }
         let outcome = self
             .store
-            .rotate_agent_key(id, &moved_from, &request.public_key, request.from_sequence)
+            .rotate_agent_key(
+                id,
+                &agent.public_key,
+                &request.public_key,
+                request.from_sequence,
+            )
             .await?;
-        if let Ok(mut cache) = self.cache.write() {
-            cache.remove(&id);
-        }
+        self.forget(id);
         match outcome {
             KeyRotationOutcome::KeyChanged | KeyRotationOutcome::NotRotatable => {
                 Err(KeyRotationError::KeyChanged)
@@ -210,10 +216,19 @@ impl AgentRegistry {
     /// Revokes an agent in the database and drops it from the key cache.
     pub async fn revoke(&self, id: Uuid) -> Result<RevokeOutcome, StoreError> {
         let outcome = self.store.revoke_agent(id).await?;
+        self.forget(id);
+        Ok(outcome)
+    }
+
+    /// Drops `id` from the cache after a change in the database (see `generation`).
+    fn forget(&self, id: Uuid) {
+        // Under the cache's write lock: a lookup inserting concurrently either sees the
+        // new generation, or inserted before this removal.
         if let Ok(mut cache) = self.cache.write() {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             cache.remove(&id);
         }
-        Ok(outcome)
     }
 
     pub async fn list(&self) -> Result<Vec<AgentRecord>, StoreError> {

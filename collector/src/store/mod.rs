@@ -388,9 +388,11 @@ impl Store {
     }
 
     pub async fn agent(&self, id: Uuid) -> Result<Option<AgentRecord>> {
+        // One transaction: the current key and the retired ones from the same moment.
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(select_agents!("WHERE id = $1"))
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
         let Some(mut agent) = row.map(|r| agent_from_row(&r)).transpose()? else {
             return Ok(None);
@@ -400,8 +402,9 @@ impl Store {
              WHERE agent_id = $1 ORDER BY until_sequence",
         )
         .bind(id.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         for row in &rows {
             agent.retired_keys.push(retired_key_from_row(row)?.1);
         }
@@ -435,6 +438,25 @@ impl Store {
         Ok(agents)
     }
 
+    /// The rotation of agent `id` to the key `to`, if it was done: (the key it moved
+    /// from, its first sequence).
+    pub async fn key_rotation_to(&self, id: Uuid, to: &str) -> Result<Option<(String, u64)>> {
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT from_key, from_sequence FROM agent_key_rotations WHERE agent_id = $1 \
+             AND to_key = $2",
+        )
+        .bind(id.to_string())
+        .bind(to)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(from, sequence)| {
+            u64::try_from(sequence)
+                .map(|s| (from, s))
+                .map_err(|_| StoreError::Invalid(format!("rotation sequence {sequence}")))
+        })
+        .transpose()
+    }
+
     /// Moves an active agent from the key `from` to `to`, which signs from sequence
     /// `from_sequence` on; `from` is kept for the sequences before it. One transaction.
     pub async fn rotate_agent_key(
@@ -458,21 +480,19 @@ impl Store {
             return Ok(KeyRotationOutcome::NotRotatable);
         }
         if agent.public_key != from {
-            let done: Option<(String,)> = sqlx::query_as(
-                "SELECT public_key FROM agent_retired_keys WHERE agent_id = $1 \
-                 AND until_sequence = $2",
-            )
-            .bind(id.to_string())
-            .bind(until)
-            .fetch_optional(&mut *tx)
-            .await?;
-            return Ok(match done {
-                Some((retired,)) if retired == from && agent.public_key == to => {
-                    KeyRotationOutcome::AlreadyDone
-                }
-                _ => KeyRotationOutcome::KeyChanged,
-            });
+            return Ok(KeyRotationOutcome::KeyChanged);
         }
+        sqlx::query(
+            "INSERT INTO agent_key_rotations (agent_id, from_key, to_key, from_sequence, \
+             rotated_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id.to_string())
+        .bind(from)
+        .bind(to)
+        .bind(until)
+        .bind(Utc::now().to_rfc3339())
+        .execute(&mut *tx)
+        .await?;
         let (latest,): (Option<i64>,) = sqlx::query_as(
             "SELECT MAX(until_sequence) FROM agent_retired_keys WHERE agent_id = $1",
         )
@@ -865,6 +885,63 @@ mod tests {
             .expect("db");
         assert_eq!(unknown.err(), Some(TokenRefusal::Unknown));
         assert_eq!(store.agents().await.expect("db").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn key_rotations_keep_each_key_for_its_sequences() {
+        let (_dir, store) = store().await;
+        let token = store
+            .create_enrollment_token(Duration::hours(1), 1, &Labels::new())
+            .await
+            .expect("token");
+        let agent = store
+            .enroll_agent(token.expose(), "k0", "host", "0.1.0")
+            .await
+            .expect("db")
+            .expect("enrolled");
+        let rotate = |from: &'static str, to: &'static str, at: u64| {
+            let store = store.clone();
+            async move {
+                store
+                    .rotate_agent_key(agent.id, from, to, at)
+                    .await
+                    .expect("db")
+            }
+        };
+        assert_eq!(rotate("k0", "k1", 10).await, KeyRotationOutcome::Rotated);
+        // Rotated again before any batch: k1 signed nothing, k0 keeps 1..10.
+        assert_eq!(rotate("k1", "k2", 10).await, KeyRotationOutcome::Rotated);
+        assert_eq!(rotate("k2", "k3", 25).await, KeyRotationOutcome::Rotated);
+        // From a key no longer current: refused; a range behind the last: refused.
+        assert_eq!(rotate("k1", "k9", 30).await, KeyRotationOutcome::KeyChanged);
+        assert_eq!(rotate("k3", "k9", 20).await, KeyRotationOutcome::KeyChanged);
+        let record = store.agent(agent.id).await.expect("db").expect("agent");
+        assert_eq!(record.public_key, "k3");
+        for (sequence, key) in [
+            (1, "k0"),
+            (9, "k0"),
+            (10, "k2"),
+            (24, "k2"),
+            (25, "k3"),
+            (99, "k3"),
+        ] {
+            assert_eq!(record.public_key_for(sequence), key, "sequence {sequence}");
+        }
+        // Every rotation is on record, also the one whose key signed nothing, so a retry
+        // of it is recognised.
+        assert_eq!(
+            store.key_rotation_to(agent.id, "k2").await.expect("db"),
+            Some(("k1".to_string(), 10))
+        );
+        assert_eq!(
+            store.key_rotation_to(agent.id, "k9").await.expect("db"),
+            None
+        );
+        let all = store.agents().await.expect("db");
+        assert_eq!(
+            all[0].retired_keys, record.retired_keys,
+            "agents() loads them too"
+        );
     }
 
     #[tokio::test]

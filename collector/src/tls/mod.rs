@@ -5,6 +5,8 @@
 //! fingerprint of this certificate at enrollment; the collector prints it at every start.
 //! A user-supplied certificate and key (PEM) take its place when configured.
 
+pub mod handover;
+
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
