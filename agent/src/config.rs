@@ -165,6 +165,9 @@ pub struct ShipConfig {
     /// Most unacknowledged batches sent at once, in one request (acknowledged in order).
     /// 1 sends one batch per request. Default 8, at most 64.
     pub batches_in_flight: usize,
+    /// How often the collector is asked for a certificate hand-over (`yagura tls
+    /// rotate`); 0 never. Default 60.
+    pub handover_check_seconds: u64,
 }
 
 impl Default for ShipConfig {
@@ -176,6 +179,7 @@ impl Default for ShipConfig {
             max_backoff_ms: 5000,
             request_timeout_ms: 10_000,
             batches_in_flight: 8,
+            handover_check_seconds: 60,
         }
     }
 }

@@ -39,9 +39,33 @@ pub struct Enrollment {
     pub collector_url: String,
     /// SHA-256 of the collector's certificate (lowercase hex); `None` for plain http.
     pub fingerprint: Option<String>,
+    /// The certificate a verified hand-over names as the next one: accepted besides
+    /// `fingerprint` until the collector presents it, then it takes its place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fingerprint: Option<String>,
 }
 
 impl Enrollment {
+    /// Writes `enrollment.json` (atomically, fsync'd).
+    pub fn save(&self, state_dir: &Path) -> Result<(), Error> {
+        let path = state_dir.join(ENROLLMENT_FILE);
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::BadStateFile {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        durable::write_atomic(&path, &json, 0o600)
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+    }
+
+    /// The certificate fingerprints accepted now.
+    pub fn pins(&self) -> Vec<String> {
+        self.fingerprint
+            .iter()
+            .chain(self.next_fingerprint.iter())
+            .cloned()
+            .collect()
+    }
+
     /// Reads `enrollment.json`; [`Error::NotEnrolled`] when there is none.
     pub fn load(state_dir: &Path) -> Result<Enrollment, Error> {
         let path = state_dir.join(ENROLLMENT_FILE);
@@ -169,6 +193,7 @@ pub async fn enroll(
         agent_id,
         collector_url,
         fingerprint,
+        next_fingerprint: None,
     };
     let json = serde_json::to_vec_pretty(&enrollment).map_err(|e| Error::BadStateFile {
         path: enrollment_path.clone(),

@@ -25,6 +25,7 @@ pub mod build_info;
 pub mod config;
 mod durable;
 pub mod enroll;
+pub mod handover;
 pub mod health;
 pub mod inventory;
 pub mod loss;
@@ -360,6 +361,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     })
     .await?;
 
+    // The collector's certificate hand-overs reach the shipper's pins.
+    let handover_task = match (shipper.pins(), config.ship.handover_check_seconds) {
+        (Some(pins), seconds) if seconds > 0 => Some(tokio::spawn(handover::run(
+            state_dir.clone(),
+            pins,
+            Duration::from_secs(seconds),
+            Duration::from_millis(config.ship.request_timeout_ms),
+            shutdown.clone(),
+        ))),
+        _ => None,
+    };
     // Nothing fallible is left between spawning the shipper and stopping it below.
     let drain = CancellationToken::new();
     let stop = CancellationToken::new();
@@ -500,6 +512,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             stop.cancel();
             log_join(shipper_task.await);
         }
+    }
+    if let Some(task) = handover_task {
+        task.abort();
     }
     let left = spool.lock().unwrap_or_else(|p| p.into_inner()).len();
     tracing::info!(unshipped_batches = left, "agent stopped");

@@ -183,7 +183,9 @@ async fn settle_attempt(
         ));
     }
     let request = KeyRotation::sign(old, &new, enrollment.agent_id, pending.from_sequence);
-    match post(enrollment, &request, first).await {
+    // The pins as they are now (a certificate hand-over may have moved them).
+    let enrollment = Enrollment::load(state_dir).unwrap_or_else(|_| enrollment.clone());
+    match post(&enrollment, &request, first).await {
         Answer::Yes => {
             // The collector holds the new key now: failing to install it locally is no
             // reason to seal with the old one. Asked again, it answers yes again.
@@ -227,13 +229,17 @@ async fn post(enrollment: &Enrollment, request: &KeyRotation, first: bool) -> An
         "{}/api/v1/agents/{}/key",
         enrollment.collector_url, enrollment.agent_id
     );
-    let client =
-        match crate::tls::pinned_client(enrollment.fingerprint.as_deref(), Duration::from_secs(30))
-        {
-            Ok((client, _)) => client,
-            Err(e) if first => return Answer::No(e.to_string()),
-            Err(e) => return Answer::Unknown(e.to_string()),
-        };
+    let client = match enrollment
+        .fingerprint
+        .is_some()
+        .then(|| crate::tls::Pins::new(&enrollment.pins()))
+        .transpose()
+        .and_then(|pins| crate::tls::pinned_client_with(pins, Duration::from_secs(30)))
+    {
+        Ok((client, _)) => client,
+        Err(e) if first => return Answer::No(e.to_string()),
+        Err(e) => return Answer::Unknown(e.to_string()),
+    };
     match client.post(&url).json(request).send().await {
         Ok(response) if response.status().is_success() => Answer::Yes,
         // A proxy's timeout or rate limit says nothing about the rotation.

@@ -203,6 +203,7 @@ pub struct Shipper {
     /// Set when the agent enforces an allowlist: requests name the policy held, and a
     /// policy in an answer is left here for the enforcer.
     allowlist: Option<Arc<crate::allowlist::runtime::PolicyMailbox>>,
+    pins: Option<tls::Pins>,
 }
 
 impl std::fmt::Debug for Shipper {
@@ -231,8 +232,13 @@ impl Shipper {
                     .into(),
             });
         }
-        let (client, _) = tls::pinned_client(
-            enrollment.fingerprint.as_deref(),
+        let pins = enrollment
+            .fingerprint
+            .is_some()
+            .then(|| tls::Pins::new(&enrollment.pins()))
+            .transpose()?;
+        let (client, _) = tls::pinned_client_with(
+            pins.clone(),
             Duration::from_millis(config.request_timeout_ms),
         )?;
         Ok(Shipper {
@@ -247,7 +253,14 @@ impl Shipper {
             max_backoff: Duration::from_millis(config.max_backoff_ms),
             stats: Arc::default(),
             allowlist: None,
+            pins,
         })
+    }
+
+    /// The certificate fingerprints this shipper accepts (`None`: plain http), shared so
+    /// a certificate hand-over reaches its connections.
+    pub fn pins(&self) -> Option<tls::Pins> {
+        self.pins.clone()
     }
 
     /// Names the allowlist policy held in every request, and hands a policy the collector
