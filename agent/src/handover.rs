@@ -47,9 +47,12 @@ pub async fn check(state_dir: &Path, pins: &Pins, timeout: Duration) -> Result<(
         .get(format!("{}/api/v1/tls/handover", enrollment.collector_url))
         .send()
         .await;
-    // The certificate this connection was made with: the next one means the switch is done.
+    // The certificate this connection was made with: the next one means the switch is
+    // done — once the exchange went through, i.e. the server proved it holds that
+    // certificate's key (anyone can present the certificate itself, it is public).
     let presented = seen.lock().ok().and_then(|s| s.clone());
     if let Some(next) = enrollment.next_fingerprint.clone()
+        && answer.is_ok()
         && presented.as_deref() == Some(next.as_str())
     {
         enrollment.fingerprint = Some(next.clone());

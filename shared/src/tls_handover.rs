@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 pub const CONTEXT: &[u8] = b"yagura collector certificate hand-over v1\0";
 
 /// The published hand-over.
+/// Unknown fields are ignored: a later collector may add some (an expiry, say) without
+/// older agents refusing every hand-over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Handover {
     /// SHA-256 (hex) of the certificate being replaced: what agents pin now.
     pub from_fingerprint: String,

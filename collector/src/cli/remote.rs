@@ -30,7 +30,7 @@ impl RemoteArgs {
         let fingerprint = match &self.fingerprint {
             Some(f) => f.clone(),
             None => {
-                let cert = self.data_dir.join("tls").join("collector.crt");
+                let (cert, _) = yagura_collector::tls::current_paths(&self.data_dir.join("tls"));
                 yagura_collector::tls::fingerprint_of_pem_file(&cert).with_context(|| {
                     format!(
                         "no --fingerprint given and {} is not readable",

@@ -66,6 +66,18 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     hex::encode(Sha256::digest(cert.as_ref()))
 }
 
+/// Where the generated certificate and key are: `collector.pem` (both, as a rotation
+/// writes them, in one rename) when it exists, else `collector.crt` and `collector.key`
+/// (as first generated).
+pub fn current_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    let combined = dir.join(handover::CURRENT);
+    if combined.is_file() {
+        (combined.clone(), combined)
+    } else {
+        (dir.join("collector.crt"), dir.join("collector.key"))
+    }
+}
+
 /// The fingerprint of the first certificate in a PEM file (for CLI clients on the
 /// collector's own machine, which can read the certificate instead of being told it).
 pub fn fingerprint_of_pem_file(path: &Path) -> Result<String, TlsError> {
@@ -116,12 +128,22 @@ impl TlsIdentity {
         })
     }
 
-    /// Loads `dir/collector.crt` and `dir/collector.key`, making them on first use with
-    /// the given subject alternative names.
+    /// Loads the generated certificate and key in `dir` ([`current_paths`]), making them
+    /// on first use with the given subject alternative names.
     pub fn load_or_generate(dir: &Path, subject_alt_names: &[String]) -> Result<Self, TlsError> {
-        let cert_path = dir.join("collector.crt");
-        let key_path = dir.join("collector.key");
+        let (cert_path, key_path) = current_paths(dir);
         if !cert_path.is_file() {
+            // A certificate agents pin must not be replaced by a stranger silently.
+            if dir.join(handover::HANDOVER_FILE).exists() || dir.join(handover::PREVIOUS).exists() {
+                return Err(TlsError::Generate(format!(
+                    "{} is missing although a certificate rotation is recorded in {}: put the \
+                     certificate back (from a backup, or `{}`) instead of making one no agent \
+                     pins",
+                    cert_path.display(),
+                    dir.display(),
+                    handover::PREVIOUS
+                )));
+            }
             std::fs::create_dir_all(dir).map_err(io(dir))?;
             let certified = rcgen::generate_simple_self_signed(subject_alt_names.to_vec())
                 .map_err(|e| TlsError::Generate(e.to_string()))?;
