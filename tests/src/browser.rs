@@ -127,12 +127,19 @@ impl Browser {
     pub async fn wait_until(&self, what: &str, script: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + PAGE_WAIT;
         loop {
-            if self.eval(script).await?.as_bool() == Some(true) {
-                return Ok(());
-            }
+            // A script that throws (an element the page has not drawn yet) is "not yet":
+            // pages render in steps, and the condition is polled until it holds.
+            let last_error = match self.eval(script).await {
+                Ok(value) if value.as_bool() == Some(true) => return Ok(()),
+                Ok(_) => None,
+                Err(error) => Some(error),
+            };
             if Instant::now() > deadline {
                 let _ = self.screenshot("timeout").await;
-                bail!("timed out waiting for {what}");
+                match last_error {
+                    Some(error) => bail!("timed out waiting for {what}: {error:#}"),
+                    None => bail!("timed out waiting for {what}"),
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
