@@ -490,6 +490,26 @@ impl Agent {
     }
 }
 
+/// Appends lines `0..lines` to `log` on a thread of its own, in `bursts` equal bursts with
+/// `pause` between them: a service writing steadily while a test does something else.
+pub fn append_in_bursts(
+    log: &Path,
+    lines: usize,
+    bursts: usize,
+    pause: Duration,
+    line: fn(usize) -> String,
+) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    let log = log.to_path_buf();
+    std::thread::spawn(move || {
+        let per = lines / bursts;
+        for burst in 0..bursts {
+            append_lines(&log, burst * per..(burst + 1) * per, line)?;
+            std::thread::sleep(pause);
+        }
+        Ok(())
+    })
+}
+
 /// Appends numbered lines to a file in chunks, the way a busy service writes its log.
 pub fn append_lines(
     path: &Path,

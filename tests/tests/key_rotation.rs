@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::Value;
-use yagura_e2e::{Agent, Collector, append_lines, binaries};
+use yagura_e2e::{Agent, Collector, append_in_bursts, append_lines, binaries};
 use yagura_shared::key_rotation::KeyRotation;
 use yagura_shared::{AgentKey, Event, SignedBatch};
 
@@ -71,17 +71,7 @@ async fn keys_rotate_while_the_agent_sends_and_nothing_is_lost() -> anyhow::Resu
     agent.start()?;
 
     // The writer: bursts of lines over a few seconds.
-    let writer = {
-        let log = log.clone();
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            let per = LINES / BURSTS;
-            for burst in 0..BURSTS {
-                append_lines(&log, burst * per..(burst + 1) * per, line)?;
-                std::thread::sleep(Duration::from_millis(150));
-            }
-            Ok(())
-        })
-    };
+    let writer = append_in_bursts(&log, LINES, BURSTS, Duration::from_millis(150), line);
     // Two rotations while it writes.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (second_key, first_switch) = tokio::task::block_in_place(|| rotate(&agent))?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde_json::Value;
-use yagura_e2e::{Agent, Collector, append_lines, binaries};
+use yagura_e2e::{Agent, Collector, append_in_bursts, binaries};
 
 const LINES: usize = 12_000;
 const BURSTS: usize = 60;
@@ -70,17 +70,7 @@ async fn the_certificate_rotates_while_the_agent_sends() -> anyhow::Result<()> {
         ),
     )?;
     agent.start()?;
-    let writer = {
-        let log = log.clone();
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            let per = LINES / BURSTS;
-            for burst in 0..BURSTS {
-                append_lines(&log, burst * per..(burst + 1) * per, line)?;
-                std::thread::sleep(Duration::from_millis(150));
-            }
-            Ok(())
-        })
-    };
+    let writer = append_in_bursts(&log, LINES, BURSTS, Duration::from_millis(150), line);
 
     // Before a rotation there is nothing to hand over.
     let none = collector
