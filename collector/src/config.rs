@@ -301,9 +301,26 @@ pub struct IndexConfig {
     pub retention_check_interval_seconds: u64,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+/// Where verified batches are archived.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveBackend {
+    /// Segment files in the data directory: one collector.
+    #[default]
+    Segments,
+    /// A NATS JetStream stream shared by a cluster of collectors (`[archive.jetstream]`).
+    JetStream,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiveConfig {
+    /// `segments` (default) or `jetstream`.
+    #[serde(default)]
+    pub backend: ArchiveBackend,
+    /// The stream, when `backend = "jetstream"`.
+    #[serde(default)]
+    pub jetstream: crate::archive::JetStreamConfig,
     #[serde(default = "default_segment_max_bytes")]
     pub segment_max_bytes: u64,
     /// Segments older than this are deleted (once every consumer has passed them).
@@ -419,6 +436,8 @@ impl Default for IndexConfig {
 impl Default for ArchiveConfig {
     fn default() -> Self {
         ArchiveConfig {
+            backend: ArchiveBackend::default(),
+            jetstream: Default::default(),
             segment_max_bytes: default_segment_max_bytes(),
             retention_max_age_seconds: None,
             retention_max_bytes: None,

@@ -11,7 +11,10 @@
 //! ingest or the indexer. Retention ([`RetentionPolicy`]) never deletes what a registered
 //! consumer has not passed.
 
+mod jetstream;
 mod segment;
+
+pub use jetstream::{JetStreamArchive, JetStreamConfig, JetStreamReader, connect as connect_nats};
 
 pub use segment::{
     ArchiveReader, ArchiveStats, Backlog, FSYNC_BUCKETS, RecoveryReport, RetentionPolicy,
@@ -44,6 +47,9 @@ pub enum ArchiveError {
     },
     #[error("archive writer has stopped")]
     WriterStopped,
+    /// The JetStream archive: NATS unreachable, a refused publish or read.
+    #[error("archive stream: {0}")]
+    Stream(String),
 }
 
 pub type Result<T, E = ArchiveError> = std::result::Result<T, E>;
@@ -74,8 +80,27 @@ pub struct Record {
     pub batch: Vec<u8>,
 }
 
+/// A consumer's view of the archive: durable records in order from a position.
+pub trait RecordSource: Send {
+    /// Where the next record is read from (the resume point after the last one taken).
+    fn offset(&self) -> u64;
+
+    /// The end of what is durable and visible to this reader now; the reader has caught
+    /// up when its offset reached it.
+    fn committed_end(&self) -> u64;
+
+    /// Changes when more records may have become readable.
+    fn watch(&self) -> watch::Receiver<u64>;
+
+    /// The next durable record, or `None` when the reader has caught up. Never blocks.
+    fn next_record(&mut self) -> Result<Option<Record>>;
+}
+
 /// An append-only log of verified, signed batches.
 pub trait Archive: Send + Sync + 'static {
+    /// How consumers read it.
+    type Reader: RecordSource;
+
     /// Appends the batch `sequence` of `agent` unless that sequence is already archived.
     /// Returns only once the record is durable.
     fn append(
@@ -92,7 +117,7 @@ pub trait Archive: Send + Sync + 'static {
     fn committed(&self) -> watch::Receiver<u64>;
 
     /// A reader over the durable records from `offset` on.
-    fn reader(&self, offset: u64) -> Result<ArchiveReader>;
+    fn reader(&self, offset: u64) -> Result<Self::Reader>;
 
     /// Records that `consumer` has durably processed everything before `offset`.
     /// Retention never deletes a record a registered consumer has not passed.

@@ -364,6 +364,8 @@ impl SegmentArchive {
 }
 
 impl Archive for SegmentArchive {
+    type Reader = ArchiveReader;
+
     async fn append(&self, agent: Uuid, sequence: u64, batch: Vec<u8>) -> Result<Appended> {
         let (reply, answer) = oneshot::channel();
         self.requests
@@ -820,6 +822,10 @@ impl ArchiveReader {
 
     /// The next durable record, or `None` when the reader has caught up.
     pub fn next_record(&mut self) -> Result<Option<Record>> {
+        self.read_next()
+    }
+
+    fn read_next(&mut self) -> Result<Option<Record>> {
         let end = self.committed_end();
         if self.offset >= end {
             return Ok(None);
@@ -906,6 +912,24 @@ pub enum ScannedRecord {
     Intact(Record),
     /// A complete record whose CRC does not match (its bytes as found).
     CrcMismatch(Record),
+}
+
+impl super::RecordSource for ArchiveReader {
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn committed_end(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    fn watch(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    fn next_record(&mut self) -> Result<Option<Record>> {
+        self.read_next()
+    }
 }
 
 /// How an offline scan ended.

@@ -33,7 +33,7 @@ use yagura_shared::{Event, SignedBatch};
 use super::engine::{Detection, Detector};
 use super::lists::list_files;
 use super::rules::{RuleSet, ecs_pipeline, load, rule_files};
-use crate::archive::{Archive, ArchiveError, Record};
+use crate::archive::{Archive, ArchiveError, Record, RecordSource as _};
 use crate::collector_events::CollectorEvents;
 use crate::store::{Store, StoreError, StoredDetection};
 

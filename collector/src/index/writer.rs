@@ -30,7 +30,7 @@ use yagura_shared::{Event, SignedBatch};
 
 use super::days::{self, DayReader, DaySet};
 use super::{DocFields, EventIndex, IndexError, Result, document};
-use crate::archive::{Archive, Record};
+use crate::archive::{Archive, Record, RecordSource as _};
 use crate::collector_events::CollectorEvents;
 
 /// The consumer name the indexer commits its archive offset under.
