@@ -15,6 +15,7 @@ pub mod alert;
 pub mod api;
 pub mod archive;
 pub mod backup;
+pub mod cluster;
 pub mod collector_events;
 pub mod config;
 pub mod console;

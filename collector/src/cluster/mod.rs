@@ -1,0 +1,122 @@
+//! Scale-out on NATS JetStream: the roles a collector can take in a cluster and how they
+//! divide the work.
+//!
+//! With `[archive] backend = "jetstream"` the stream is the archive every node shares.
+//! Ingest gateways append to it; indexers and detectors are consumer groups over its
+//! partitions, each partition held by one member at a time through a lease in a
+//! JetStream key-value bucket ([`leases`]); api nodes fan searches out to the indexers
+//! holding the partitions. Nothing here is a consensus protocol of our own: JetStream's
+//! compare-and-set on keys and its message expiry decide.
+
+pub mod leases;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[cluster]` in `collector.toml`: this node's name and the lease timing.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the cluster (letters, digits, '-', '_'); the host
+    /// name when unset.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// A partition whose holder stopped renewing is taken over after this long.
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u64,
+}
+
+fn default_lease_seconds() -> u64 {
+    6
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node: None,
+            lease_seconds: default_lease_seconds(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_seconds.max(2))
+    }
+
+    /// Leases are renewed three times per lease time.
+    pub fn renew_every(&self) -> Duration {
+        self.lease() / 3
+    }
+
+    /// This node's name: configured, or the host name made a valid key token.
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_else(|_| "node".into());
+            let token: String = host
+                .trim()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            if token.is_empty() {
+                "node".into()
+            } else {
+                token
+            }
+        })
+    }
+
+    /// Problems with the values, for `check-config` and the start.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(node) = &self.node
+            && !leases::valid_token(node)
+        {
+            problems.push(format!(
+                "node {node:?}: use letters, digits, '-' and '_' only"
+            ));
+        }
+        if self.lease_seconds < 2 {
+            problems.push("lease_seconds must be at least 2".into());
+        }
+        problems
+    }
+}
+
+/// What a `yagura serve` process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Everything in one process (the default; the only role with the segment archive).
+    All,
+    /// A stateless gateway: verifies agents' batches and appends them to the stream.
+    Ingest,
+    /// Indexes the partitions it holds and answers searches over them.
+    Indexer,
+    /// Runs the detection rules over the partitions it holds.
+    Detector,
+    /// Serves the console and the API, fanning searches out to the indexers.
+    Api,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Ingest => "ingest",
+            Role::Indexer => "indexer",
+            Role::Detector => "detector",
+            Role::Api => "api",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
