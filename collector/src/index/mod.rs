@@ -18,8 +18,9 @@ use std::ops::Bound;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResults;
 use tantivy::collector::sort_key::SortByStaticFastValue;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
@@ -346,7 +347,7 @@ fn remove_path(map: &mut serde_json::Map<String, Value>, path: &str) {
 }
 
 /// Where an indexed event came from: the archived, signed batch that carried it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Provenance {
     /// The agent whose key signed the batch (not merely the `agent.id` the event claims).
     pub agent_id: String,
@@ -356,7 +357,7 @@ pub struct Provenance {
     pub line: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Hit {
     pub event: Value,
     pub provenance: Provenance,
@@ -467,7 +468,10 @@ impl std::fmt::Debug for EventIndex {
 }
 
 /// A hit's place in the result order, comparable across days.
-type OrderKey = (i64, u64, u64);
+pub type OrderKey = (i64, u64, u64);
+
+/// A day's searcher and the span of its events' times (Unix microseconds).
+type DayInRange = (DaySearcher, Option<(i64, i64)>);
 
 impl EventIndex {
     fn from_days(days: DaySet) -> Self {
@@ -493,6 +497,17 @@ impl EventIndex {
     /// Runs a query in Yagura's query language (docs/query-language.md; empty or `*`
     /// matches everything) over the days its time range needs.
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResult> {
+        let interval = if request.aggs.iter().any(needs_auto_interval) {
+            Some(interval_for(request, self.time_edges(request)?))
+        } else {
+            None
+        };
+        let shard = self.search_shard(request, interval)?;
+        merge_shards(request, interval, vec![shard])
+    }
+
+    /// The query of `request` with its time range.
+    fn compiled(&self, request: &SearchRequest) -> Result<Box<dyn Query>> {
         let schema = self.template.schema();
         let tree = query::parse(&request.query)?;
         let mut query = compile::compile(&self.template, &tree, Utc::now())?;
@@ -511,6 +526,12 @@ impl EventIndex {
                 (Occur::Must, Box::new(range)),
             ]));
         }
+        Ok(query)
+    }
+
+    /// The days holding events in the time range of `request`, in result order, and how
+    /// many days there are in all.
+    fn days_for(&self, request: &SearchRequest) -> (Vec<DayInRange>, usize) {
         let all = self.days.searchers();
         let days_total = all.len();
         let wanted = |span: Option<(i64, i64)>| match span {
@@ -520,7 +541,7 @@ impl EventIndex {
                     && request.until.is_none_or(|t| oldest <= t.timestamp_micros())
             }
         };
-        let mut days: Vec<(DaySearcher, Option<(i64, i64)>)> = all
+        let mut days: Vec<DayInRange> = all
             .into_iter()
             .map(|d| {
                 let span = d.time_span();
@@ -528,11 +549,56 @@ impl EventIndex {
             })
             .filter(|(_, span)| wanted(*span))
             .collect();
+        if !request.oldest_first {
+            // Newest day first, so older days can be passed over once the page is full.
+            days.reverse();
+        }
+        (days, days_total)
+    }
+
+    /// The times (Unix microseconds) of the oldest and the newest event matching
+    /// `request`: what the automatic interval of a date histogram is chosen from. A
+    /// cluster asks every shard and takes the widest span.
+    pub fn time_edges(&self, request: &SearchRequest) -> Result<(Option<i64>, Option<i64>)> {
+        let query = self.compiled(request)?;
+        let (days, _) = self.days_for(request);
+        let edge = |order: Order| -> Result<Option<i64>> {
+            let first =
+                TopDocs::with_limit(1).order_by_fast_field::<tantivy::DateTime>(TIMESTAMP, order);
+            let mut best: Option<i64> = None;
+            for (day, _) in &days {
+                for (at, _) in day.searcher.search(&query, &first)? {
+                    let Some(at) = at.map(tantivy::DateTime::into_timestamp_micros) else {
+                        continue;
+                    };
+                    best = Some(match (best, order) {
+                        (None, _) => at,
+                        (Some(b), Order::Desc) => b.max(at),
+                        (Some(b), Order::Asc) => b.min(at),
+                    });
+                }
+            }
+            Ok(best)
+        };
+        Ok((edge(Order::Asc)?, edge(Order::Desc)?))
+    }
+
+    /// This index's part of a search: its total, its first `limit` hits in result order
+    /// with their sort keys, and its aggregations in tantivy's intermediate (mergeable)
+    /// form — what [`merge_shards`] combines with other shards' parts into one answer.
+    /// `interval` replaces the automatic interval of date histograms (every shard must
+    /// bucket alike).
+    pub fn search_shard(
+        &self,
+        request: &SearchRequest,
+        interval: Option<&str>,
+    ) -> Result<ShardResult> {
+        let schema = self.template.schema();
+        let query = self.compiled(request)?;
+        let (days, days_total) = self.days_for(request);
         let order = if request.oldest_first {
             Order::Asc
         } else {
-            // Newest day first, so older days can be passed over once the page is full.
-            days.reverse();
             Order::Desc
         };
         let limit = request.limit.max(1);
@@ -593,44 +659,31 @@ impl EventIndex {
                 );
                 (key, position, address)
             }));
-            found.sort_by(|a, b| match order {
-                Order::Desc => b.0.cmp(&a.0),
-                Order::Asc => a.0.cmp(&b.0),
-            });
+            sort_in_order(&mut found, order, |f| f.0);
         }
-        let next_cursor = found
-            .get(limit - 1)
-            .filter(|_| found.len() >= request.limit)
-            .map(|((micros, archive_offset, line), _, _)| {
-                Cursor {
-                    micros: *micros,
-                    archive_offset: *archive_offset,
-                    line: *line,
-                }
-                .to_string()
-            });
         let mut hits = Vec::with_capacity(found.len().min(limit));
-        for (_, position, address) in found.into_iter().take(request.limit) {
+        for (key, position, address) in found.into_iter().take(request.limit) {
             let mut hit = hit(&days[position].0.searcher, address)?;
             if !request.fields.is_empty() {
                 hit.event = select_fields(&hit.event, &request.fields);
             }
-            hits.push(hit);
-        }
-        if !request.count_total {
-            total = hits.len();
+            hits.push(ShardHit { key, hit });
         }
         let searchers: Vec<&DaySearcher> = days.iter().map(|(d, _)| d).collect();
-        let aggregations = if request.aggs.is_empty() || total == 0 {
+        let aggregations = if request.aggs.is_empty() || (request.count_total && total == 0) {
             None
         } else {
-            aggregate(&searchers, query.as_ref(), request)?
+            aggregate(
+                &searchers,
+                query.as_ref(),
+                request,
+                interval.unwrap_or("1h"),
+            )?
         };
-        Ok(SearchResult {
+        Ok(ShardResult {
             total,
             hits,
             aggregations,
-            next_cursor,
             days_searched: searchers.len(),
             days_total,
         })
@@ -659,69 +712,185 @@ impl EventIndex {
     }
 }
 
-/// The aggregations of `request` over the matches of `query` in `days`: each day's
-/// intermediate results merged, then finalised once (so top-N and cardinalities are over
-/// all days, not per day).
+/// The aggregations of `request` over the matches of `query` in `days`, each day's
+/// intermediate results merged (not finalised: top-N and cardinalities are decided once,
+/// over every day and every shard, in [`merge_shards`]).
 fn aggregate(
     days: &[&DaySearcher],
     query: &dyn Query,
     request: &SearchRequest,
-) -> Result<Option<Value>> {
-    let auto = if request.aggs.iter().any(needs_auto_interval) {
-        let edge = |order: Order| -> Result<Option<i64>> {
-            let first =
-                TopDocs::with_limit(1).order_by_fast_field::<tantivy::DateTime>(TIMESTAMP, order);
-            let mut best: Option<i64> = None;
-            for day in days {
-                for (at, _) in day.searcher.search(query, &first)? {
-                    let Some(at) = at.map(tantivy::DateTime::into_timestamp_micros) else {
-                        continue;
-                    };
-                    best = Some(match (best, order) {
-                        (None, _) => at,
-                        (Some(b), Order::Desc) => b.max(at),
-                        (Some(b), Order::Asc) => b.min(at),
-                    });
-                }
-            }
-            Ok(best)
-        };
-        let time = |micros: Option<i64>| micros.and_then(DateTime::from_timestamp_micros);
-        let newest = time(edge(Order::Desc)?).unwrap_or_else(Utc::now);
-        let oldest = request.since.or(time(edge(Order::Asc)?)).unwrap_or(newest);
-        aggs::auto_interval(oldest, request.until.map_or(newest, |u| u.min(newest)))
-    } else {
-        "1h"
-    };
+    interval: &str,
+) -> Result<Option<IntermediateAggregationResults>> {
     let (aggregations, limits) =
-        aggs::request(&request.aggs, auto).map_err(IndexError::Aggregation)?;
+        aggs::request(&request.aggs, interval).map_err(IndexError::Aggregation)?;
     let collector = tantivy::aggregation::DistributedAggregationCollector::from_aggs(
-        aggregations.clone(),
-        tantivy::aggregation::AggContextParams::new(limits.clone(), Default::default()),
+        aggregations,
+        tantivy::aggregation::AggContextParams::new(limits, Default::default()),
     );
-    let failed = |e: tantivy::TantivyError| match e {
-        tantivy::TantivyError::AggregationError(e) => IndexError::Aggregation(e.to_string()),
-        other => IndexError::Tantivy(other),
-    };
-    let mut merged: Option<
-        tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResults,
-    > = None;
+    let mut merged: Option<IntermediateAggregationResults> = None;
     for day in days {
-        let fruit = day.searcher.search(query, &collector).map_err(failed)?;
+        let fruit = day
+            .searcher
+            .search(query, &collector)
+            .map_err(aggregation_failed)?;
         match &mut merged {
             None => merged = Some(fruit),
-            Some(all) => all.merge_fruits(fruit).map_err(failed)?,
+            Some(all) => all.merge_fruits(fruit).map_err(aggregation_failed)?,
         }
     }
-    let Some(merged) = merged else {
-        return Ok(None);
+    Ok(merged)
+}
+
+fn aggregation_failed(e: tantivy::TantivyError) -> IndexError {
+    match e {
+        tantivy::TantivyError::AggregationError(e) => IndexError::Aggregation(e.to_string()),
+        other => IndexError::Tantivy(other),
+    }
+}
+
+fn sort_in_order<T>(items: &mut [T], order: Order, key: impl Fn(&T) -> OrderKey) {
+    items.sort_by(|a, b| match order {
+        Order::Desc => key(b).cmp(&key(a)),
+        Order::Asc => key(a).cmp(&key(b)),
+    });
+}
+
+/// The automatic date-histogram interval for `request`, from the oldest and newest
+/// matching event's time (Unix microseconds; [`EventIndex::time_edges`], widest over
+/// every shard).
+pub fn interval_for(request: &SearchRequest, edges: (Option<i64>, Option<i64>)) -> &'static str {
+    let time = |micros: Option<i64>| micros.and_then(DateTime::from_timestamp_micros);
+    let newest = time(edges.1).unwrap_or_else(Utc::now);
+    let oldest = request.since.or(time(edges.0)).unwrap_or(newest);
+    aggs::auto_interval(oldest, request.until.map_or(newest, |u| u.min(newest)))
+}
+
+/// Several shards' parts of one search made into its answer: totals added, hits sorted
+/// into one page, aggregations merged and then finalised once.
+pub fn merge_shards(
+    request: &SearchRequest,
+    interval: Option<&str>,
+    shards: Vec<ShardResult>,
+) -> Result<SearchResult> {
+    let order = if request.oldest_first {
+        Order::Asc
+    } else {
+        Order::Desc
     };
-    let results = merged
-        .into_final_result(aggregations, limits)
-        .map_err(failed)?;
-    serde_json::to_value(&results)
-        .map(Some)
-        .map_err(|e| IndexError::Aggregation(e.to_string()))
+    let limit = request.limit.max(1);
+    let mut total = 0;
+    let mut days_searched = 0;
+    let mut days_total = 0;
+    let mut found: Vec<ShardHit> = Vec::new();
+    let mut merged: Option<IntermediateAggregationResults> = None;
+    for shard in shards {
+        total += shard.total;
+        days_searched += shard.days_searched;
+        days_total += shard.days_total;
+        found.extend(shard.hits);
+        if let Some(part) = shard.aggregations {
+            match &mut merged {
+                None => merged = Some(part),
+                Some(all) => all.merge_fruits(part).map_err(aggregation_failed)?,
+            }
+        }
+    }
+    sort_in_order(&mut found, order, |h| h.key);
+    let next_cursor = found
+        .get(limit - 1)
+        .filter(|_| found.len() >= request.limit)
+        .map(|hit| {
+            let (micros, archive_offset, line) = hit.key;
+            Cursor {
+                micros,
+                archive_offset,
+                line,
+            }
+            .to_string()
+        });
+    let hits: Vec<Hit> = found
+        .into_iter()
+        .take(request.limit)
+        .map(|h| h.hit)
+        .collect();
+    if !request.count_total {
+        total = hits.len();
+    }
+    let aggregations = match merged {
+        Some(merged) if total > 0 && !request.aggs.is_empty() => {
+            let (aggregations, limits) = aggs::request(&request.aggs, interval.unwrap_or("1h"))
+                .map_err(IndexError::Aggregation)?;
+            let results = merged
+                .into_final_result(aggregations, limits)
+                .map_err(aggregation_failed)?;
+            Some(
+                serde_json::to_value(&results)
+                    .map_err(|e| IndexError::Aggregation(e.to_string()))?,
+            )
+        }
+        _ => None,
+    };
+    Ok(SearchResult {
+        total,
+        hits,
+        aggregations,
+        next_cursor,
+        days_searched,
+        days_total,
+    })
+}
+
+/// One hit of a shard, with its place in the result order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardHit {
+    pub key: OrderKey,
+    pub hit: Hit,
+}
+
+/// A shard's part of a search ([`EventIndex::search_shard`]); it travels between cluster
+/// nodes as JSON, the aggregations inside as tantivy's intermediate results in postcard
+/// (tantivy's own advice: not JSON), base64.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardResult {
+    pub total: usize,
+    pub hits: Vec<ShardHit>,
+    #[serde(default, with = "intermediate_as_postcard")]
+    pub aggregations: Option<IntermediateAggregationResults>,
+    pub days_searched: usize,
+    pub days_total: usize,
+}
+
+mod intermediate_as_postcard {
+    use base64::Engine as _;
+    use serde::{Deserialize as _, Deserializer, Serializer};
+    use tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResults;
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<IntermediateAggregationResults>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            None => serializer.serialize_none(),
+            Some(value) => {
+                let bytes = postcard::to_allocvec(value).map_err(serde::ser::Error::custom)?;
+                serializer.serialize_some(&base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<IntermediateAggregationResults>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(deserializer)? else {
+            return Ok(None);
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)?;
+        postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// The stored event at `address` with its provenance.
@@ -883,15 +1052,25 @@ pub fn index_directly<E: std::fmt::Display>(
 /// stages that read the index.
 #[cfg(test)]
 pub(crate) fn index_in_ram(events: &[Event]) -> EventIndex {
+    index_in_ram_at(events.iter().map(|e| (0, e)))
+}
+
+/// An in-memory index of events at the archive offsets given (their lines counted per
+/// offset): shards of one data set in tests.
+#[cfg(test)]
+pub(crate) fn index_in_ram_at<'a>(events: impl Iterator<Item = (u64, &'a Event)>) -> EventIndex {
     let index = Index::create_in_ram(build_schema());
     let fields = DocFields::new(&index.schema()).expect("fields");
     let mut writer: IndexWriter<TantivyDocument> = index
         .writer_with_num_threads(1, 15_000_000)
         .expect("writer");
     let header = unsigned_header();
-    for (line, e) in events.iter().enumerate() {
+    let mut lines: BTreeMap<u64, u64> = BTreeMap::new();
+    for (offset, e) in events {
+        let line = lines.entry(offset).or_default();
+        *line += 1;
         writer
-            .add_document(document(&fields, e.clone(), 0, line as u64 + 1, &header))
+            .add_document(document(&fields, e.clone(), offset, *line, &header))
             .expect("add");
     }
     writer.commit().expect("commit");
@@ -1059,5 +1238,180 @@ mod tests {
             selected,
             serde_json::json!({"user": {"name": "alice"}, "message": "hello"})
         );
+    }
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+
+    /// 3,000 events over two days: users, sources (IPv4 and IPv6), ports, outcomes.
+    fn data() -> Vec<(u64, Event)> {
+        let start = Utc::now() - chrono::Duration::hours(40);
+        (0..3_000u64)
+            .map(|i| {
+                let mut e = Event::new(start + chrono::Duration::seconds(i as i64 * 47));
+                e.set_str("user.name", format!("user{}", i % 7));
+                e.set_str(
+                    "event.outcome",
+                    if i % 3 == 0 { "failure" } else { "success" },
+                );
+                let ip = if i % 5 == 0 {
+                    format!("2001:db8::{:x}", i % 13)
+                } else {
+                    format!("10.0.{}.{}", i % 4, i % 250)
+                };
+                e.set_str("source.ip", ip);
+                e.set("source.port", serde_json::json!(1024 + (i * 7919) % 50_000));
+                e.set_str("message", format!("login {i}"));
+                // Ten events per batch: the archive offset orders batches.
+                (i / 10 + 1, e)
+            })
+            .collect()
+    }
+
+    /// The data split into `n` shards by batch, as partitions divide agents' batches.
+    fn shards(data: &[(u64, Event)], n: u64) -> Vec<EventIndex> {
+        (0..n)
+            .map(|k| {
+                index_in_ram_at(
+                    data.iter()
+                        .filter(|(offset, _)| offset % n == k)
+                        .map(|(offset, e)| (*offset, e)),
+                )
+            })
+            .collect()
+    }
+
+    /// What a cluster's api node does: edges from every shard for the automatic interval,
+    /// each shard's part through JSON (as it travels), then one merge.
+    fn fan_out(shards: &[EventIndex], request: &SearchRequest) -> SearchResult {
+        let interval = request.aggs.iter().any(needs_auto_interval).then(|| {
+            let mut edges = (None::<i64>, None::<i64>);
+            for shard in shards {
+                let (oldest, newest) = shard.time_edges(request).expect("edges");
+                edges.0 = match (edges.0, oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                edges.1 = edges.1.max(newest);
+            }
+            interval_for(request, edges)
+        });
+        let parts = shards
+            .iter()
+            .map(|shard| {
+                let part = shard.search_shard(request, interval).expect("shard");
+                let wire = serde_json::to_vec(&part).expect("to json");
+                serde_json::from_slice::<ShardResult>(&wire).expect("from json")
+            })
+            .collect();
+        merge_shards(request, interval, parts).expect("merge")
+    }
+
+    fn without_error_bound(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                map.remove("doc_count_error_upper_bound");
+                map.values_mut().for_each(without_error_bound);
+            }
+            Value::Array(items) => items.iter_mut().for_each(without_error_bound),
+            _ => {}
+        }
+    }
+
+    fn ids(result: &SearchResult) -> Vec<String> {
+        result
+            .hits
+            .iter()
+            .map(|h| {
+                h.event["event"]["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shards_merged_answer_as_one_index_does() {
+        let data = data();
+        let single = index_in_ram_at(data.iter().map(|(o, e)| (*o, e)));
+        let parts = shards(&data, 3);
+        let aggs = crate::search::aggs::parse_aggs(
+            "terms:source.ip, date_histogram:@timestamp, cardinality:user.name, \
+             cardinality:source.ip, avg:source.port, max:source.port, \
+             percentiles:source.port, terms:user.name>date_histogram:@timestamp:1h",
+        )
+        .expect("aggs");
+        for query in [
+            "*",
+            "event.outcome:failure",
+            "source.ip:10.0.0.0/8 AND user.name:user3",
+        ] {
+            for oldest_first in [false, true] {
+                let request = SearchRequest {
+                    limit: 25,
+                    oldest_first,
+                    aggs: aggs.clone(),
+                    ..SearchRequest::new(query)
+                };
+                let one = single.search(&request).expect("single");
+                let merged = fan_out(&parts, &request);
+                assert!(one.total > 0, "{query}");
+                assert_eq!(merged.total, one.total, "{query}");
+                assert_eq!(
+                    ids(&merged),
+                    ids(&one),
+                    "{query} oldest_first={oldest_first}"
+                );
+                assert_eq!(merged.next_cursor, one.next_cursor, "{query}");
+                let (merged_aggs, one_aggs) = (
+                    merged.aggregations.clone().unwrap_or_default(),
+                    one.aggregations.clone().unwrap_or_default(),
+                );
+                for spec in &request.aggs {
+                    let key = aggs::result_key(spec);
+                    if spec.kind == crate::search::aggs::AggKind::Cardinality {
+                        // A sketch (HyperLogLog, 2^11 registers): a union of shards'
+                        // sketches estimates with another estimator than one sketch fed
+                        // directly, so the two agree within the sketch's error, not
+                        // to the unit.
+                        let value = |aggs: &Value| aggs[&key]["value"].as_f64().unwrap_or(-1.0);
+                        let (m, o) = (value(&merged_aggs), value(&one_aggs));
+                        assert!(
+                            (m - o).abs() <= 0.05 * o.max(20.0),
+                            "{query}: {key}: merged {m}, single {o}"
+                        );
+                        continue;
+                    }
+                    // Buckets and counts agree exactly; `doc_count_error_upper_bound` is
+                    // a bound that grows with the number of parts merged, as in
+                    // Elasticsearch.
+                    let (mut m, mut o) = (merged_aggs[&key].clone(), one_aggs[&key].clone());
+                    without_error_bound(&mut m);
+                    without_error_bound(&mut o);
+                    assert_eq!(m, o, "{query}: {key} differs");
+                }
+                // Pages after the cursor agree too, to the end.
+                let mut cursor = one.next_cursor.clone();
+                let mut pages = 0;
+                while let Some(after) = cursor.take() {
+                    let page = SearchRequest {
+                        after: Some(after.parse().expect("cursor")),
+                        aggs: Vec::new(),
+                        ..request.clone()
+                    };
+                    let one = single.search(&page).expect("single page");
+                    let merged = fan_out(&parts, &page);
+                    assert_eq!(ids(&merged), ids(&one), "{query} page {pages}");
+                    cursor = one.next_cursor;
+                    pages += 1;
+                    if pages == 4 {
+                        break;
+                    }
+                }
+            }
+        }
     }
 }

@@ -30,7 +30,7 @@ use yagura_shared::{Event, SignedBatch};
 
 use super::days::{self, DayReader, DaySet};
 use super::{DocFields, EventIndex, IndexError, Result, document};
-use crate::archive::{Archive, Record, RecordSource as _};
+use crate::archive::{Archive, Record, RecordSource};
 use crate::collector_events::CollectorEvents;
 
 /// The consumer name the indexer commits its archive offset under.
@@ -205,7 +205,7 @@ impl Indexer {
     /// retention between commits, and on cancellation indexes what is durable and
     /// commits once more.
     pub fn run<A: Archive>(
-        mut self,
+        self,
         archive: &A,
         runtime: tokio::runtime::Handle,
         cancel: CancellationToken,
@@ -213,7 +213,22 @@ impl Indexer {
         let start = self.start;
         tracing::info!(archive_offset = start, "indexer resuming");
         archive.commit_consumer_offset(INDEXER_CONSUMER, start);
-        let mut reader = archive.reader(start)?;
+        let reader = archive.reader(start)?;
+        self.follow(reader, runtime, cancel, |offset| {
+            archive.commit_consumer_offset(INDEXER_CONSUMER, offset);
+        })
+    }
+
+    /// [`Indexer::run`] over any reader that starts at [`Indexer::resume_offset`] (a
+    /// cluster indexer reads one partition of the stream); `committed` is told every
+    /// offset committed.
+    pub fn follow(
+        mut self,
+        mut reader: impl RecordSource,
+        runtime: tokio::runtime::Handle,
+        cancel: CancellationToken,
+        mut committed: impl FnMut(u64),
+    ) -> Result<()> {
         let mut watch = reader.watch();
         let mut uncommitted = false;
         let mut last_commit = Instant::now();
@@ -232,7 +247,7 @@ impl Indexer {
             let caught_up = reader.offset() >= reader.committed_end();
             if uncommitted && (stopping || last_commit.elapsed() >= self.options.commit_interval) {
                 self.commit(reader.offset())?;
-                archive.commit_consumer_offset(INDEXER_CONSUMER, reader.offset());
+                committed(reader.offset());
                 uncommitted = false;
                 last_commit = Instant::now();
             }
