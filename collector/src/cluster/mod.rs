@@ -8,7 +8,9 @@
 //! holding the partitions. Nothing here is a consensus protocol of our own: JetStream's
 //! compare-and-set on keys and its message expiry decide.
 
+pub mod indexer;
 pub mod leases;
+pub mod search;
 
 use std::time::Duration;
 

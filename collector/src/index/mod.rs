@@ -772,30 +772,14 @@ pub fn merge_shards(
     interval: Option<&str>,
     shards: Vec<ShardResult>,
 ) -> Result<SearchResult> {
-    let order = if request.oldest_first {
-        Order::Asc
-    } else {
-        Order::Desc
-    };
+    let ShardResult {
+        mut total,
+        hits: found,
+        aggregations: merged,
+        days_searched,
+        days_total,
+    } = combine_shards(request, shards)?;
     let limit = request.limit.max(1);
-    let mut total = 0;
-    let mut days_searched = 0;
-    let mut days_total = 0;
-    let mut found: Vec<ShardHit> = Vec::new();
-    let mut merged: Option<IntermediateAggregationResults> = None;
-    for shard in shards {
-        total += shard.total;
-        days_searched += shard.days_searched;
-        days_total += shard.days_total;
-        found.extend(shard.hits);
-        if let Some(part) = shard.aggregations {
-            match &mut merged {
-                None => merged = Some(part),
-                Some(all) => all.merge_fruits(part).map_err(aggregation_failed)?,
-            }
-        }
-    }
-    sort_in_order(&mut found, order, |h| h.key);
     let next_cursor = found
         .get(limit - 1)
         .filter(|_| found.len() >= request.limit)
@@ -838,6 +822,39 @@ pub fn merge_shards(
         days_searched,
         days_total,
     })
+}
+
+/// Several shards' parts combined into one part, still mergeable (an indexer node
+/// answering for all the partitions it holds): totals added, the first page of all,
+/// aggregations merged but not finalised.
+pub fn combine_shards(request: &SearchRequest, shards: Vec<ShardResult>) -> Result<ShardResult> {
+    let order = if request.oldest_first {
+        Order::Asc
+    } else {
+        Order::Desc
+    };
+    let mut combined = ShardResult {
+        total: 0,
+        hits: Vec::new(),
+        aggregations: None,
+        days_searched: 0,
+        days_total: 0,
+    };
+    for shard in shards {
+        combined.total += shard.total;
+        combined.days_searched += shard.days_searched;
+        combined.days_total += shard.days_total;
+        combined.hits.extend(shard.hits);
+        if let Some(part) = shard.aggregations {
+            match &mut combined.aggregations {
+                None => combined.aggregations = Some(part),
+                Some(all) => all.merge_fruits(part).map_err(aggregation_failed)?,
+            }
+        }
+    }
+    sort_in_order(&mut combined.hits, order, |h| h.key);
+    combined.hits.truncate(request.limit.max(1));
+    Ok(combined)
 }
 
 /// One hit of a shard, with its place in the result order.
@@ -1006,7 +1023,7 @@ fn select_fields(event: &Value, fields: &[String]) -> Value {
 }
 
 /// Whether a date histogram in `spec` (or nested in it) needs an interval chosen.
-fn needs_auto_interval(spec: &crate::search::aggs::AggSpec) -> bool {
+pub fn needs_auto_interval(spec: &crate::search::aggs::AggSpec) -> bool {
     let own = spec.kind == crate::search::aggs::AggKind::DateHistogram && spec.interval.is_none();
     own || spec.nested.as_deref().is_some_and(needs_auto_interval)
 }
