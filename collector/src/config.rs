@@ -63,6 +63,9 @@ pub struct CollectorConfig {
     /// The analyst console.
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// This node in a cluster (with `[archive] backend = "jetstream"`).
+    #[serde(default)]
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[listeners]`: a segment named here is served on its own listener instead of the
@@ -486,6 +489,7 @@ impl CollectorConfig {
             alert: crate::alert::AlertConfig::default(),
             shop: ShopConfig::default(),
             console: ConsoleConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 
@@ -613,6 +617,12 @@ impl CollectorConfig {
             return Err(invalid(
                 "index.commit_interval_ms and detect.commit_interval_ms must be above 0".into(),
             ));
+        }
+        if let Some(problem) = config.archive.jetstream.problems().into_iter().next() {
+            return Err(invalid(format!("archive.jetstream: {problem}")));
+        }
+        if let Some(problem) = config.cluster.problems().into_iter().next() {
+            return Err(invalid(format!("cluster: {problem}")));
         }
         crate::alert::AlertPolicies::new(&config.alert).map_err(invalid)?;
         for role in &config.shop.mfa_required_roles {

@@ -38,6 +38,10 @@ enum Command {
     Serve {
         #[arg(long, default_value = "/etc/yagura/collector.toml")]
         config: PathBuf,
+        /// What this process does: everything (`all`), or one role of a cluster on
+        /// NATS JetStream (`[archive] backend = "jetstream"`; docs/scale-out.md).
+        #[arg(long, value_enum, default_value = "all")]
+        role: yagura_collector::cluster::Role,
     },
     /// Run everything on one machine with embedded defaults: collector and a local agent.
     Up(up::UpArgs),
@@ -325,7 +329,7 @@ fn parse_ttl(text: &str) -> anyhow::Result<chrono::Duration> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => serve(config).await,
+        Command::Serve { config, role } => serve(config, role).await,
         Command::Up(args) => up::run(args).await,
         Command::Search(args) => search::run(args).await,
         Command::Export(args) => export::run(args).await,
@@ -695,9 +699,38 @@ async fn archive_verify(location: &DataLocation, since: Option<&str>) -> anyhow:
     Ok(())
 }
 
-async fn serve(path: PathBuf) -> anyhow::Result<()> {
+async fn serve(path: PathBuf, role: yagura_collector::cluster::Role) -> anyhow::Result<()> {
+    use yagura_collector::cluster::Role;
+    use yagura_collector::config::ArchiveBackend;
     let config = CollectorConfig::load(&path)?;
     let shutdown = CancellationToken::new();
+    match (config.archive.backend, role) {
+        (ArchiveBackend::Segments, Role::All) => {}
+        (ArchiveBackend::Segments, role) => anyhow::bail!(
+            "{}: --role {} needs [archive] backend = \"jetstream\" (a cluster shares its \
+             archive on NATS JetStream; see docs/scale-out.md)",
+            path.display(),
+            role.name()
+        ),
+        (ArchiveBackend::JetStream, Role::Indexer) => {
+            let signal = tokio::spawn(stop_signal(shutdown.clone()));
+            let result = yagura_collector::cluster::node::run_indexer(config, shutdown, |node| {
+                println!(
+                    "yagura indexer {} on stream {} ({} partitions)",
+                    node.name, node.stream, node.partitions
+                );
+            })
+            .await;
+            signal.abort();
+            return result;
+        }
+        (ArchiveBackend::JetStream, role) => anyhow::bail!(
+            "{}: with [archive] backend = \"jetstream\" this version runs --role indexer; \
+             the {} role is not built yet (docs/scale-out.md says what is)",
+            path.display(),
+            role.name()
+        ),
+    }
     let (started_tx, started_rx) = oneshot::channel();
     let server = tokio::spawn(server::run(config, started_tx, shutdown.clone()));
     if let Ok(started) = started_rx.await {

@@ -10,6 +10,7 @@
 
 pub mod indexer;
 pub mod leases;
+pub mod node;
 pub mod search;
 
 use std::time::Duration;
