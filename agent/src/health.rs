@@ -98,7 +98,17 @@ fn rss_bytes() -> Option<u64> {
 /// User plus system CPU time of this process, from `/proc/self/stat` (USER_HZ is 100 on
 /// every Linux architecture for this interface).
 pub fn cpu_seconds() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_at("/proc/self/stat")
+}
+
+/// CPU seconds (user + system, all threads) of process `pid` so far (benchmarks of
+/// child processes).
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    cpu_seconds_at(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_seconds_at(stat: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(stat).ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = &text[text.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();

@@ -138,6 +138,19 @@ async fn appends_in_order_acknowledges_replays_and_reads_back_the_same_bytes() {
         .expect("present");
     assert_eq!(found.batch, batch(agent, 2));
     assert!(archive.record_at(999_999).await.expect("absent").is_none());
+    // A batch NATS could never take is refused as too large (ingest answers 413), not
+    // as a failure worth retrying.
+    let error = archive
+        .append(agent, 8, vec![0; archive.max_payload()])
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(
+            error,
+            yagura_collector::archive::ArchiveError::TooLarge { .. }
+        ),
+        "{error}"
+    );
     archive.delete().await.expect("delete");
 }
 

@@ -38,8 +38,9 @@ const SEQUENCE_HEADER: &str = "Yagura-Sequence";
 const RECEIVED_HEADER: &str = "Yagura-Received-At";
 /// How often a publish is tried again when another gateway appended for the same agent.
 const CONFLICT_RETRIES: usize = 5;
-/// Records a reader buffers ahead of its consumer.
-const READ_AHEAD: usize = 512;
+/// Records a reader buffers ahead of its consumer (each at most NATS's `max_payload`,
+/// 1 MiB by default).
+const READ_AHEAD: usize = 64;
 
 /// `[archive.jetstream]` in `collector.toml`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -189,6 +190,8 @@ pub struct JetStreamArchive {
     context: jetstream::Context,
     stream: stream::Stream,
     runtime: tokio::runtime::Handle,
+    /// The server's largest message.
+    max_payload: usize,
     /// One lock per agent: a gateway appends one agent's batches one at a time.
     tails: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<AgentTail>>>>,
     /// The last sequence per agent this gateway saw (what `last_sequence` answers).
@@ -228,6 +231,7 @@ impl JetStreamArchive {
             )));
         }
         let client = connect(&config.url, "yagura-archive").await?;
+        let max_payload = client.server_info().max_payload;
         let context = jetstream::ContextBuilder::new()
             .timeout(Duration::from_millis(config.ack_timeout_ms))
             .build(client);
@@ -271,6 +275,7 @@ impl JetStreamArchive {
             context,
             stream,
             runtime: tokio::runtime::Handle::current(),
+            max_payload,
             tails: Mutex::default(),
             last: Mutex::default(),
             committed,
@@ -279,6 +284,11 @@ impl JetStreamArchive {
 
     pub fn config(&self) -> &JetStreamConfig {
         &self.config
+    }
+
+    /// The largest message the NATS server takes: batches beyond it are refused (413).
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
     }
 
     /// Deletes the stream (tests, and `yagura` clean-ups of throwaway clusters).
@@ -387,6 +397,14 @@ impl Archive for JetStreamArchive {
         let lock = self.tail_lock(agent);
         let mut tail = lock.lock().await;
         let subject = self.config.subject(agent);
+        // Headers and subject travel in the same message; keep 4 KiB for them.
+        let limit = self.max_payload.saturating_sub(4096);
+        if batch.len() > limit {
+            return Err(ArchiveError::TooLarge {
+                size: batch.len(),
+                limit,
+            });
+        }
         let payload = bytes::Bytes::from(batch);
         for _ in 0..CONFLICT_RETRIES {
             if !tail.known {
@@ -520,6 +538,7 @@ async fn pump(
         .messages()
         .await
         .map_err(|e| stream_error("reading the stream", e))?;
+    let mut expected = start;
     loop {
         let next = tokio::select! {
             next = messages.next() => next,
@@ -533,6 +552,14 @@ async fn pump(
             .info()
             .map_err(|e| stream_error("a message without stream metadata", e))?
             .stream_sequence;
+        // An ordered consumer that lost its server-side state before delivering anything
+        // is recreated from the start of the stream, not from `start`: what comes again
+        // is dropped here, so a reader never hands out a record twice or one before its
+        // start.
+        if sequence < expected {
+            continue;
+        }
+        expected = sequence + 1;
         let record = Record {
             offset: sequence,
             next_offset: sequence + 1,
@@ -592,6 +619,10 @@ impl RecordSource for JetStreamReader {
 
     fn watch(&self) -> watch::Receiver<u64> {
         self.end.clone()
+    }
+
+    fn drain_on_stop(&self) -> bool {
+        false
     }
 
     fn next_record(&mut self) -> Result<Option<Record>> {

@@ -50,6 +50,10 @@ pub enum ArchiveError {
     /// The JetStream archive: NATS unreachable, a refused publish or read.
     #[error("archive stream: {0}")]
     Stream(String),
+    /// A batch the archive can never take (larger than NATS's `max_payload`): retrying
+    /// does not help, the agent must send smaller batches.
+    #[error("batch of {size} bytes is larger than the archive takes ({limit} bytes)")]
+    TooLarge { size: usize, limit: usize },
 }
 
 pub type Result<T, E = ArchiveError> = std::result::Result<T, E>;
@@ -85,12 +89,21 @@ pub trait RecordSource: Send {
     /// Where the next record is read from (the resume point after the last one taken).
     fn offset(&self) -> u64;
 
-    /// The end of what is durable and visible to this reader now; the reader has caught
-    /// up when its offset reached it.
+    /// The end of what is durable and visible to this reader now (for a stream reader:
+    /// what it has pulled, not the stream's end); the reader has caught up when its
+    /// offset reached it.
     fn committed_end(&self) -> u64;
 
     /// Changes when more records may have become readable.
     fn watch(&self) -> watch::Receiver<u64>;
+
+    /// Whether a consumer that is stopping should first read what is durable (the
+    /// segment archive of a stopping collector: bounded, and nobody else will). A
+    /// partition of a shared stream says no: its backlog belongs to whoever holds the
+    /// partition next, and a stop must be quick so the node keeps renewing its leases.
+    fn drain_on_stop(&self) -> bool {
+        true
+    }
 
     /// The next durable record, or `None` when the reader has caught up. Never blocks.
     fn next_record(&mut self) -> Result<Option<Record>>;

@@ -45,9 +45,9 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 const MAX_DECOMPRESSED: usize = 64 << 20;
 
 /// A small deterministic generator: the same data set for the same `--events`.
-struct XorShift(u64);
+pub(super) struct XorShift(pub(super) u64);
 impl XorShift {
-    fn next(&mut self, n: u64) -> u64 {
+    pub(super) fn next(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -68,7 +68,13 @@ const COMMANDS: &[&str] = &[
 ];
 
 /// Event `i` of `n`, spread over the two days before `end`.
-fn event(i: u64, n: u64, end: chrono::DateTime<Utc>, agent: &str, rng: &mut XorShift) -> Event {
+pub(super) fn event(
+    i: u64,
+    n: u64,
+    end: chrono::DateTime<Utc>,
+    agent: &str,
+    rng: &mut XorShift,
+) -> Event {
     let span_ms = 48 * 3600 * 1000;
     let at = end - chrono::Duration::milliseconds(span_ms - (i * span_ms as u64 / n.max(1)) as i64);
     let mut e = Event::new(at);
@@ -120,7 +126,7 @@ fn cpu_seconds() -> f64 {
     yagura_agent::health::cpu_seconds().unwrap_or(0.0)
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
+pub(super) fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map_or(0, |entries| {
         entries
             .filter_map(Result::ok)
@@ -230,7 +236,7 @@ fn run_direct(ndjson: &Path, dir: &Path) -> anyhow::Result<Indexed> {
     })
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(super) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(at).copied().unwrap_or_default()
 }

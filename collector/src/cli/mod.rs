@@ -6,6 +6,7 @@ mod backup;
 mod bench;
 mod bench_agent;
 mod bench_alert;
+mod bench_cluster;
 mod bench_detect;
 mod bench_search;
 mod bench_shop;
@@ -182,6 +183,8 @@ enum BenchCommand {
     Alert(bench_alert::BenchAlertArgs),
     /// Shop cart requests/s and p99 with wrk, sign-ins/s, Argon2id hash time.
     Shop(bench_shop::BenchShopArgs),
+    /// JetStream publish ack latency; indexing through one and two indexer processes.
+    Cluster(bench_cluster::BenchClusterArgs),
 }
 
 /// Where the collector's data is: a config file or a data directory.
@@ -474,6 +477,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Shop(args),
         } => bench_shop::run(args).await,
+        Command::Bench {
+            command: BenchCommand::Cluster(args),
+        } => bench_cluster::run(args).await,
         Command::ApiToken {
             command: ApiTokenCommand::Create { location, name },
         } => {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::leases::{Changes, Leases};
+use super::leases::Leases;
 use super::search::Shards;
 use crate::archive::JetStreamArchive;
 use crate::index::{Indexer, IndexerOptions, IndexerStats};
@@ -75,11 +75,20 @@ impl ClusterIndexer {
     ) -> anyhow::Result<()> {
         loop {
             match leases.renew().await {
-                Ok(changes) => self.apply(&mut leases, changes).await?,
+                Ok(changes) => {
+                    for partition in changes.surplus {
+                        self.stop(partition).await;
+                        leases.release(partition).await?;
+                        tracing::info!(partition, "partition given back for another indexer");
+                    }
+                }
                 // NATS away: keep indexing what is held; the leases expire on their own
-                // if it stays away, and the next renewal says what was lost.
+                // if it stays away, and a later renewal says what was lost.
                 Err(error) => tracing::warn!(%error, "renewing indexer leases"),
             }
+            // The leases held are the truth, whatever a renewal cut short by an error
+            // reported: run exactly those.
+            self.reconcile(&leases.held()).await;
             tokio::select! {
                 () = tokio::time::sleep(renew_every) => {}
                 () = cancel.cancelled() => break,
@@ -94,30 +103,36 @@ impl ClusterIndexer {
         Ok(())
     }
 
-    async fn apply(&mut self, leases: &mut Leases, changes: Changes) -> anyhow::Result<()> {
-        for partition in changes.lost {
-            tracing::warn!(partition, "partition taken over by another indexer");
+    /// Stops the partitions no longer held and workers that died, starts the held ones
+    /// that have none (a died worker is restarted at the next round).
+    async fn reconcile(&mut self, held: &std::collections::BTreeSet<u32>) {
+        let ended: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|(p, w)| !held.contains(p) || w.thread.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in ended {
+            if held.contains(&partition) {
+                tracing::warn!(partition, "partition indexer ended; starting it again");
+            } else {
+                tracing::warn!(partition, "partition taken over by another indexer");
+            }
             self.stop(partition).await;
         }
-        for partition in changes.surplus {
-            self.stop(partition).await;
-            leases.release(partition).await?;
-            tracing::info!(partition, "partition given back for another indexer");
-        }
-        for partition in changes.acquired {
-            match self.start(partition) {
+        for partition in held {
+            if self.workers.contains_key(partition) {
+                continue;
+            }
+            match self.start(*partition) {
                 Ok(()) => tracing::info!(partition, "indexing partition"),
-                Err(error) => {
-                    tracing::error!(
-                        partition,
-                        error = format!("{error:#}"),
-                        "cannot index partition"
-                    );
-                    leases.release(partition).await?;
-                }
+                Err(error) => tracing::error!(
+                    partition,
+                    error = format!("{error:#}"),
+                    "cannot index partition; trying again at the next renewal"
+                ),
             }
         }
-        Ok(())
     }
 
     fn start(&mut self, partition: u32) -> anyhow::Result<()> {

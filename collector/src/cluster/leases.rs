@@ -84,6 +84,24 @@ pub async fn bucket(
     replicas: usize,
 ) -> Result<kv::Store, LeaseError> {
     if let Ok(store) = context.get_key_value(name).await {
+        // Every node must expire leases alike, or they keep taking each other's.
+        let mut stream = context
+            .get_stream(format!("KV_{name}"))
+            .await
+            .map_err(|e| lease_error(&format!("reading bucket {name}"), e))?;
+        let made_with = stream
+            .info()
+            .await
+            .map_err(|e| lease_error(&format!("reading bucket {name}"), e))?
+            .config
+            .max_age;
+        if made_with != lease {
+            return Err(LeaseError(format!(
+                "bucket {name} expires leases after {made_with:?}, this node is configured \
+                 with {lease:?}: give every node of the cluster the same [cluster] \
+                 lease_seconds (or delete the bucket while the cluster is stopped)"
+            )));
+        }
         return Ok(store);
     }
     // The bucket's stream, made as the key-value convention has it (`KV_<bucket>`,
@@ -167,8 +185,16 @@ impl Leases {
                     self.held.insert(partition, revision);
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    self.held.remove(&partition);
-                    changes.lost.push(partition);
+                    // Perhaps our own earlier renewal landed though its answer was lost.
+                    match self.own_revision(partition).await? {
+                        Some(revision) => {
+                            self.held.insert(partition, revision);
+                        }
+                        None => {
+                            self.held.remove(&partition);
+                            changes.lost.push(partition);
+                        }
+                    }
                 }
                 Err(e) => return Err(lease_error("renewing a lease", e)),
             }
@@ -202,12 +228,30 @@ impl Leases {
                         self.held.insert(partition, revision);
                         changes.acquired.push(partition);
                     }
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                        // Ours after all when an earlier take landed unanswered.
+                        if let Some(revision) = self.own_revision(partition).await? {
+                            self.held.insert(partition, revision);
+                            changes.acquired.push(partition);
+                        }
+                    }
                     Err(e) => return Err(lease_error("taking a lease", e)),
                 }
             }
         }
         Ok(changes)
+    }
+
+    /// The revision of `partition`'s lease when this node holds it.
+    async fn own_revision(&self, partition: u32) -> Result<Option<u64>, LeaseError> {
+        let entry = self
+            .kv
+            .entry(self.lease_key(partition))
+            .await
+            .map_err(|e| lease_error("reading a lease", e))?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put && e.value == self.member.node.as_bytes())
+            .map(|e| e.revision))
     }
 
     /// Gives a partition back (after its work stopped): another member may take it now.

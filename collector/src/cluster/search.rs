@@ -196,12 +196,26 @@ pub async fn serve(
                     .unwrap_or_else(|e| ShardAnswer::Failed(e.to_string())),
                 Err(e) => ShardAnswer::Invalid(format!("shard query: {e}")),
             };
-            let body = serde_json::to_vec(&answer).unwrap_or_default();
+            let mut body = serde_json::to_vec(&answer)
+                .unwrap_or_else(|e| failed_body(&format!("encoding the answer: {e}")));
+            // An answer NATS would refuse is said to be too large, not left unanswered.
+            let limit = client.server_info().max_payload;
+            if body.len() > limit {
+                body = failed_body(&format!(
+                    "the answer of {} bytes exceeds NATS's max_payload of {limit} bytes: ask \
+                     for fewer hits or fields",
+                    body.len()
+                ));
+            }
             if let Err(error) = client.publish(reply, body.into()).await {
                 tracing::warn!(%error, "answering a shard search");
             }
         });
     }
+}
+
+fn failed_body(problem: &str) -> Vec<u8> {
+    serde_json::to_vec(&ShardAnswer::Failed(problem.to_string())).unwrap_or_default()
 }
 
 /// Why a cluster search failed.
@@ -332,9 +346,12 @@ impl FanOut {
 
     async fn ask(&self, node: &str, query: &ShardQuery) -> Result<ShardAnswer, FanOutError> {
         let body = serde_json::to_vec(query).map_err(|e| FanOutError::Invalid(e.to_string()))?;
-        let asked = self
-            .client
-            .request(search_subject(&self.stream, node), body.into());
+        let asked = self.client.send_request(
+            search_subject(&self.stream, node),
+            async_nats::Request::new()
+                .payload(body.into())
+                .timeout(Some(self.timeout)),
+        );
         let reply = tokio::time::timeout(self.timeout, asked)
             .await
             .map_err(|_| FanOutError::Unavailable(format!("indexer {node} did not answer")))?

@@ -233,10 +233,18 @@ impl Indexer {
         let mut uncommitted = false;
         let mut last_commit = Instant::now();
         let mut last_retention: Option<Instant> = None;
+        let drain = reader.drain_on_stop();
         loop {
             let stopping = cancel.is_cancelled();
             let mut added = 0usize;
-            while let Some(record) = reader.next_record()? {
+            while (!stopping || drain)
+                && let Some(record) = reader.next_record()?
+            {
+                if record.offset < self.start {
+                    // Below the resume point: already in a committed day (a reader never
+                    // hands these out; this is the indexer's own guard against doubles).
+                    continue;
+                }
                 self.add_record(&record)?;
                 uncommitted = true;
                 added += 1;
@@ -244,7 +252,7 @@ impl Indexer {
                     break;
                 }
             }
-            let caught_up = reader.offset() >= reader.committed_end();
+            let caught_up = (stopping && !drain) || reader.offset() >= reader.committed_end();
             if uncommitted && (stopping || last_commit.elapsed() >= self.options.commit_interval) {
                 self.commit(reader.offset())?;
                 committed(reader.offset());

@@ -479,7 +479,12 @@ impl<A: Archive> BatchIngest<A> {
             .archive
             .append(header.agent_id, header.sequence, batch.into_bytes())
             .await
-            .map_err(|e| Rejection::Unavailable(e.to_string()))?;
+            .map_err(|e| match e {
+                crate::archive::ArchiveError::TooLarge { .. } => Rejection::TooLarge(format!(
+                    "{e}: send smaller batches (the agent's [ship] batch bytes)"
+                )),
+                other => Rejection::Unavailable(other.to_string()),
+            })?;
         self.fleet
             .record_batch(header.agent_id, peer, header.sequence, heartbeat);
         match appended {
