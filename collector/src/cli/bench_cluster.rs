@@ -140,7 +140,7 @@ impl IndexerProcess {
             format!(
                 "data_dir = \"{}\"\n\n[archive]\nbackend = \"jetstream\"\n\n\
                  [archive.jetstream]\nurl = \"{}\"\nstream = \"{}\"\nsubject_prefix = \"{}\"\n\
-                 partitions = {}\n\n[cluster]\nnode = \"{node}\"\nlease_seconds = 3\n",
+                 partitions = {}\n\n[cluster]\nnode = \"{node}\"\nlease_seconds = 6\n",
                 data.display(),
                 config.url,
                 config.stream,
@@ -152,7 +152,10 @@ impl IndexerProcess {
         let child = Command::new(std::env::current_exe()?)
             .args(["serve", "--role", "indexer", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                "info,async_nats=warn,yagura_collector::cluster=debug",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -209,8 +212,14 @@ async fn index_with(
         .map(|n| IndexerProcess::start(&work.join(run), &format!("{run}-{n}"), config))
         .collect::<anyhow::Result<_>>()?;
     let deadline = started + Duration::from_secs(3_600);
+    // A count over every partition each half second (searches run at normal priority,
+    // indexing at nice 10: polling much more often would measure the polling).
+    let count = SearchRequest {
+        limit: 1,
+        ..SearchRequest::new("*")
+    };
     loop {
-        if let Ok(found) = fan.search(&SearchRequest::new("*")).await
+        if let Ok(found) = fan.search(&count).await
             && found.total as u64 >= events
         {
             break;
@@ -219,7 +228,7 @@ async fn index_with(
             Instant::now() < deadline,
             "{run}: not indexed within an hour"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let wall = started.elapsed();
     let cpu = processes.iter().map(IndexerProcess::cpu_seconds).sum();
@@ -241,6 +250,9 @@ pub async fn run(args: BenchClusterArgs) -> anyhow::Result<()> {
             .prefix("yagura-bench-cluster-")
             .tempdir()?,
     };
+    if args.dir.is_some() {
+        println!("work directory (kept): {}", work.path().display());
+    }
     let id = uuid::Uuid::new_v4().simple().to_string();
     let config = JetStreamConfig {
         url: args.nats.clone(),
@@ -294,7 +306,7 @@ pub async fn run(args: BenchClusterArgs) -> anyhow::Result<()> {
         let kv = leases::bucket(
             &context,
             &lease_bucket_name(&config.stream),
-            Duration::from_secs(3),
+            Duration::from_secs(6),
             1,
         )
         .await?;
@@ -334,5 +346,9 @@ pub async fn run(args: BenchClusterArgs) -> anyhow::Result<()> {
         .delete_key_value(lease_bucket_name(&config.stream))
         .await;
     let _ = context.delete_stream(&config.stream).await;
+    if args.dir.is_some() {
+        // The indexers' logs and data stay for a look.
+        let _ = work.keep();
+    }
     result
 }

@@ -32,6 +32,8 @@ pub struct ClusterIndexer {
     options: IndexerOptions,
     shards: Shards,
     workers: BTreeMap<u32, Worker>,
+    /// Told to end, not yet ended: (partition, worker, release its lease when done).
+    stopping: Vec<(u32, Worker, bool)>,
 }
 
 impl ClusterIndexer {
@@ -42,6 +44,7 @@ impl ClusterIndexer {
             options,
             shards: Shards::default(),
             workers: BTreeMap::new(),
+            stopping: Vec::new(),
         }
     }
 
@@ -67,6 +70,11 @@ impl ClusterIndexer {
 
     /// Renews the leases every `renew_every` and follows what they say, until `cancel`;
     /// then stops every partition (each commits) and leaves the group.
+    ///
+    /// Stopping a partition (commit, writer closed) can take seconds on a loaded machine,
+    /// so it never holds up this loop: the other leases must be renewed meanwhile, or
+    /// they expire and move. A partition given back is released only once its indexer
+    /// has committed and ended.
     pub async fn run(
         mut self,
         mut leases: Leases,
@@ -74,28 +82,45 @@ impl ClusterIndexer {
         cancel: CancellationToken,
     ) -> anyhow::Result<()> {
         loop {
-            match leases.renew().await {
+            let renewing = std::time::Instant::now();
+            let renewed = leases.renew().await;
+            tracing::debug!(
+                took_ms = renewing.elapsed().as_millis() as u64,
+                held = ?leases.held(),
+                ok = renewed.is_ok(),
+                "indexer leases renewed"
+            );
+            if renewing.elapsed() > renew_every {
+                tracing::warn!(
+                    took_ms = renewing.elapsed().as_millis() as u64,
+                    "renewing the leases took longer than the renewal interval; partitions \
+                     may move (a loaded machine or NATS server)"
+                );
+            }
+            match renewed {
                 Ok(changes) => {
                     for partition in changes.surplus {
-                        self.stop(partition).await;
-                        leases.release(partition).await?;
-                        tracing::info!(partition, "partition given back for another indexer");
+                        self.begin_stop(partition, true);
                     }
                 }
                 // NATS away: keep indexing what is held; the leases expire on their own
                 // if it stays away, and a later renewal says what was lost.
                 Err(error) => tracing::warn!(%error, "renewing indexer leases"),
             }
+            self.finish_stops(&mut leases).await;
             // The leases held are the truth, whatever a renewal cut short by an error
             // reported: run exactly those.
-            self.reconcile(&leases.held()).await;
+            self.reconcile(&leases.held());
             tokio::select! {
                 () = tokio::time::sleep(renew_every) => {}
                 () = cancel.cancelled() => break,
             }
         }
         for partition in self.workers.keys().copied().collect::<Vec<_>>() {
-            self.stop(partition).await;
+            self.begin_stop(partition, false);
+        }
+        for (partition, worker, _) in std::mem::take(&mut self.stopping) {
+            join(partition, worker).await;
         }
         if let Err(error) = leases.leave().await {
             tracing::warn!(%error, "leaving the indexers");
@@ -103,9 +128,40 @@ impl ClusterIndexer {
         Ok(())
     }
 
+    /// Stops answering for `partition` and tells its indexer to commit and end; the
+    /// lease is released once it has (`release`) — see [`Self::finish_stops`].
+    fn begin_stop(&mut self, partition: u32, release: bool) {
+        self.shards
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&partition);
+        if let Some(worker) = self.workers.remove(&partition) {
+            worker.cancel.cancel();
+            self.stopping.push((partition, worker, release));
+        }
+    }
+
+    /// Joins the indexers that have ended and releases the leases given back.
+    async fn finish_stops(&mut self, leases: &mut Leases) {
+        let (ended, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stopping)
+            .into_iter()
+            .partition(|(_, worker, _)| worker.thread.is_finished());
+        self.stopping = running;
+        for (partition, worker, release) in ended {
+            join(partition, worker).await;
+            if release {
+                match leases.release(partition).await {
+                    Ok(()) => tracing::info!(partition, "partition given back for another indexer"),
+                    Err(error) => tracing::warn!(partition, %error, "giving a partition back"),
+                }
+            }
+        }
+    }
+
     /// Stops the partitions no longer held and workers that died, starts the held ones
-    /// that have none (a died worker is restarted at the next round).
-    async fn reconcile(&mut self, held: &std::collections::BTreeSet<u32>) {
+    /// that have none (a died worker is restarted at the next round; a partition whose
+    /// indexer is still stopping waits for it).
+    fn reconcile(&mut self, held: &std::collections::BTreeSet<u32>) {
         let ended: Vec<u32> = self
             .workers
             .iter()
@@ -118,10 +174,12 @@ impl ClusterIndexer {
             } else {
                 tracing::warn!(partition, "partition taken over by another indexer");
             }
-            self.stop(partition).await;
+            self.begin_stop(partition, false);
         }
         for partition in held {
-            if self.workers.contains_key(partition) {
+            if self.workers.contains_key(partition)
+                || self.stopping.iter().any(|(p, _, _)| p == partition)
+            {
                 continue;
             }
             match self.start(*partition) {
@@ -149,6 +207,7 @@ impl ClusterIndexer {
             std::thread::Builder::new()
                 .name(format!("indexer-p{partition}"))
                 .spawn(move || {
+                    background_priority();
                     if let Err(error) = indexer.follow(reader, runtime, cancel, |_| {}) {
                         tracing::error!(partition, %error, "partition indexer stopped");
                     }
@@ -168,21 +227,25 @@ impl ClusterIndexer {
         );
         Ok(())
     }
+}
 
-    /// Stops a partition's indexer (it commits what it indexed) and stops answering for it.
-    async fn stop(&mut self, partition: u32) {
-        self.shards
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&partition);
-        if let Some(worker) = self.workers.remove(&partition) {
-            worker.cancel.cancel();
-            if tokio::task::spawn_blocking(move || worker.thread.join())
-                .await
-                .map_or(true, |joined| joined.is_err())
-            {
-                tracing::error!(partition, "partition indexer panicked");
-            }
-        }
+/// Waits for a stopped partition indexer's thread (it has been told to end).
+async fn join(partition: u32, worker: Worker) {
+    if tokio::task::spawn_blocking(move || worker.thread.join())
+        .await
+        .map_or(true, |joined| joined.is_err())
+    {
+        tracing::error!(partition, "partition indexer panicked");
+    }
+}
+
+/// Indexing is background work; lease renewals, search answers and the NATS server
+/// itself must not wait behind it. Lowers this thread's priority (nice 10) and so that
+/// of the tantivy threads it starts, which inherit it. Without it a node indexing flat
+/// out on a loaded machine was seen missing its renewals and losing its partitions.
+fn background_priority() {
+    let thread = rustix::thread::gettid();
+    if let Err(error) = rustix::process::setpriority_process(Some(thread), 10) {
+        tracing::debug!(%error, "indexer thread keeps its priority");
     }
 }

@@ -63,6 +63,8 @@ pub struct Leases {
     partitions: u32,
     /// Held partitions and the revision of their lease.
     held: BTreeMap<u32, u64>,
+    /// Whether this node's membership has been announced for a renewal already.
+    announced: bool,
 }
 
 impl std::fmt::Debug for Leases {
@@ -145,6 +147,7 @@ impl Leases {
             member,
             partitions,
             held: BTreeMap::new(),
+            announced: false,
         }
     }
 
@@ -162,8 +165,8 @@ impl Leases {
     }
 
     /// Renews the heartbeat and the held leases, gives back what exceeds this node's
-    /// share and takes free partitions up to it. Call well within the lease time (a third
-    /// of it).
+    /// share and takes free partitions up to it (not at the first call, which announces
+    /// the node). Call well within the lease time (a third of it).
     pub async fn renew(&mut self) -> Result<Changes, LeaseError> {
         let heartbeat = serde_json::to_vec(&self.member).map_err(|e| lease_error("member", e))?;
         self.kv
@@ -198,6 +201,13 @@ impl Leases {
                 }
                 Err(e) => return Err(lease_error("renewing a lease", e)),
             }
+        }
+        if !self.announced {
+            // The first renewal only announces this node: nodes started together see
+            // each other before anyone takes a share, instead of the first taking every
+            // partition and giving half back a renewal later (work done twice).
+            self.announced = true;
+            return Ok(changes);
         }
         let members = members(&self.kv, &self.role).await?.len().max(1);
         let share = self.partitions.div_ceil(members as u32) as usize;
@@ -328,14 +338,17 @@ pub async fn owners(kv: &kv::Store, role: &str) -> Result<BTreeMap<u32, String>,
     Ok(found)
 }
 
-async fn keys(kv: &kv::Store) -> Result<Vec<String>, LeaseError> {
+/// Every key once. The listing follows the bucket while it is read, so a key written
+/// meanwhile (another node's heartbeat) comes twice; counted twice, a member would shrink
+/// everyone's share and make a node give partitions back for nothing.
+async fn keys(kv: &kv::Store) -> Result<BTreeSet<String>, LeaseError> {
     let mut keys = kv
         .keys()
         .await
         .map_err(|e| lease_error("listing keys", e))?;
-    let mut found = Vec::new();
+    let mut found = BTreeSet::new();
     while let Some(key) = keys.next().await {
-        found.push(key.map_err(|e| lease_error("listing keys", e))?);
+        found.insert(key.map_err(|e| lease_error("listing keys", e))?);
     }
     Ok(found)
 }

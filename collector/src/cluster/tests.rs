@@ -46,11 +46,13 @@ async fn members_share_the_partitions_and_a_survivor_takes_over_an_expired_lease
     let mut a = Leases::new(kv.clone(), "indexer", member("a"), 6);
     let mut b = Leases::new(kv.clone(), "indexer", member("b"), 6);
 
-    // Alone, a takes every partition.
+    // A node's first renewal announces it and takes nothing; alone, a then takes every
+    // partition.
+    assert_eq!(a.renew().await.expect("announce"), Changes::default());
     let first = a.renew().await.expect("renew");
     assert_eq!(first.acquired, vec![0, 1, 2, 3, 4, 5]);
-    // b joins: nothing is free, and a gives back what exceeds its half.
-    assert_eq!(b.renew().await.expect("renew"), Changes::default());
+    // b joins (announces), and a gives back what exceeds its half.
+    assert_eq!(b.renew().await.expect("announce"), Changes::default());
     let given = a.renew().await.expect("renew");
     assert_eq!(given.surplus, vec![5, 4, 3]);
     for partition in given.surplus {
@@ -73,6 +75,7 @@ async fn members_share_the_partitions_and_a_survivor_takes_over_an_expired_lease
     // Renewing keeps what each holds; another role's leases are apart.
     assert_eq!(a.renew().await.expect("renew"), Changes::default());
     let mut d = Leases::new(kv.clone(), "detector", member("a"), 2);
+    d.renew().await.expect("announce");
     assert_eq!(d.renew().await.expect("renew").acquired, vec![0, 1]);
 
     // a stops renewing (killed): after the lease time its partitions are free and b,

@@ -237,7 +237,9 @@ impl Indexer {
         loop {
             let stopping = cancel.is_cancelled();
             let mut added = 0usize;
-            while (!stopping || drain)
+            // A reader that is not drained on stop checks at every record, so a stop
+            // never waits for a round of indexing.
+            while (drain || !cancel.is_cancelled())
                 && let Some(record) = reader.next_record()?
             {
                 if record.offset < self.start {
