@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Segments};
-use crate::archive::SegmentArchive;
+use crate::archive::{CollectorArchive, JetStreamArchive, SegmentArchive};
 use crate::collector_events::{self, CollectorEvents};
 use crate::config::CollectorConfig;
 use crate::fleet::{self, AgentRegistry, FleetState};
@@ -77,6 +77,10 @@ pub enum RunMode {
     Full,
     /// Ingest and archive only, no indexer (the ingest benchmark measures this).
     IngestOnly,
+    /// An ingest gateway of a cluster (`serve --role ingest`): verifies batches and
+    /// appends them to the shared JetStream archive, with the agent records of the
+    /// cluster's directory; no indexer, detector, shop or archive retention of its own.
+    Gateway,
 }
 
 /// Runs the collector until `shutdown` is cancelled. `started` receives the listening
@@ -125,26 +129,24 @@ pub async fn run_with(
         .unwrap_or(&listeners[0])
         .clone();
     let url = management.url.clone();
-    let archive = Arc::new(
-        SegmentArchive::open(&config.archive_dir(), config.archive.segment_max_bytes)
-            .context("opening the archive")?,
+    let archive = Arc::new(match config.archive.backend {
+        crate::config::ArchiveBackend::Segments => CollectorArchive::Segments(
+            SegmentArchive::open(&config.archive_dir(), config.archive.segment_max_bytes)
+                .context("opening the archive")?,
+        ),
+        crate::config::ArchiveBackend::JetStream => CollectorArchive::JetStream(Box::new(
+            JetStreamArchive::open(config.archive.jetstream.clone())
+                .await
+                .context("opening the JetStream archive")?,
+        )),
+    });
+    anyhow::ensure!(
+        (mode == RunMode::Gateway) == archive.jetstream().is_some(),
+        "a collector on its own keeps a segment archive; a cluster gateway the JetStream one"
     );
-    let report = archive.recovery_report();
-    if report.truncated_bytes > 0 {
-        // On stdout too: an operator (and the end-to-end tests) must see it.
-        println!(
-            "archive recovery: cut a torn final record of {} bytes at offset {} (never \
-             acknowledged); {} records before it intact",
-            report.truncated_bytes, report.end_offset, report.records
-        );
+    if let Some(report) = archive.segments().map(SegmentArchive::recovery_report) {
+        log_recovery(report);
     }
-    tracing::info!(
-        segments = report.segments,
-        records = report.records,
-        end_offset = report.end_offset,
-        truncated_bytes = report.truncated_bytes,
-        "archive recovered"
-    );
 
     let collector_key = collector_events::load_or_create_key(&config.collector_key_path())
         .context("loading the collector's signing key")?;
@@ -176,7 +178,7 @@ pub async fn run_with(
                 .context("starting the indexer")?;
             (Some(index), Some(task), Some(stats))
         }
-        RunMode::IngestOnly => (None, None, None),
+        RunMode::IngestOnly | RunMode::Gateway => (None, None, None),
     };
 
     // Alert configuration problems (a destination whose `env:` secret is unset) stop the
@@ -214,7 +216,27 @@ pub async fn run_with(
         _ => (None, None),
     };
 
-    let agents = AgentRegistry::new(store.clone());
+    let mut agents = AgentRegistry::new(store.clone());
+    if let Some(stream) = archive.jetstream() {
+        // A gateway verifies batches of agents enrolled anywhere in the cluster.
+        let client = crate::archive::connect_nats(
+            &stream.config().url,
+            &format!("yagura-{}-directory", config.cluster.node_name()),
+        )
+        .await
+        .context("connecting to NATS")?;
+        let directory = crate::cluster::directory::AgentDirectory::open(
+            &async_nats::jetstream::new(client),
+            &stream.config().stream,
+            stream.config().replicas,
+        )
+        .await?;
+        agents = agents.with_directory(directory);
+        agents
+            .publish_missing()
+            .await
+            .context("publishing this node's agents and identity to the directory")?;
+    }
     let fleet_state = FleetState::from_persisted(store.agent_states().await?);
     let background_cancel = CancellationToken::new();
     let sealer = tokio::spawn(collector_events::run_sealer(
@@ -231,7 +253,12 @@ pub async fn run_with(
         Duration::from_millis(config.fleet.check_interval_ms),
         background_cancel.clone(),
     ));
-    let retention = {
+    let directory_follower = {
+        let agents = agents.clone();
+        let cancel = background_cancel.clone();
+        tokio::spawn(async move { agents.follow_directory(cancel).await })
+    };
+    let retention = archive.segments().is_some().then(|| {
         let archive = Arc::clone(&archive);
         let policy = config.retention();
         let every = Duration::from_secs(config.archive.retention_check_interval_seconds);
@@ -243,7 +270,11 @@ pub async fn run_with(
                     _ = cancel.cancelled() => return,
                 }
                 let archive = Arc::clone(&archive);
-                match tokio::task::spawn_blocking(move || archive.enforce_retention(policy)).await {
+                let enforce = move || match archive.segments() {
+                    Some(segments) => segments.enforce_retention(policy),
+                    None => Ok(Default::default()),
+                };
+                match tokio::task::spawn_blocking(enforce).await {
                     Ok(Ok(report)) if report.deleted_segments > 0 => {
                         tracing::info!(?report, "archive retention");
                     }
@@ -253,7 +284,7 @@ pub async fn run_with(
                 }
             }
         })
-    };
+    });
 
     let app_http: Arc<api::metrics::HttpMetrics> = Default::default();
     let ingest = Arc::new(BatchIngest::new(
@@ -268,7 +299,8 @@ pub async fn run_with(
     let dashboards =
         crate::console::dashboards::Dashboards::load(config.console.dashboards.as_deref())
             .map_err(|e| anyhow::anyhow!("[console] dashboards: {e}"))?;
-    let (shop_router, shop_forwarder, console) = if config.shop.enabled {
+    let (shop_router, shop_forwarder, console) = if config.shop.enabled && mode != RunMode::Gateway
+    {
         let shop = crate::shop::open(&config).await?;
         let shop_key = collector_events::load_or_create_key(&config.shop_key_path())
             .context("loading the shop's signing key")?;
@@ -413,7 +445,10 @@ pub async fn run_with(
     background_cancel.cancel();
     let _ = sealer.await;
     let _ = monitor.await;
-    let _ = retention.await;
+    if let Some(retention) = retention {
+        let _ = retention.await;
+    }
+    let _ = directory_follower.await;
     if let Some(forwarder) = shop_forwarder {
         let _ = forwarder.await;
     }
@@ -463,7 +498,7 @@ fn start_detector(
     config: &CollectorConfig,
     store: Store,
     events: CollectorEvents,
-    archive: Arc<SegmentArchive>,
+    archive: Arc<CollectorArchive>,
     catalog: crate::detect::RuleCatalog,
     cancel: CancellationToken,
 ) -> anyhow::Result<(
@@ -511,4 +546,23 @@ fn start_detector(
         })
         .context("starting the detector")?;
     Ok((task, committed, stats))
+}
+
+/// Says what opening the segment archive recovered.
+fn log_recovery(report: &crate::archive::RecoveryReport) {
+    if report.truncated_bytes > 0 {
+        // On stdout too: an operator (and the end-to-end tests) must see it.
+        println!(
+            "archive recovery: cut a torn final record of {} bytes at offset {} (never \
+             acknowledged); {} records before it intact",
+            report.truncated_bytes, report.end_offset, report.records
+        );
+    }
+    tracing::info!(
+        segments = report.segments,
+        records = report.records,
+        end_offset = report.end_offset,
+        truncated_bytes = report.truncated_bytes,
+        "archive recovered"
+    );
 }

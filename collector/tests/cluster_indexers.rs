@@ -26,32 +26,11 @@ const PARTITIONS: u32 = 4;
 const LEASE: Duration = Duration::from_secs(2);
 
 async fn nats() -> Option<(async_nats::Client, JetStreamConfig)> {
-    let url =
-        std::env::var("YAGURA_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    match yagura_collector::archive::connect_nats(&url, "yagura-test").await {
-        Ok(client) => {
-            let id = Uuid::new_v4().simple().to_string();
-            Some((
-                client,
-                JetStreamConfig {
-                    url,
-                    stream: format!("YAGURA_TEST_{id}"),
-                    subject_prefix: format!("yagura-test.{id}"),
-                    partitions: PARTITIONS,
-                    ..JetStreamConfig::default()
-                },
-            ))
-        }
-        Err(error) => {
-            let strict = std::env::var("YAGURA_TEST_STRICT").is_ok_and(|v| v == "1");
-            assert!(
-                !strict,
-                "YAGURA_TEST_STRICT=1 and NATS is not usable: {error}"
-            );
-            eprintln!("skipped: NATS is not usable at {url}: {error}");
-            None
-        }
-    }
+    let client = yagura_collector::cluster::testing::nats_or_skip().await?;
+    Some((
+        client,
+        yagura_collector::cluster::testing::own_stream(PARTITIONS),
+    ))
 }
 
 fn options() -> IndexerOptions {

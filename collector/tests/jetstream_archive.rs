@@ -10,28 +10,10 @@ use yagura_collector::archive::{
     Appended, Archive, JetStreamArchive, JetStreamConfig, Record, RecordSource,
 };
 
-const NATS_URL: &str = "nats://127.0.0.1:4222";
-
 /// A configuration naming a stream of its own, or `None` (test skipped) without NATS.
 async fn config(partitions: u32) -> Option<JetStreamConfig> {
-    let url = std::env::var("YAGURA_TEST_NATS_URL").unwrap_or_else(|_| NATS_URL.into());
-    if let Err(error) = yagura_collector::archive::connect_nats(&url, "yagura-test").await {
-        let strict = std::env::var("YAGURA_TEST_STRICT").is_ok_and(|v| v == "1");
-        assert!(
-            !strict,
-            "YAGURA_TEST_STRICT=1 and NATS is not usable: {error}"
-        );
-        eprintln!("skipped: NATS is not usable at {url}: {error}");
-        return None;
-    }
-    let id = Uuid::new_v4().simple().to_string();
-    Some(JetStreamConfig {
-        url,
-        stream: format!("YAGURA_TEST_{id}"),
-        subject_prefix: format!("yagura-test.{id}"),
-        partitions,
-        ..JetStreamConfig::default()
-    })
+    yagura_collector::cluster::testing::nats_or_skip().await?;
+    Some(yagura_collector::cluster::testing::own_stream(partitions))
 }
 
 fn batch(agent: Uuid, sequence: u64) -> Vec<u8> {
@@ -280,5 +262,57 @@ async fn partition_readers_divide_the_agents_and_keep_each_agents_order() {
     .await
     .expect_err("another partition count");
     assert!(error.to_string().contains("partitions"), "{error}");
+    archive.delete().await.expect("delete");
+}
+
+/// A reader whose consumer the server lost (deleted here, as a server restart or a long
+/// pause past its inactivity limit would) makes a new one at its own position: every
+/// record once, in order, nothing from before its position again.
+#[tokio::test]
+async fn a_reader_whose_consumer_is_lost_goes_on_from_its_own_position() {
+    let Some(config) = config(1).await else {
+        return;
+    };
+    let stream_name = config.stream.clone();
+    let url = config.url.clone();
+    let archive = JetStreamArchive::open(config).await.expect("open");
+    let agent = Uuid::now_v7();
+    for sequence in 1..=10 {
+        archive
+            .append(agent, sequence, batch(agent, sequence))
+            .await
+            .expect("append");
+    }
+    let mut reader = archive.partition_reader(0, 1).expect("reader");
+    let first = read(&mut reader, 10).await;
+    assert_eq!(first.len(), 10);
+
+    let client = yagura_collector::archive::connect_nats(&url, "yagura-test")
+        .await
+        .expect("connect");
+    let context = async_nats::jetstream::new(client);
+    let stream = context.get_stream(&stream_name).await.expect("stream");
+    let mut names = stream.consumer_names();
+    let mut deleted = 0;
+    while let Some(name) = tokio_stream::StreamExt::next(&mut names).await {
+        stream
+            .delete_consumer(&name.expect("name"))
+            .await
+            .expect("delete consumer");
+        deleted += 1;
+    }
+    assert_eq!(deleted, 1, "the reader's consumer");
+
+    for sequence in 11..=20 {
+        archive
+            .append(agent, sequence, batch(agent, sequence))
+            .await
+            .expect("append");
+    }
+    let rest = read(&mut reader, 10).await;
+    let bodies: Vec<Vec<u8>> = rest.iter().map(|r| r.batch.clone()).collect();
+    let expected: Vec<Vec<u8>> = (11..=20).map(|s| batch(agent, s)).collect();
+    assert_eq!(bodies, expected);
+    assert!(nothing_more(&mut reader).await);
     archive.delete().await.expect("delete");
 }

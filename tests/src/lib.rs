@@ -172,11 +172,18 @@ pub struct Collector {
     pub fingerprint: String,
     pub api_token: String,
     pub process: Process,
+    /// `serve --role` (a cluster node), or `None` for a collector on its own.
+    pub role: Option<String>,
 }
 
 impl Collector {
     /// Writes `collector.toml` (listening on an ephemeral loopback port) and starts it.
     pub fn start(dir: &Path, extra_config: &str) -> anyhow::Result<Self> {
+        Self::start_as(dir, extra_config, None)
+    }
+
+    /// [`Self::start`] with `serve --role <role>` (a node of a cluster).
+    pub fn start_as(dir: &Path, extra_config: &str, role: Option<&str>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("collector.toml");
         std::fs::write(
@@ -185,7 +192,7 @@ impl Collector {
                 "data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n[index]\ncommit_interval_ms = 200\n{extra_config}"
             ),
         )?;
-        let process = Self::spawn(dir, &config)?;
+        let process = Self::spawn(dir, &config, role)?;
         let url = process.expect_line("yagura collector listening on", Duration::from_secs(60))?;
         let fingerprint =
             process.expect_line("certificate fingerprint (sha256):", Duration::from_secs(5))?;
@@ -205,15 +212,20 @@ impl Collector {
             fingerprint,
             api_token,
             process,
+            role: role.map(str::to_owned),
         })
     }
 
-    fn spawn(dir: &Path, config: &Path) -> anyhow::Result<Process> {
+    fn spawn(dir: &Path, config: &Path, role: Option<&str>) -> anyhow::Result<Process> {
         let config = config.display().to_string();
+        let mut args = vec!["serve", "--config", &config];
+        if let Some(role) = role {
+            args.extend(["--role", role]);
+        }
         Process::spawn(
             "yagura serve",
             &binaries().collector,
-            &["serve", "--config", &config],
+            &args,
             &dir.join("collector.log"),
         )
     }
@@ -221,7 +233,7 @@ impl Collector {
     /// Starts the collector again on the same address and data (after a kill).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.process.kill_hard();
-        self.process = Self::spawn(&self.dir, &self.config)?;
+        self.process = Self::spawn(&self.dir, &self.config, self.role.as_deref())?;
         let url = self
             .process
             .expect_line("yagura collector listening on", Duration::from_secs(60))?;
@@ -612,4 +624,69 @@ pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `[archive]` and `[archive.jetstream]` of a cluster's nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterToml<'a> {
+    pub url: &'a str,
+    pub stream: &'a str,
+    pub subject_prefix: &'a str,
+    pub partitions: u32,
+}
+
+impl ClusterToml<'_> {
+    /// The configuration of node `node` (leases of 2 s, so take-overs are quick).
+    pub fn node(&self, node: &str) -> String {
+        format!(
+            r#"
+[archive]
+backend = "jetstream"
+
+[archive.jetstream]
+url = "{url}"
+stream = "{stream}"
+subject_prefix = "{prefix}"
+partitions = {partitions}
+
+[cluster]
+node = "{node}"
+lease_seconds = 2
+"#,
+            url = self.url,
+            stream = self.stream,
+            prefix = self.subject_prefix,
+            partitions = self.partitions,
+        )
+    }
+}
+
+/// Starts `yagura serve --role indexer` as node `node` of `cluster`, with its data in
+/// `dir/<node>`; returns once it runs.
+pub fn cluster_indexer(dir: &Path, node: &str, cluster: &ClusterToml) -> anyhow::Result<Process> {
+    let data = dir.join(node);
+    std::fs::create_dir_all(&data)?;
+    let path = data.join("collector.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = \"{data}\"\n[index]\ncommit_interval_ms = 200\n{node}",
+            data = data.display(),
+            node = cluster.node(node),
+        ),
+    )?;
+    let process = Process::spawn(
+        "indexer",
+        &binaries().collector,
+        &[
+            "serve",
+            "--role",
+            "indexer",
+            "--config",
+            &path.display().to_string(),
+        ],
+        &data.join("indexer.log"),
+    )?;
+    process.expect_line("yagura indexer", Duration::from_secs(60))?;
+    Ok(process)
 }

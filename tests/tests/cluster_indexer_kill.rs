@@ -21,7 +21,7 @@ use yagura_collector::cluster::leases;
 use yagura_collector::cluster::node::lease_bucket_name;
 use yagura_collector::cluster::search::FanOut;
 use yagura_collector::index::SearchRequest;
-use yagura_e2e::{Process, binaries};
+use yagura_e2e::{ClusterToml, Process, cluster_indexer};
 use yagura_shared::{AgentKey, Event, SignedBatch};
 
 const PARTITIONS: u32 = 4;
@@ -31,50 +31,13 @@ const EVENTS_PER_BATCH: u64 = 100;
 const TOTAL: usize = AGENTS * (BATCHES * EVENTS_PER_BATCH) as usize;
 
 fn indexer(dir: &Path, node: &str, config: &JetStreamConfig) -> anyhow::Result<Process> {
-    let data = dir.join(node);
-    std::fs::create_dir_all(&data)?;
-    let path = data.join("collector.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"data_dir = "{data}"
-
-[archive]
-backend = "jetstream"
-
-[archive.jetstream]
-url = "{url}"
-stream = "{stream}"
-subject_prefix = "{prefix}"
-partitions = {PARTITIONS}
-
-[cluster]
-node = "{node}"
-lease_seconds = 2
-
-[index]
-commit_interval_ms = 200
-"#,
-            data = data.display(),
-            url = config.url,
-            stream = config.stream,
-            prefix = config.subject_prefix,
-        ),
-    )?;
-    let process = Process::spawn(
-        "indexer",
-        &binaries().collector,
-        &[
-            "serve",
-            "--role",
-            "indexer",
-            "--config",
-            &path.display().to_string(),
-        ],
-        &data.join("indexer.log"),
-    )?;
-    process.expect_line("yagura indexer", Duration::from_secs(60))?;
-    Ok(process)
+    let cluster = ClusterToml {
+        url: &config.url,
+        stream: &config.stream,
+        subject_prefix: &config.subject_prefix,
+        partitions: PARTITIONS,
+    };
+    cluster_indexer(dir, node, &cluster)
 }
 
 fn batch(key: &AgentKey, agent: Uuid, a: usize, sequence: u64) -> Vec<u8> {
@@ -137,28 +100,10 @@ fn assert_each_once(found: &BTreeMap<String, usize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_indexer_killed_mid_run_loses_and_doubles_nothing() -> anyhow::Result<()> {
-    let url =
-        std::env::var("YAGURA_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let client = match yagura_collector::archive::connect_nats(&url, "yagura-test").await {
-        Ok(client) => client,
-        Err(error) => {
-            let strict = std::env::var("YAGURA_TEST_STRICT").is_ok_and(|v| v == "1");
-            anyhow::ensure!(
-                !strict,
-                "YAGURA_TEST_STRICT=1 and NATS is not usable: {error}"
-            );
-            eprintln!("skipped: NATS is not usable at {url}: {error}");
-            return Ok(());
-        }
+    let Some(client) = yagura_collector::cluster::testing::nats_or_skip().await else {
+        return Ok(());
     };
-    let id = Uuid::new_v4().simple().to_string();
-    let config = JetStreamConfig {
-        url,
-        stream: format!("YAGURA_TEST_{id}"),
-        subject_prefix: format!("yagura-test.{id}"),
-        partitions: PARTITIONS,
-        ..JetStreamConfig::default()
-    };
+    let config = yagura_collector::cluster::testing::own_stream(PARTITIONS);
     let dir = tempfile::tempdir()?;
     // Two gateways: each agent's batches alternate between them.
     let gateways = [

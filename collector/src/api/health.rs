@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::AppState;
-use crate::archive::Archive as _;
+use crate::archive::{Archive as _, CollectorArchive};
 use crate::index::SearchRequest;
 
 #[derive(Debug, Serialize)]
@@ -98,11 +98,16 @@ async fn readiness(state: &AppState) -> (bool, serde_json::Value) {
         .await
         .is_ok();
     checks.push(check("database", database));
-    checks.push(check("archive", state.archive_dir.is_dir()));
-    checks.push(check(
-        "archive_writer",
-        state.ingest.archive().writer_running(),
-    ));
+    match state.ingest.archive() {
+        CollectorArchive::Segments(segments) => {
+            checks.push(check("archive", state.archive_dir.is_dir()));
+            checks.push(check("archive_writer", segments.writer_running()));
+        }
+        CollectorArchive::JetStream(stream) => {
+            // The stream answers: appends can be acknowledged.
+            checks.push(check("archive_stream", stream.end().await.is_ok()));
+        }
+    }
     if let Some(index) = state.index.clone() {
         let searchable = tokio::task::spawn_blocking(move || {
             let mut probe = SearchRequest::new("*");

@@ -473,14 +473,23 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     let outbox = store.outbox_counts().await.map_err(ApiError::internal)?;
     let ingest = Arc::clone(&state.ingest);
     let (lags, process) = tokio::task::spawn_blocking(move || {
-        (consumer_lags(ingest.archive()), ProcessStats::read())
+        // A cluster's stream has no byte offsets of its own here; its consumers are
+        // followed by the indexer and detector nodes.
+        let lags = ingest
+            .archive()
+            .segments()
+            .map(consumer_lags)
+            .unwrap_or_default();
+        (lags, ProcessStats::read())
     })
     .await
     .map_err(ApiError::internal)?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut out = Exposition::default();
     add_ingest(&mut out, state.ingest.stats());
-    add_archive(&mut out, state.ingest.archive());
+    if let Some(segments) = state.ingest.archive().segments() {
+        add_archive(&mut out, segments);
+    }
     add_consumer_lags(&mut out, &lags, now_ms);
     if let Some(indexer) = &state.indexer {
         add_indexer(&mut out, indexer);

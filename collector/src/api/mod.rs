@@ -29,7 +29,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use error::{ApiError, QueryPosition};
 
-use crate::archive::SegmentArchive;
+use crate::archive::CollectorArchive;
 use crate::collector_events::SecurityReport;
 use crate::custody::{self, CustodyError};
 use crate::fleet::{AgentRegistry, EnrollError, FleetState};
@@ -48,7 +48,7 @@ pub struct AppState {
     pub store: Store,
     pub agents: AgentRegistry,
     pub fleet: FleetState,
-    pub ingest: Arc<BatchIngest<SegmentArchive>>,
+    pub ingest: Arc<BatchIngest<CollectorArchive>>,
     /// `None` when the collector runs without an index (the ingest benchmark).
     pub index: Option<EventIndex>,
     /// The archive directory, read by provenance checks.

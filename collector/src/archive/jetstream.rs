@@ -510,6 +510,12 @@ fn received_at(headers: &HeaderMap) -> i64 {
 
 /// Feeds one filtered view of the stream, from `start`, into `records`; `end` follows
 /// the stream sequence after the last record handed over.
+///
+/// An ephemeral pull consumer without acknowledgements, asked for up to [`READ_AHEAD`]
+/// records at a time, and only once the previous ones are handed over. Nothing is in
+/// flight while the reader is slow, so the server has no heartbeats to miss; a consumer
+/// the server lost (a restart, a long pause beyond its inactivity threshold) is made
+/// again here at the reader's own position, not from the stream's start.
 async fn pump(
     stream: stream::Stream,
     filter: String,
@@ -517,60 +523,102 @@ async fn pump(
     records: &mpsc::Sender<Result<Record>>,
     end: &watch::Sender<u64>,
 ) -> Result<()> {
-    let deliver_policy = if start <= 1 {
+    let mut expected = start;
+    loop {
+        let consumer = tokio::select! {
+            made = reader_consumer(&stream, &filter, expected) => made?,
+            () = records.closed() => return Ok(()),
+        };
+        loop {
+            let fetched = tokio::select! {
+                fetched = fetch(&consumer) => fetched,
+                () = records.closed() => return Ok(()),
+            };
+            let (messages, failure) = match fetched {
+                Ok(batch) => batch,
+                Err(error) => (Vec::new(), Some(error)),
+            };
+            for message in messages {
+                let sequence = message
+                    .info()
+                    .map_err(|e| stream_error("a message without stream metadata", e))?
+                    .stream_sequence;
+                if sequence < expected {
+                    continue;
+                }
+                expected = sequence + 1;
+                let record = Record {
+                    offset: sequence,
+                    next_offset: sequence + 1,
+                    received_at_ms: message.headers.as_ref().map_or(0, received_at),
+                    batch: message.payload.to_vec(),
+                };
+                if records.send(Ok(record)).await.is_err() {
+                    return Ok(());
+                }
+                end.send_replace(sequence + 1);
+            }
+            if let Some(error) = failure {
+                tracing::debug!(%filter, from = expected, %error, "stream reader made again");
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// How long a pull waits on the server for a first record.
+const PULL_WAIT: Duration = Duration::from_secs(2);
+
+/// How long the server keeps a reader's consumer while nobody pulls (a reader whose
+/// indexer is busy); past it the pump makes a new one.
+const READER_INACTIVE: Duration = Duration::from_secs(300);
+
+async fn reader_consumer(
+    stream: &stream::Stream,
+    filter: &str,
+    from: u64,
+) -> Result<consumer::PullConsumer> {
+    let deliver_policy = if from <= 1 {
         consumer::DeliverPolicy::All
     } else {
         consumer::DeliverPolicy::ByStartSequence {
-            start_sequence: start,
+            start_sequence: from,
         }
     };
-    // An ordered consumer: ephemeral, no acknowledgements, recreated by the client after
-    // a gap or a reconnect from the last sequence it delivered.
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter,
+    stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: filter.to_owned(),
             deliver_policy,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: READER_INACTIVE,
+            memory_storage: true,
             ..Default::default()
         })
         .await
-        .map_err(|e| stream_error("creating a reader", e))?;
-    let mut messages = consumer
+        .map_err(|e| stream_error("creating a reader", e))
+}
+
+/// Up to [`READ_AHEAD`] records, fewer when the stream has no more within [`PULL_WAIT`];
+/// with the error that cut the pull short, if one did (what came before it is kept).
+async fn fetch(
+    consumer: &consumer::PullConsumer,
+) -> std::result::Result<(Vec<jetstream::Message>, Option<String>), String> {
+    let mut batch = consumer
+        .batch()
+        .max_messages(READ_AHEAD)
+        .expires(PULL_WAIT)
         .messages()
         .await
-        .map_err(|e| stream_error("reading the stream", e))?;
-    let mut expected = start;
-    loop {
-        let next = tokio::select! {
-            next = messages.next() => next,
-            () = records.closed() => return Ok(()),
-        };
-        let Some(message) = next else {
-            return Err(ArchiveError::Stream("the stream reader ended".into()));
-        };
-        let message = message.map_err(|e| stream_error("reading the stream", e))?;
-        let sequence = message
-            .info()
-            .map_err(|e| stream_error("a message without stream metadata", e))?
-            .stream_sequence;
-        // An ordered consumer that lost its server-side state before delivering anything
-        // is recreated from the start of the stream, not from `start`: what comes again
-        // is dropped here, so a reader never hands out a record twice or one before its
-        // start.
-        if sequence < expected {
-            continue;
+        .map_err(|e| e.to_string())?;
+    let mut messages = Vec::new();
+    while let Some(message) = batch.next().await {
+        match message {
+            Ok(message) => messages.push(message),
+            Err(error) => return Ok((messages, Some(error.to_string()))),
         }
-        expected = sequence + 1;
-        let record = Record {
-            offset: sequence,
-            next_offset: sequence + 1,
-            received_at_ms: message.headers.as_ref().map_or(0, received_at),
-            batch: message.payload.to_vec(),
-        };
-        if records.send(Ok(record)).await.is_err() {
-            return Ok(());
-        }
-        end.send_replace(sequence + 1);
     }
+    Ok((messages, None))
 }
 
 /// Reads a filtered view of the stream in order. A task on the runtime pulls ahead (up to

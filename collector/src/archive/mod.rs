@@ -11,8 +11,11 @@
 //! ingest or the indexer. Retention ([`RetentionPolicy`]) never deletes what a registered
 //! consumer has not passed.
 
+mod backend;
 mod jetstream;
 mod segment;
+
+pub use backend::{CollectorArchive, CollectorReader};
 
 pub use jetstream::{JetStreamArchive, JetStreamConfig, JetStreamReader, connect as connect_nats};
 

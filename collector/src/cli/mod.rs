@@ -710,8 +710,14 @@ async fn serve(path: PathBuf, role: yagura_collector::cluster::Role) -> anyhow::
     use yagura_collector::config::ArchiveBackend;
     let config = CollectorConfig::load(&path)?;
     let shutdown = CancellationToken::new();
-    match (config.archive.backend, role) {
-        (ArchiveBackend::Segments, Role::All) => {}
+    let mode = match (config.archive.backend, role) {
+        (ArchiveBackend::Segments, Role::All) => {
+            if config.index.enabled {
+                server::RunMode::Full
+            } else {
+                server::RunMode::IngestOnly
+            }
+        }
         (ArchiveBackend::Segments, role) => anyhow::bail!(
             "{}: --role {} needs [archive] backend = \"jetstream\" (a cluster shares its \
              archive on NATS JetStream; see docs/scale-out.md)",
@@ -730,15 +736,16 @@ async fn serve(path: PathBuf, role: yagura_collector::cluster::Role) -> anyhow::
             signal.abort();
             return result;
         }
+        (ArchiveBackend::JetStream, Role::Ingest) => server::RunMode::Gateway,
         (ArchiveBackend::JetStream, role) => anyhow::bail!(
-            "{}: with [archive] backend = \"jetstream\" this version runs --role indexer; \
-             the {} role is not built yet (docs/scale-out.md says what is)",
+            "{}: with [archive] backend = \"jetstream\" this version runs --role ingest and \
+             --role indexer; the {} role is not built yet (docs/scale-out.md says what is)",
             path.display(),
             role.name()
         ),
-    }
+    };
     let (started_tx, started_rx) = oneshot::channel();
-    let server = tokio::spawn(server::run(config, started_tx, shutdown.clone()));
+    let server = tokio::spawn(server::run_with(config, started_tx, shutdown.clone(), mode));
     if let Ok(started) = started_rx.await {
         println!("yagura collector listening on {}", started.url);
         println!("certificate fingerprint (sha256): {}", started.fingerprint);

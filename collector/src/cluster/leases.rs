@@ -106,37 +106,15 @@ pub async fn bucket(
         }
         return Ok(store);
     }
-    // The bucket's stream, made as the key-value convention has it (`KV_<bucket>`,
-    // subjects `$KV.<bucket>.>`, one message per key). Made here rather than through
-    // `create_key_value`, which first asks for the account's limits in a shape servers
-    // before 2.10 do not answer in.
-    use jetstream::stream;
-    let made = context
-        .create_stream(stream::Config {
-            name: format!("KV_{name}"),
-            description: Some("yagura cluster membership and partition leases".into()),
-            subjects: vec![format!("$KV.{name}.>")],
-            max_messages_per_subject: 1,
-            max_age: lease,
-            duplicate_window: lease.min(Duration::from_secs(120)),
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            discard: stream::DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            ..Default::default()
-        })
-        .await;
-    if let Err(error) = made
-        && context.get_key_value(name).await.is_err()
-    {
-        return Err(lease_error(&format!("making bucket {name}"), error));
-    }
-    context
-        .get_key_value(name)
-        .await
-        .map_err(|e| lease_error(&format!("opening bucket {name}"), e))
+    super::make_bucket(
+        context,
+        name,
+        "yagura cluster membership and partition leases",
+        lease,
+        replicas,
+    )
+    .await
+    .map_err(LeaseError)
 }
 
 impl Leases {

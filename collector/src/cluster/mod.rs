@@ -8,10 +8,12 @@
 //! holding the partitions. Nothing here is a consensus protocol of our own: JetStream's
 //! compare-and-set on keys and its message expiry decide.
 
+pub mod directory;
 pub mod indexer;
 pub mod leases;
 pub mod node;
 pub mod search;
+pub mod testing;
 
 use std::time::Duration;
 
@@ -123,3 +125,54 @@ impl Role {
 
 #[cfg(test)]
 mod tests;
+
+/// Opens a JetStream key-value bucket, making it when missing. `max_age` zero keeps
+/// values until they are replaced.
+///
+/// The bucket's stream is made as the key-value convention has it (`KV_<bucket>`,
+/// subjects `$KV.<bucket>.>`, one message per key) rather than through
+/// `create_key_value`, which first asks for the account's limits in a shape servers
+/// before 2.10 do not answer in.
+pub(crate) async fn make_bucket(
+    context: &async_nats::jetstream::Context,
+    name: &str,
+    description: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<async_nats::jetstream::kv::Store, String> {
+    use async_nats::jetstream::stream;
+    if let Ok(store) = context.get_key_value(name).await {
+        return Ok(store);
+    }
+    let duplicate_window = if max_age.is_zero() {
+        Duration::from_secs(120)
+    } else {
+        max_age.min(Duration::from_secs(120))
+    };
+    let made = context
+        .create_stream(stream::Config {
+            name: format!("KV_{name}"),
+            description: Some(description.into()),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            duplicate_window,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await;
+    if let Err(error) = made
+        && context.get_key_value(name).await.is_err()
+    {
+        return Err(format!("making bucket {name}: {error}"));
+    }
+    context
+        .get_key_value(name)
+        .await
+        .map_err(|e| format!("opening bucket {name}: {e}"))
+}

@@ -9,20 +9,7 @@ use async_nats::jetstream;
 use super::leases::{self, Changes, Leases, Member};
 
 async fn context() -> Option<jetstream::Context> {
-    let url =
-        std::env::var("YAGURA_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    match crate::archive::connect_nats(&url, "yagura-test").await {
-        Ok(client) => Some(jetstream::new(client)),
-        Err(error) => {
-            let strict = std::env::var("YAGURA_TEST_STRICT").is_ok_and(|v| v == "1");
-            assert!(
-                !strict,
-                "YAGURA_TEST_STRICT=1 and NATS is not usable: {error}"
-            );
-            eprintln!("skipped: NATS is not usable at {url}: {error}");
-            None
-        }
-    }
+    super::testing::nats_or_skip().await.map(jetstream::new)
 }
 
 fn member(node: &str) -> Member {
@@ -101,4 +88,113 @@ async fn members_share_the_partitions_and_a_survivor_takes_over_an_expired_lease
         .delete_key_value(&name)
         .await
         .expect("delete bucket");
+}
+
+/// Two nodes with their own state stores share agents through the directory: an agent
+/// enrolled on one is verified on the other, a revocation on the other holds on the
+/// first, and a node's own signing identity is readable everywhere but stays out of the
+/// other node's store.
+#[tokio::test]
+async fn agents_enrolled_on_one_node_are_known_and_revoked_on_another() {
+    use crate::cluster::directory::AgentDirectory;
+    use crate::fleet::AgentRegistry;
+    use crate::store::Store;
+
+    let Some(context) = context().await else {
+        return;
+    };
+    let stream = format!("YAGURA_TEST_{}", uuid::Uuid::new_v4().simple());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let directory = AgentDirectory::open(&context, &stream, 1)
+        .await
+        .expect("directory");
+    let store_a = Store::open_sqlite(&dir.path().join("a.db"))
+        .await
+        .expect("store a");
+    let store_b = Store::open_sqlite(&dir.path().join("b.db"))
+        .await
+        .expect("store b");
+    let identity_a = store_a
+        .collector_identity(
+            &yagura_shared::AgentKey::generate()
+                .expect("key")
+                .public_key_base64(),
+            "test",
+        )
+        .await
+        .expect("identity a");
+    store_b
+        .collector_identity(
+            &yagura_shared::AgentKey::generate()
+                .expect("key")
+                .public_key_base64(),
+            "test",
+        )
+        .await
+        .expect("identity b");
+    let a = AgentRegistry::new(store_a.clone()).with_directory(directory.clone());
+    let b = AgentRegistry::new(store_b.clone()).with_directory(directory.clone());
+    a.publish_missing().await.expect("publish a");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let following = tokio::spawn({
+        let a = a.clone();
+        let cancel = cancel.clone();
+        async move { a.follow_directory(cancel).await }
+    });
+
+    let token = store_a
+        .create_enrollment_token(chrono::Duration::minutes(5), 1, &Default::default())
+        .await
+        .expect("token");
+    let key = yagura_shared::AgentKey::generate().expect("key");
+    let enrolled = a
+        .enroll(token.expose(), &key.public_key_base64(), "host-1", "test")
+        .await
+        .expect("enroll");
+
+    // b has never seen it: it reads the directory, verifies, and keeps a copy.
+    let known = b.get(enrolled.id).await.expect("get").expect("known on b");
+    assert_eq!(known.record.public_key, key.public_key_base64());
+    assert!(store_b.agent(enrolled.id).await.expect("store b").is_some());
+    // a's signing identity is known on b, but b's store still finds its own by kind.
+    let other = b.get(identity_a.id).await.expect("get").expect("identity");
+    assert!(other.record.is_internal());
+    assert!(store_b.agent(identity_a.id).await.expect("b").is_none());
+
+    // a has cached the agent; a revocation on b reaches it through the directory.
+    assert!(
+        a.get(enrolled.id)
+            .await
+            .expect("get")
+            .expect("a")
+            .record
+            .is_active()
+    );
+    b.revoke(enrolled.id).await.expect("revoke");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = a.get(enrolled.id).await.expect("get").expect("a");
+        if !now.record.is_active() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revocation did not reach node a"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !store_a
+            .agent(enrolled.id)
+            .await
+            .expect("a")
+            .expect("row")
+            .is_active()
+    );
+
+    cancel.cancel();
+    let _ = following.await;
+    let _ = context
+        .delete_stream(format!("KV_{}", super::directory::bucket_name(&stream)))
+        .await;
 }

@@ -27,6 +27,7 @@ use uuid::Uuid;
 use yagura_shared::verifying_key_from_base64;
 use yagura_shared::{Event, VerifyingKey};
 
+use crate::cluster::directory::AgentDirectory;
 use crate::collector_events::CollectorEvents;
 use crate::store::{
     AgentRecord, AgentState, KeyRotationOutcome, RevokeOutcome, Store, StoreError, TokenRefusal,
@@ -91,6 +92,8 @@ pub struct AgentRegistry {
     /// Bumped at every change of an agent's keys or status: a lookup that read the
     /// database before a change must not cache what it read.
     generation: Arc<std::sync::atomic::AtomicU64>,
+    /// In a cluster: the agent records every node shares (see [`AgentDirectory`]).
+    directory: Option<AgentDirectory>,
 }
 
 impl AgentRegistry {
@@ -99,6 +102,104 @@ impl AgentRegistry {
             store,
             cache: Arc::default(),
             generation: Arc::default(),
+            directory: None,
+        }
+    }
+
+    /// A registry of a cluster node: changes made here are published to `directory`,
+    /// agents this node has not heard of are looked up there.
+    pub fn with_directory(mut self, directory: AgentDirectory) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// The agent record in this node's store, after taking the directory's copy when
+    /// this node has none or an older one. Other nodes' own signing identities are not
+    /// stored (each node finds its own by kind), only returned.
+    async fn record(&self, id: Uuid) -> Result<Option<AgentRecord>, StoreError> {
+        let local = self.store.agent(id).await?;
+        let Some(directory) = &self.directory else {
+            return Ok(local);
+        };
+        if let Some(local) = &local
+            && local.is_internal()
+        {
+            return Ok(Some(local.clone()));
+        }
+        match directory.get(id).await? {
+            Some(shared) if Some(&shared) != local.as_ref() => {
+                if !shared.is_internal() {
+                    self.store.import_agent(&shared).await?;
+                }
+                Ok(Some(shared))
+            }
+            Some(_) => Ok(local),
+            // Not in the directory (yet): an agent enrolled here before the directory
+            // was reachable is published at the next start.
+            None => Ok(local),
+        }
+    }
+
+    /// Publishes this node's current record of `id` to the directory, if in a cluster.
+    async fn publish(&self, id: Uuid) -> Result<(), StoreError> {
+        if let Some(directory) = &self.directory
+            && let Some(record) = self.store.agent(id).await?
+        {
+            directory.publish(&record).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes every record of this node's store the directory does not have yet
+    /// (agents enrolled here, this node's signing identities).
+    pub async fn publish_missing(&self) -> Result<(), StoreError> {
+        if let Some(directory) = &self.directory {
+            for record in self.store.agents().await? {
+                let record = self.store.agent(record.id).await?.unwrap_or(record);
+                directory.publish_if_absent(&record).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows the directory until `cancel`: copies every agent record other nodes
+    /// publish into this node's store and drops the cached keys of each, so a
+    /// revocation or key rotation made anywhere holds here within moments. Reconnects
+    /// after an error.
+    pub async fn follow_directory(&self, cancel: CancellationToken) {
+        let Some(directory) = self.directory.clone() else {
+            return;
+        };
+        loop {
+            let error = tokio::select! {
+                error = self.copy_from_directory(&directory) => error,
+                () = cancel.cancelled() => return,
+            };
+            tracing::warn!(%error, "following the agent directory; again in 1 s");
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    /// Copies the directory's records into this node's store until an error.
+    async fn copy_from_directory(&self, directory: &AgentDirectory) -> StoreError {
+        let mut watch = match directory.watch().await {
+            Ok(watch) => watch,
+            Err(error) => return error,
+        };
+        loop {
+            let record = match watch.next().await {
+                Ok(record) => record,
+                Err(error) => return error,
+            };
+            if !record.is_internal()
+                && let Err(error) = self.store.import_agent(&record).await
+            {
+                return error;
+            }
+            self.forget(record.id);
         }
     }
 
@@ -108,7 +209,7 @@ impl AgentRegistry {
             return Ok(Some(found));
         }
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
-        let Some(record) = self.store.agent(id).await? else {
+        let Some(record) = self.record(id).await? else {
             return Ok(None);
         };
         let key = verifying_key_from_base64(&record.public_key)
@@ -144,10 +245,17 @@ impl AgentRegistry {
         version: &str,
     ) -> Result<AgentRecord, EnrollError> {
         verifying_key_from_base64(public_key).map_err(|e| EnrollError::BadKey(e.to_string()))?;
-        self.store
+        let record = self
+            .store
             .enroll_agent(token, public_key, hostname, version)
             .await?
-            .map_err(EnrollError::Refused)
+            .map_err(EnrollError::Refused)?;
+        if let Some(directory) = &self.directory {
+            // Not published: the enrollment fails (the agent asks again; its token use
+            // is spent, the record is published at this node's next start).
+            directory.publish_if_absent(&record).await?;
+        }
+        Ok(record)
     }
 
     /// Moves an agent to the key a signed [`KeyRotation`] names, from its first sequence
@@ -160,7 +268,7 @@ impl AgentRegistry {
         request: &KeyRotation,
         last_archived: Option<u64>,
     ) -> Result<KeyRotationOutcome, KeyRotationError> {
-        let Some(agent) = self.store.agent(id).await? else {
+        let Some(agent) = self.record(id).await? else {
             return Err(KeyRotationError::NotRotatable(id));
         };
         if !agent.is_active() || agent.is_internal() {
@@ -205,6 +313,9 @@ impl AgentRegistry {
             )
             .await?;
         self.forget(id);
+        if outcome == KeyRotationOutcome::Rotated {
+            self.publish(id).await?;
+        }
         match outcome {
             KeyRotationOutcome::KeyChanged | KeyRotationOutcome::NotRotatable => {
                 Err(KeyRotationError::KeyChanged)
@@ -215,8 +326,14 @@ impl AgentRegistry {
 
     /// Revokes an agent in the database and drops it from the key cache.
     pub async fn revoke(&self, id: Uuid) -> Result<RevokeOutcome, StoreError> {
+        // The directory's newest record first: a revocation must not publish an older
+        // key over a rotation made on another node.
+        self.record(id).await?;
         let outcome = self.store.revoke_agent(id).await?;
         self.forget(id);
+        if outcome == RevokeOutcome::Revoked {
+            self.publish(id).await?;
+        }
         Ok(outcome)
     }
 

@@ -27,6 +27,10 @@ pub enum StoreError {
     Random(String),
     #[error("stored value is invalid: {0}")]
     Invalid(String),
+    /// The cluster's shared agent directory (a JetStream key-value bucket) could not be
+    /// read or written.
+    #[error("cluster agent directory: {0}")]
+    Directory(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -60,7 +64,7 @@ pub const COLLECTOR_KIND: &str = "collector";
 pub const SHOP_KIND: &str = "shop";
 
 /// An enrolled agent (or, with `kind == "collector"`, the collector's own identity).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AgentRecord {
     pub id: Uuid,
     pub public_key: String,
@@ -78,7 +82,7 @@ pub struct AgentRecord {
 }
 
 /// A key an agent rotated away from, and the batches it signed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RetiredKey {
     pub public_key: String,
     /// It signed the sequence numbers below this one (down to the key before it).
@@ -409,6 +413,35 @@ impl Store {
             agent.retired_keys.push(retired_key_from_row(row)?.1);
         }
         Ok(Some(agent))
+    }
+
+    /// Stores a copy of an agent record kept elsewhere (a cluster's agent directory):
+    /// inserted, or replacing the row and the retired keys held for it, in one
+    /// transaction. Key-rotation history (`agent_key_rotations`) stays with the node
+    /// that rotated.
+    pub async fn import_agent(&self, agent: &AgentRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_agent(&mut tx, agent).await?;
+        sqlx::query("DELETE FROM agent_retired_keys WHERE agent_id = $1")
+            .bind(agent.id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        for key in &agent.retired_keys {
+            let until = i64::try_from(key.until_sequence)
+                .map_err(|_| StoreError::Invalid(format!("sequence {}", key.until_sequence)))?;
+            sqlx::query(
+                "INSERT INTO agent_retired_keys (agent_id, public_key, until_sequence, \
+                 retired_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(agent.id.to_string())
+            .bind(&key.public_key)
+            .bind(until)
+            .bind(&key.retired_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn agents(&self) -> Result<Vec<AgentRecord>> {
@@ -762,9 +795,14 @@ async fn insert_agent(
 ) -> Result<()> {
     let labels =
         serde_json::to_string(&agent.labels).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    // An upsert: a copy from a cluster's agent directory replaces the one held before
+    // (enrolled_at and kind never change).
     sqlx::query(
-        "INSERT INTO agents (id, public_key, hostname, version, status, enrolled_at, kind, labels) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO agents (id, public_key, hostname, version, status, enrolled_at, kind, \
+         labels, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (id) DO UPDATE SET public_key = excluded.public_key, \
+         hostname = excluded.hostname, version = excluded.version, status = excluded.status, \
+         labels = excluded.labels, revoked_at = excluded.revoked_at",
     )
     .bind(agent.id.to_string())
     .bind(&agent.public_key)
@@ -774,6 +812,7 @@ async fn insert_agent(
     .bind(&agent.enrolled_at)
     .bind(&agent.kind)
     .bind(labels)
+    .bind(&agent.revoked_at)
     .execute(&mut **tx)
     .await?;
     Ok(())
