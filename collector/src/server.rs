@@ -81,6 +81,17 @@ pub enum RunMode {
     /// appends them to the shared JetStream archive, with the agent records of the
     /// cluster's directory; no indexer, detector, shop or archive retention of its own.
     Gateway,
+    /// An api node of a cluster (`serve --role api`): the management API and search,
+    /// answered by fanning each search out to the indexers and merging; takes no
+    /// batches.
+    Api,
+}
+
+impl RunMode {
+    /// A node of a cluster on the JetStream archive.
+    fn in_cluster(self) -> bool {
+        matches!(self, RunMode::Gateway | RunMode::Api)
+    }
 }
 
 /// Runs the collector until `shutdown` is cancelled. `started` receives the listening
@@ -141,7 +152,7 @@ pub async fn run_with(
         )),
     });
     anyhow::ensure!(
-        (mode == RunMode::Gateway) == archive.jetstream().is_some(),
+        mode.in_cluster() == archive.jetstream().is_some(),
         "a collector on its own keeps a segment archive; a cluster gateway the JetStream one"
     );
     if let Some(report) = archive.segments().map(SegmentArchive::recovery_report) {
@@ -178,7 +189,7 @@ pub async fn run_with(
                 .context("starting the indexer")?;
             (Some(index), Some(task), Some(stats))
         }
-        RunMode::IngestOnly | RunMode::Gateway => (None, None, None),
+        RunMode::IngestOnly | RunMode::Gateway | RunMode::Api => (None, None, None),
     };
 
     // Alert configuration problems (a destination whose `env:` secret is unset) stop the
@@ -217,16 +228,35 @@ pub async fn run_with(
     };
 
     let mut agents = AgentRegistry::new(store.clone());
+    let mut cluster_search = None;
     if let Some(stream) = archive.jetstream() {
-        // A gateway verifies batches of agents enrolled anywhere in the cluster.
         let client = crate::archive::connect_nats(
             &stream.config().url,
-            &format!("yagura-{}-directory", config.cluster.node_name()),
+            &format!("yagura-{}", config.cluster.node_name()),
         )
         .await
         .context("connecting to NATS")?;
+        let context = async_nats::jetstream::new(client.clone());
+        if mode == RunMode::Api {
+            let leases = crate::cluster::leases::bucket(
+                &context,
+                &crate::cluster::node::lease_bucket_name(&stream.config().stream),
+                config.cluster.lease(),
+                stream.config().replicas,
+            )
+            .await?;
+            cluster_search = Some(crate::cluster::search::FanOut::new(
+                client,
+                leases,
+                &stream.config().stream,
+                stream.config().partitions,
+                config.cluster.search_timeout(),
+            ));
+        }
+        // A gateway verifies batches of agents enrolled anywhere in the cluster; an api
+        // node lists and revokes them.
         let directory = crate::cluster::directory::AgentDirectory::open(
-            &async_nats::jetstream::new(client),
+            &context,
             &stream.config().stream,
             stream.config().replicas,
         )
@@ -299,8 +329,7 @@ pub async fn run_with(
     let dashboards =
         crate::console::dashboards::Dashboards::load(config.console.dashboards.as_deref())
             .map_err(|e| anyhow::anyhow!("[console] dashboards: {e}"))?;
-    let (shop_router, shop_forwarder, console) = if config.shop.enabled && mode != RunMode::Gateway
-    {
+    let (shop_router, shop_forwarder, console) = if config.shop.enabled && !mode.in_cluster() {
         let shop = crate::shop::open(&config).await?;
         let shop_key = collector_events::load_or_create_key(&config.shop_key_path())
             .context("loading the shop's signing key")?;
@@ -341,6 +370,7 @@ pub async fn run_with(
             fleet: fleet_state,
             ingest,
             index,
+            cluster_search,
             archive_dir: config.archive_dir(),
             alerts: alerts.clone(),
             allowlists: crate::fleet::allowlist::AllowlistDistribution::new(store.clone()),
@@ -360,7 +390,10 @@ pub async fn run_with(
     let handle = axum_server::Handle::new();
     let mut servers = tokio::task::JoinSet::new();
     for listener in bound {
-        let app = routes.serve(listener.info.segments);
+        let mut segments = listener.info.segments;
+        // An api node takes no batches: agents ship to the gateways.
+        segments.ingest &= mode != RunMode::Api;
+        let app = routes.serve(segments);
         servers.spawn(listener.serve(app, handle.clone(), Arc::clone(&http)));
     }
 

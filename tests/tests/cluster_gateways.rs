@@ -1,9 +1,10 @@
-//! Two `yagura serve --role ingest` gateways in front of one JetStream archive, with a
-//! `serve --role indexer` node behind them. Four real agents tail their logs; all enroll
-//! at the first gateway, and two of them are then pointed at the second (as a load
-//! balancer would send them) — the second gateway knows them only through the cluster's
-//! agent directory. Every line is archived and searchable exactly once, and both
-//! gateways carried batches.
+//! A cluster of separate processes on one JetStream archive: two `yagura serve --role
+//! ingest` gateways, two `serve --role indexer` nodes and one `serve --role api` node.
+//! Four real agents tail their logs; all enroll at the first gateway, and two of them
+//! are then pointed at the second (as a load balancer would send them) — the second
+//! gateway knows them only through the cluster's agent directory. Search through the api
+//! node finds every line exactly once, its aggregations count every host's lines, both
+//! gateways carried batches, and the api node takes none.
 //!
 //! Against the NATS server on 127.0.0.1:4222 (`YAGURA_TEST_NATS_URL`), in a stream and
 //! buckets of the test's own, deleted at the end. Skipped with the reason without NATS;
@@ -13,11 +14,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use yagura_collector::cluster::leases;
 use yagura_collector::cluster::node::lease_bucket_name;
-use yagura_collector::cluster::search::FanOut;
 use yagura_collector::cluster::testing::{nats_or_skip, own_stream};
-use yagura_collector::index::SearchRequest;
 use yagura_e2e::{Agent, ClusterToml, Collector, append_lines, cluster_indexer, copy_dir};
 
 const PARTITIONS: u32 = 4;
@@ -44,25 +42,26 @@ async fn batches_accepted(gateway: &Collector) -> anyhow::Result<u64> {
     Ok(value.parse()?)
 }
 
-/// Every message the fan-out finds, with how often.
-async fn messages(fan: &FanOut) -> anyhow::Result<BTreeMap<String, usize>> {
+/// Every message the api node's search finds, with how often (page by page).
+async fn messages(api: &Collector) -> anyhow::Result<BTreeMap<String, usize>> {
     let mut found = BTreeMap::new();
-    let mut after = None;
+    let mut after: Option<String> = None;
     loop {
-        let request = SearchRequest {
-            limit: 5000,
-            fields: vec!["message".into()],
-            after,
-            count_total: false,
-            ..SearchRequest::new("event.dataset:cluster.test")
-        };
-        let page = fan.search(&request).await?;
-        for hit in &page.hits {
-            let message = hit.event["message"].as_str().context("message")?;
+        let mut params = vec![
+            ("q", "event.dataset:cluster.test"),
+            ("limit", "5000"),
+            ("fields", "message"),
+        ];
+        if let Some(cursor) = &after {
+            params.push(("after", cursor));
+        }
+        let page = api.search_with(&params).await?;
+        for hit in page["hits"].as_array().context("hits")? {
+            let message = hit["event"]["message"].as_str().context("message")?;
             *found.entry(message.to_string()).or_default() += 1;
         }
-        match page.next_cursor {
-            Some(cursor) => after = Some(cursor.parse().map_err(anyhow::Error::msg)?),
+        match page["next_cursor"].as_str() {
+            Some(cursor) => after = Some(cursor.to_string()),
             None => return Ok(found),
         }
     }
@@ -97,7 +96,11 @@ async fn agents_behind_two_gateways_are_archived_and_found_once() -> anyhow::Res
         Some("ingest"),
     )?;
     assert_eq!(first.fingerprint, second.fingerprint);
-    let indexer = cluster_indexer(dir.path(), "i1", &cluster)?;
+    let indexers = [
+        cluster_indexer(dir.path(), "i1", &cluster)?,
+        cluster_indexer(dir.path(), "i2", &cluster)?,
+    ];
+    let api = Collector::start_as(&dir.path().join("api"), &cluster.node("api"), Some("api"))?;
 
     let mut agents = Vec::new();
     for a in 0..AGENTS {
@@ -123,24 +126,9 @@ async fn agents_behind_two_gateways_are_archived_and_found_once() -> anyhow::Res
         agents.push(agent);
     }
 
-    let context = async_nats::jetstream::new(client.clone());
-    let kv = leases::bucket(
-        &context,
-        &lease_bucket_name(&config.stream),
-        Duration::from_secs(2),
-        1,
-    )
-    .await?;
-    let fan = FanOut::new(
-        client.clone(),
-        kv,
-        &config.stream,
-        PARTITIONS,
-        Duration::from_secs(20),
-    );
     let deadline = Instant::now() + Duration::from_secs(180);
     let found = loop {
-        let found = messages(&fan).await;
+        let found = messages(&api).await;
         if let Ok(found) = &found
             && found.len() == TOTAL
         {
@@ -160,6 +148,35 @@ async fn agents_behind_two_gateways_are_archived_and_found_once() -> anyhow::Res
             assert!(found.contains_key(&format!("agent {a} line {i}")));
         }
     }
+    // Aggregations merged over both indexers: every host's lines, exactly.
+    let counted = api
+        .search_with(&[
+            ("q", "event.dataset:cluster.test"),
+            ("limit", "1"),
+            ("agg", "terms:host.name"),
+        ])
+        .await?;
+    assert_eq!(counted["total"].as_u64(), Some(TOTAL as u64));
+    let buckets = counted["aggregations"]["terms:host.name"]["buckets"]
+        .as_array()
+        .context("buckets")?;
+    let per_host: BTreeMap<String, u64> = buckets
+        .iter()
+        .filter_map(|b| Some((b["key"].as_str()?.to_string(), b["doc_count"].as_u64()?)))
+        .collect();
+    let expected: BTreeMap<String, u64> = (0..AGENTS)
+        .map(|a| (format!("host-{a}"), LINES as u64))
+        .collect();
+    assert_eq!(per_host, expected);
+    // The api node takes no batches.
+    let refused = api
+        .client()?
+        .post(format!("{}/api/v1/ingest", api.url))
+        .body(Vec::<u8>::new())
+        .send()
+        .await?
+        .status();
+    assert_eq!(refused.as_u16(), 404);
     let (through_a, through_b) = (
         batches_accepted(&first).await?,
         batches_accepted(&second).await?,
@@ -170,7 +187,8 @@ async fn agents_behind_two_gateways_are_archived_and_found_once() -> anyhow::Res
     );
 
     drop(agents);
-    drop((indexer, first, second));
+    drop((indexers, api, first, second));
+    let context = async_nats::jetstream::new(client);
     for bucket in [
         lease_bucket_name(&config.stream),
         yagura_collector::cluster::directory::bucket_name(&config.stream),

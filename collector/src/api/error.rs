@@ -84,6 +84,12 @@ impl ApiError {
         }
     }
 
+    /// The same answer with another detail.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+
     /// 429 with a Retry-After: slow down (rate limit or backpressure).
     pub fn too_many_requests(detail: impl Into<String>, retry_after_seconds: u64) -> Self {
         ApiError {

@@ -49,8 +49,11 @@ pub struct AppState {
     pub agents: AgentRegistry,
     pub fleet: FleetState,
     pub ingest: Arc<BatchIngest<CollectorArchive>>,
-    /// `None` when the collector runs without an index (the ingest benchmark).
+    /// `None` when the collector runs without an index (the ingest benchmark, a
+    /// cluster's gateway and api nodes).
     pub index: Option<EventIndex>,
+    /// On a cluster's api node: searches go to the indexers holding the partitions.
+    pub cluster_search: Option<crate::cluster::search::FanOut>,
     /// The archive directory, read by provenance checks.
     pub archive_dir: PathBuf,
     pub alerts: crate::alert::AlertService,
@@ -682,6 +685,19 @@ fn search_error(error: IndexError) -> ApiError {
     }
 }
 
+/// A search the indexers refused is the caller's (400); one they could not all answer
+/// is a 503 to retry (a partition between holders, an indexer gone).
+fn fan_out_error(error: crate::cluster::search::FanOutError) -> ApiError {
+    use crate::cluster::search::FanOutError;
+    match error {
+        FanOutError::Invalid(detail) => ApiError::bad_request(detail),
+        FanOutError::Unavailable(detail) => {
+            tracing::warn!(%detail, "cluster search");
+            ApiError::unavailable(2).with_detail(format!("not every partition answered: {detail}"))
+        }
+    }
+}
+
 fn index_of(state: &AppState) -> Result<EventIndex, ApiError> {
     state
         .index
@@ -706,6 +722,15 @@ async fn search(
         )));
     }
     let request = search_request(params, limit)?;
+    if state.index.is_none()
+        && let Some(fan) = &state.cluster_search
+    {
+        return fan
+            .search(&request)
+            .await
+            .map(|found| Json(found).into_response())
+            .map_err(fan_out_error);
+    }
     let index = index_of(&state)?;
     tokio::task::spawn_blocking(move || index.search(&request))
         .await

@@ -737,9 +737,10 @@ async fn serve(path: PathBuf, role: yagura_collector::cluster::Role) -> anyhow::
             return result;
         }
         (ArchiveBackend::JetStream, Role::Ingest) => server::RunMode::Gateway,
+        (ArchiveBackend::JetStream, Role::Api) => server::RunMode::Api,
         (ArchiveBackend::JetStream, role) => anyhow::bail!(
-            "{}: with [archive] backend = \"jetstream\" this version runs --role ingest and \
-             --role indexer; the {} role is not built yet (docs/scale-out.md says what is)",
+            "{}: with [archive] backend = \"jetstream\" this version runs --role ingest, \
+             indexer and api; the {} role is not built yet (docs/scale-out.md says what is)",
             path.display(),
             role.name()
         ),

@@ -30,6 +30,13 @@ pub struct ClusterConfig {
     /// A partition whose holder stopped renewing is taken over after this long.
     #[serde(default = "default_lease_seconds")]
     pub lease_seconds: u64,
+    /// How long an api node waits for the indexers' answers to one search.
+    #[serde(default = "default_search_timeout_seconds")]
+    pub search_timeout_seconds: u64,
+}
+
+fn default_search_timeout_seconds() -> u64 {
+    20
 }
 
 fn default_lease_seconds() -> u64 {
@@ -41,11 +48,17 @@ impl Default for ClusterConfig {
         ClusterConfig {
             node: None,
             lease_seconds: default_lease_seconds(),
+            search_timeout_seconds: default_search_timeout_seconds(),
         }
     }
 }
 
 impl ClusterConfig {
+    /// How long an api node waits for one search's answers (at least a second).
+    pub fn search_timeout(&self) -> Duration {
+        Duration::from_secs(self.search_timeout_seconds.max(1))
+    }
+
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_seconds.max(2))
     }
