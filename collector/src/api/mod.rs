@@ -989,7 +989,13 @@ async fn rotate_agent_key(
     if i64::try_from(request.from_sequence).is_err() {
         return Err(ApiError::bad_request("from_sequence is out of range"));
     }
-    let last_archived = crate::archive::Archive::last_sequence(state.ingest.archive(), id);
+    let last_archived = match state.ingest.archive().jetstream() {
+        Some(stream) => stream
+            .last_archived(id)
+            .await
+            .map_err(|_| ApiError::unavailable(5))?,
+        None => crate::archive::Archive::last_sequence(state.ingest.archive(), id),
+    };
     let outcome = state
         .agents
         .rotate_key(id, &request, last_archived)

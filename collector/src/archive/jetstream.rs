@@ -378,6 +378,12 @@ impl JetStreamArchive {
         }
     }
 
+    /// The highest sequence of `agent` in the stream, whichever gateway archived it
+    /// (`Archive::last_sequence` knows only this process's appends).
+    pub async fn last_archived(&self, agent: Uuid) -> Result<Option<u64>> {
+        Ok(self.load_tail(agent).await?.sequence)
+    }
+
     fn tail_lock(&self, agent: Uuid) -> Arc<tokio::sync::Mutex<AgentTail>> {
         let mut tails = self.tails.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(tails.entry(agent).or_default())
@@ -524,12 +530,19 @@ async fn pump(
     end: &watch::Sender<u64>,
 ) -> Result<()> {
     let mut expected = start;
+    let mut pause = Duration::from_millis(250);
     loop {
         let consumer = tokio::select! {
             made = reader_consumer(&stream, &filter, expected) => made?,
             () = records.closed() => return Ok(()),
         };
-        loop {
+        // Without acknowledgements the server counts a record delivered once sent: one
+        // lost on the way (a reconnect mid-pull) shows only as a gap in the consumer's
+        // own sequence, which starts at 1 and has no holes. A gap makes a new consumer
+        // at `expected`, so nothing is skipped.
+        let mut delivered = 0;
+        let mut handed_over = false;
+        'pulling: loop {
             let fetched = tokio::select! {
                 fetched = fetch(&consumer) => fetched,
                 () = records.closed() => return Ok(()),
@@ -539,13 +552,19 @@ async fn pump(
                 Err(error) => (Vec::new(), Some(error)),
             };
             for message in messages {
-                let sequence = message
+                let info = message
                     .info()
-                    .map_err(|e| stream_error("a message without stream metadata", e))?
-                    .stream_sequence;
+                    .map_err(|e| stream_error("a message without stream metadata", e))?;
+                let sequence = info.stream_sequence;
+                if info.consumer_sequence != delivered + 1 {
+                    tracing::debug!(%filter, from = expected, "a record lost in delivery");
+                    break 'pulling;
+                }
+                delivered = info.consumer_sequence;
                 if sequence < expected {
                     continue;
                 }
+                handed_over = true;
                 expected = sequence + 1;
                 let record = Record {
                     offset: sequence,
@@ -563,7 +582,20 @@ async fn pump(
                 break;
             }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // The old consumer goes now rather than at its inactivity limit; one the server
+        // already lost is not there to delete.
+        let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+        // Quick again after a consumer that delivered, slower while every new one fails
+        // at once (the server is going away).
+        pause = if handed_over {
+            Duration::from_millis(250)
+        } else {
+            (pause * 2).min(Duration::from_secs(5))
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = records.closed() => return Ok(()),
+        }
     }
 }
 

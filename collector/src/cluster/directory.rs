@@ -20,6 +20,27 @@ use uuid::Uuid;
 
 use crate::store::{AgentRecord, StoreError};
 
+/// A record as the directory holds it, with the revision a change must name.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub record: AgentRecord,
+    pub revision: u64,
+}
+
+/// Whether a copy from the directory may replace what a node holds: a revocation is
+/// final, and key rotations only ever add retired keys. A copy that fails either is
+/// older than the node's own (a replica behind, a change not published yet) and is not
+/// taken.
+pub fn supersedes(shared: &AgentRecord, held: &AgentRecord) -> bool {
+    if held.is_internal() || shared.kind != held.kind {
+        return false;
+    }
+    if !held.is_active() && shared.is_active() {
+        return false;
+    }
+    shared.retired_keys.len() >= held.retired_keys.len() && shared != held
+}
+
 /// The shared agent records of a cluster.
 #[derive(Clone)]
 pub struct AgentDirectory {
@@ -60,18 +81,8 @@ impl AgentDirectory {
         Ok(AgentDirectory { kv })
     }
 
-    /// Publishes the current record of an agent (after a change made on this node).
-    pub async fn publish(&self, record: &AgentRecord) -> Result<(), StoreError> {
-        let value = serde_json::to_vec(record).map_err(|e| directory_error("encoding", e))?;
-        self.kv
-            .put(record.id.to_string(), value.into())
-            .await
-            .map_err(|e| directory_error("publishing an agent", e))?;
-        Ok(())
-    }
-
-    /// Publishes `record` unless the directory already has the agent: a node's own
-    /// records at its start, which must not overwrite a newer change made elsewhere.
+    /// Publishes the record of a new agent (enrolled on this node), or this node's
+    /// record at its start: never over a record the directory has, which may be newer.
     pub async fn publish_if_absent(&self, record: &AgentRecord) -> Result<(), StoreError> {
         let value = serde_json::to_vec(record).map_err(|e| directory_error("encoding", e))?;
         match self.kv.create(record.id.to_string(), value.into()).await {
@@ -81,17 +92,38 @@ impl AgentDirectory {
         }
     }
 
-    /// The directory's record of `id`.
-    pub async fn get(&self, id: Uuid) -> Result<Option<AgentRecord>, StoreError> {
-        let Some(value) = self
+    /// Replaces the record of an agent if the directory still holds `revision` of it:
+    /// `false` when another node changed it meanwhile (read it again and decide anew).
+    pub async fn replace(&self, record: &AgentRecord, revision: u64) -> Result<bool, StoreError> {
+        let value = serde_json::to_vec(record).map_err(|e| directory_error("encoding", e))?;
+        match self
             .kv
-            .get(id.to_string())
+            .update(record.id.to_string(), value.into(), revision)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(directory_error("publishing an agent", e)),
+        }
+    }
+
+    /// The directory's record of `id`, with its revision.
+    pub async fn entry(&self, id: Uuid) -> Result<Option<Versioned>, StoreError> {
+        let Some(entry) = self
+            .kv
+            .entry(id.to_string())
             .await
             .map_err(|e| directory_error("reading an agent", e))?
         else {
             return Ok(None);
         };
-        decode(&value).map(Some)
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        Ok(Some(Versioned {
+            record: decode(&entry.value)?,
+            revision: entry.revision,
+        }))
     }
 
     /// Every record now in the directory, then each change as it is published.

@@ -161,6 +161,34 @@ async fn agents_enrolled_on_one_node_are_known_and_revoked_on_another() {
     assert!(other.record.is_internal());
     assert!(store_b.agent(identity_a.id).await.expect("b").is_none());
 
+    // A key rotation on b (which holds only a copy) is published; a takes it.
+    let next = yagura_shared::AgentKey::generate().expect("key");
+    let rotation = yagura_shared::key_rotation::KeyRotation::sign(&key, &next, enrolled.id, 10);
+    b.rotate_key(enrolled.id, &rotation, Some(9))
+        .await
+        .expect("rotate on b");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while a
+        .get(enrolled.id)
+        .await
+        .expect("get")
+        .expect("a")
+        .record
+        .public_key
+        != next.public_key_base64()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotation did not reach node a"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before_revocation = directory
+        .entry(enrolled.id)
+        .await
+        .expect("entry")
+        .expect("there");
+
     // a has cached the agent; a revocation on b reaches it through the directory.
     assert!(
         a.get(enrolled.id)
@@ -191,6 +219,25 @@ async fn agents_enrolled_on_one_node_are_known_and_revoked_on_another() {
             .expect("row")
             .is_active()
     );
+    // A change decided on the record before the revocation is refused, and a stale
+    // active copy never replaces a revoked one.
+    assert!(
+        !directory
+            .replace(&before_revocation.record, before_revocation.revision)
+            .await
+            .expect("replace")
+    );
+    let revoked = store_a.agent(enrolled.id).await.expect("a").expect("row");
+    assert!(!super::directory::supersedes(
+        &before_revocation.record,
+        &revoked
+    ));
+    // A rotation asked now of a is refused: the agent is revoked everywhere.
+    let again = yagura_shared::AgentKey::generate().expect("key");
+    let late = yagura_shared::key_rotation::KeyRotation::sign(&next, &again, enrolled.id, 20);
+    assert!(a.rotate_key(enrolled.id, &late, Some(19)).await.is_err());
+    let now = directory.entry(enrolled.id).await.expect("entry");
+    assert!(!now.expect("there").record.is_active());
 
     cancel.cancel();
     let _ = following.await;

@@ -94,6 +94,9 @@ pub struct AgentRegistry {
     generation: Arc<std::sync::atomic::AtomicU64>,
     /// In a cluster: the agent records every node shares (see [`AgentDirectory`]).
     directory: Option<AgentDirectory>,
+    /// An agent enrolled here could not be published: publish what is missing at the
+    /// next reconnection of the follower.
+    unpublished: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AgentRegistry {
@@ -103,6 +106,7 @@ impl AgentRegistry {
             cache: Arc::default(),
             generation: Arc::default(),
             directory: None,
+            unpublished: Arc::default(),
         }
     }
 
@@ -113,40 +117,45 @@ impl AgentRegistry {
         self
     }
 
-    /// The agent record in this node's store, after taking the directory's copy when
-    /// this node has none or an older one. Other nodes' own signing identities are not
-    /// stored (each node finds its own by kind), only returned.
+    /// The agent record in this node's store; in a cluster, one this node has not
+    /// heard of is read from the directory (and kept, unless it is another node's own
+    /// signing identity: each node finds its own by kind). Records this node holds are
+    /// kept current by [`Self::follow_directory`].
     async fn record(&self, id: Uuid) -> Result<Option<AgentRecord>, StoreError> {
         let local = self.store.agent(id).await?;
-        let Some(directory) = &self.directory else {
+        let (Some(directory), None) = (&self.directory, &local) else {
             return Ok(local);
         };
-        if let Some(local) = &local
-            && local.is_internal()
-        {
-            return Ok(Some(local.clone()));
+        let Some(shared) = directory.entry(id).await? else {
+            return Ok(None);
+        };
+        if !shared.record.is_internal() {
+            self.store.import_agent(&shared.record).await?;
         }
-        match directory.get(id).await? {
-            Some(shared) if Some(&shared) != local.as_ref() => {
-                if !shared.is_internal() {
-                    self.store.import_agent(&shared).await?;
-                }
-                Ok(Some(shared))
-            }
-            Some(_) => Ok(local),
-            // Not in the directory (yet): an agent enrolled here before the directory
-            // was reachable is published at the next start.
-            None => Ok(local),
-        }
+        Ok(Some(shared.record))
     }
 
-    /// Publishes this node's current record of `id` to the directory, if in a cluster.
-    async fn publish(&self, id: Uuid) -> Result<(), StoreError> {
-        if let Some(directory) = &self.directory
-            && let Some(record) = self.store.agent(id).await?
-        {
-            directory.publish(&record).await?;
+    /// The directory's record of `id` and its revision, after publishing this node's
+    /// record if the directory has none yet (enrolled here while NATS was away).
+    async fn shared_record(
+        &self,
+        directory: &AgentDirectory,
+        id: Uuid,
+    ) -> Result<Option<crate::cluster::directory::Versioned>, StoreError> {
+        if let Some(found) = directory.entry(id).await? {
+            return Ok(Some(found));
         }
+        let Some(local) = self.store.agent(id).await? else {
+            return Ok(None);
+        };
+        directory.publish_if_absent(&local).await?;
+        directory.entry(id).await
+    }
+
+    /// Takes a record this node changed in the directory into its own store.
+    async fn take(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        self.store.import_agent(record).await?;
+        self.forget(record.id);
         Ok(())
     }
 
@@ -154,6 +163,8 @@ impl AgentRegistry {
     /// (agents enrolled here, this node's signing identities).
     pub async fn publish_missing(&self) -> Result<(), StoreError> {
         if let Some(directory) = &self.directory {
+            self.unpublished
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             for record in self.store.agents().await? {
                 let record = self.store.agent(record.id).await?.unwrap_or(record);
                 directory.publish_if_absent(&record).await?;
@@ -175,6 +186,13 @@ impl AgentRegistry {
                 error = self.copy_from_directory(&directory) => error,
                 () = cancel.cancelled() => return,
             };
+            if self.unpublished.load(std::sync::atomic::Ordering::SeqCst)
+                && let Err(error) = self.publish_missing().await
+            {
+                self.unpublished
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::warn!(%error, "publishing agents enrolled here to the directory");
+            }
             tracing::warn!(%error, "following the agent directory; again in 1 s");
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -194,9 +212,15 @@ impl AgentRegistry {
                 Ok(record) => record,
                 Err(error) => return error,
             };
-            if !record.is_internal()
-                && let Err(error) = self.store.import_agent(&record).await
-            {
+            let held = match self.store.agent(record.id).await {
+                Ok(held) => held,
+                Err(error) => return error,
+            };
+            let take = match &held {
+                Some(held) => crate::cluster::directory::supersedes(&record, held),
+                None => !record.is_internal(),
+            };
+            if take && let Err(error) = self.store.import_agent(&record).await {
                 return error;
             }
             self.forget(record.id);
@@ -250,10 +274,14 @@ impl AgentRegistry {
             .enroll_agent(token, public_key, hostname, version)
             .await?
             .map_err(EnrollError::Refused)?;
-        if let Some(directory) = &self.directory {
-            // Not published: the enrollment fails (the agent asks again; its token use
-            // is spent, the record is published at this node's next start).
-            directory.publish_if_absent(&record).await?;
+        if let Some(directory) = &self.directory
+            && let Err(error) = directory.publish_if_absent(&record).await
+        {
+            // The agent is enrolled here (its token use is spent): it ships through this
+            // node at once, and reaches the others once the record is published.
+            tracing::error!(agent = %record.id, %error, "publishing an enrolled agent; retried");
+            self.unpublished
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         Ok(record)
     }
@@ -268,6 +296,19 @@ impl AgentRegistry {
         request: &KeyRotation,
         last_archived: Option<u64>,
     ) -> Result<KeyRotationOutcome, KeyRotationError> {
+        // In a cluster the change is decided against the directory's record, and
+        // published only if nobody changed it meanwhile.
+        let shared = match &self.directory {
+            Some(directory) => self.shared_record(directory, id).await?,
+            None => None,
+        };
+        if let Some(shared) = &shared {
+            match self.store.agent(id).await? {
+                Some(held) if !crate::cluster::directory::supersedes(&shared.record, &held) => {}
+                _ if shared.record.is_internal() => {}
+                _ => self.take(&shared.record).await?,
+            }
+        }
         let Some(agent) = self.record(id).await? else {
             return Err(KeyRotationError::NotRotatable(id));
         };
@@ -313,8 +354,30 @@ impl AgentRegistry {
             )
             .await?;
         self.forget(id);
-        if outcome == KeyRotationOutcome::Rotated {
-            self.publish(id).await?;
+        if outcome == KeyRotationOutcome::Rotated
+            && let (Some(directory), Some(shared)) = (&self.directory, &shared)
+        {
+            let rotated = self
+                .store
+                .agent(id)
+                .await?
+                .ok_or_else(|| StoreError::Invalid(format!("agent {id} vanished")))?;
+            let published = directory.replace(&rotated, shared.revision).await;
+            if !matches!(published, Ok(true)) {
+                // Changed elsewhere meanwhile (revoked, rotated), or not published: the
+                // directory's record stands and this rotation is undone here, so a
+                // retry decides again instead of finding it done.
+                let now = match directory.entry(id).await {
+                    Ok(Some(now)) => now.record,
+                    _ => shared.record.clone(),
+                };
+                self.take(&now).await?;
+                self.store
+                    .forget_key_rotation(id, &request.public_key)
+                    .await?;
+                published?;
+                return Err(KeyRotationError::KeyChanged);
+            }
         }
         match outcome {
             KeyRotationOutcome::KeyChanged | KeyRotationOutcome::NotRotatable => {
@@ -326,14 +389,37 @@ impl AgentRegistry {
 
     /// Revokes an agent in the database and drops it from the key cache.
     pub async fn revoke(&self, id: Uuid) -> Result<RevokeOutcome, StoreError> {
-        // The directory's newest record first: a revocation must not publish an older
-        // key over a rotation made on another node.
-        self.record(id).await?;
+        if let Some(directory) = &self.directory {
+            // Decided on the directory's record and published at its revision: a
+            // rotation made elsewhere meanwhile is read again, never overwritten.
+            for _ in 0..5 {
+                let Some(shared) = self.shared_record(directory, id).await? else {
+                    return Ok(RevokeOutcome::NotFound);
+                };
+                let record = shared.record;
+                if record.is_internal() {
+                    return Ok(RevokeOutcome::Refused);
+                }
+                if !record.is_active() {
+                    self.take(&record).await?;
+                    return Ok(RevokeOutcome::AlreadyRevoked);
+                }
+                let revoked = AgentRecord {
+                    status: "revoked".into(),
+                    revoked_at: Some(Utc::now().to_rfc3339()),
+                    ..record
+                };
+                if directory.replace(&revoked, shared.revision).await? {
+                    self.take(&revoked).await?;
+                    return Ok(RevokeOutcome::Revoked);
+                }
+            }
+            return Err(StoreError::Directory(format!(
+                "agent {id} kept changing while being revoked; revoke it again"
+            )));
+        }
         let outcome = self.store.revoke_agent(id).await?;
         self.forget(id);
-        if outcome == RevokeOutcome::Revoked {
-            self.publish(id).await?;
-        }
         Ok(outcome)
     }
 

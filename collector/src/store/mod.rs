@@ -490,6 +490,17 @@ impl Store {
         .transpose()
     }
 
+    /// Forgets the record of a rotation to `to` (undone: the cluster's directory holds
+    /// another change of the agent).
+    pub async fn forget_key_rotation(&self, id: Uuid, to: &str) -> Result<()> {
+        sqlx::query("DELETE FROM agent_key_rotations WHERE agent_id = $1 AND to_key = $2")
+            .bind(id.to_string())
+            .bind(to)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Moves an active agent from the key `from` to `to`, which signs from sequence
     /// `from_sequence` on; `from` is kept for the sequences before it. One transaction.
     pub async fn rotate_agent_key(
