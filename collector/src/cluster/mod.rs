@@ -114,13 +114,14 @@ impl ClusterConfig {
 pub enum Role {
     /// Everything in one process (the default; the only role with the segment archive).
     All,
-    /// A stateless gateway: verifies agents' batches and appends them to the stream.
+    /// An ingest gateway: verifies agents' batches (keys from the cluster's agent
+    /// directory) and appends them to the stream.
     Ingest,
     /// Indexes the partitions it holds and answers searches over them.
     Indexer,
-    /// Runs the detection rules over the partitions it holds.
+    /// Runs the detection rules over the partitions it holds (not built yet).
     Detector,
-    /// Serves the console and the API, fanning searches out to the indexers.
+    /// Serves the management API, fanning searches out to the indexers.
     Api,
 }
 
