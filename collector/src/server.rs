@@ -82,8 +82,8 @@ pub enum RunMode {
     /// cluster's directory; no indexer, detector, shop or archive retention of its own.
     Gateway,
     /// An api node of a cluster (`serve --role api`): the management API and search,
-    /// answered by fanning each search out to the indexers and merging; takes no
-    /// batches.
+    /// answered by fanning each search out to the indexers and merging; records the
+    /// detectors' matches and runs the alert manager on them; takes no batches.
     Api,
 }
 
@@ -229,6 +229,8 @@ pub async fn run_with(
 
     let mut agents = AgentRegistry::new(store.clone());
     let mut cluster_search = None;
+    // An api node records the cluster's matches (from its detectors) and alerts on them.
+    let mut cluster_matches = None;
     if let Some(stream) = archive.jetstream() {
         let client = crate::archive::connect_nats(
             &stream.config().url,
@@ -238,6 +240,11 @@ pub async fn run_with(
         .context("connecting to NATS")?;
         let context = async_nats::jetstream::new(client.clone());
         if mode == RunMode::Api {
+            cluster_matches = Some((
+                context.clone(),
+                crate::cluster::detector::DetectionStreams::of(stream.config()),
+                stream.config().replicas,
+            ));
             let leases = crate::cluster::leases::bucket(
                 &context,
                 &crate::cluster::node::lease_bucket_name(&stream.config().stream),
@@ -400,12 +407,24 @@ pub async fn run_with(
     // Alerting follows detection: the manager takes recorded matches into alerts, one
     // sender per destination delivers the outbox.
     let alert_cancel = CancellationToken::new();
-    let (detector_task, committed) = match detector_task {
+    let (detector_task, mut committed) = match detector_task {
         Some((task, committed)) => (Some(task), Some(committed)),
         None => (None, None),
     };
     let mut alert_tasks = Vec::new();
-    if mode == RunMode::Full {
+    if let Some((context, streams, replicas)) = cluster_matches {
+        let (recorded, watch) = tokio::sync::watch::channel(0);
+        committed = Some(watch);
+        alert_tasks.push(tokio::spawn(crate::cluster::detector::feed_alerts(
+            context,
+            streams,
+            replicas,
+            store.clone(),
+            recorded,
+            alert_cancel.clone(),
+        )));
+    }
+    if matches!(mode, RunMode::Full | RunMode::Api) {
         let wants_updates = alert_senders
             .iter()
             .filter(|s| {

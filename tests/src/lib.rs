@@ -664,29 +664,140 @@ lease_seconds = 2
 /// Starts `yagura serve --role indexer` as node `node` of `cluster`, with its data in
 /// `dir/<node>`; returns once it runs.
 pub fn cluster_indexer(dir: &Path, node: &str, cluster: &ClusterToml) -> anyhow::Result<Process> {
+    cluster_node(
+        dir,
+        node,
+        cluster,
+        "indexer",
+        "[index]\ncommit_interval_ms = 200\n",
+    )
+}
+
+/// Starts `yagura serve --role detector` as node `node` of `cluster`, running the rules
+/// in `rules`, with its data in `dir/<node>`; returns once it runs.
+pub fn cluster_detector(
+    dir: &Path,
+    node: &str,
+    cluster: &ClusterToml,
+    rules: &Path,
+) -> anyhow::Result<Process> {
+    cluster_node(
+        dir,
+        node,
+        cluster,
+        "detector",
+        &format!("[detect]\nrules = [\"{}\"]\n", rules.display()),
+    )
+}
+
+/// Starts `yagura serve --role <role>` (a role without HTTP listeners) as node `node`,
+/// with `tables` in its configuration.
+fn cluster_node(
+    dir: &Path,
+    node: &str,
+    cluster: &ClusterToml,
+    role: &'static str,
+    tables: &str,
+) -> anyhow::Result<Process> {
     let data = dir.join(node);
     std::fs::create_dir_all(&data)?;
     let path = data.join("collector.toml");
     std::fs::write(
         &path,
         format!(
-            "data_dir = \"{data}\"\n[index]\ncommit_interval_ms = 200\n{node}",
+            "data_dir = \"{data}\"\n{tables}{node}",
             data = data.display(),
             node = cluster.node(node),
         ),
     )?;
     let process = Process::spawn(
-        "indexer",
+        role,
         &binaries().collector,
         &[
             "serve",
             "--role",
-            "indexer",
+            role,
             "--config",
             &path.display().to_string(),
         ],
-        &data.join("indexer.log"),
+        &data.join(format!("{role}.log")),
     )?;
-    process.expect_line("yagura indexer", Duration::from_secs(60))?;
+    process.expect_line(&format!("yagura {role}"), Duration::from_secs(60))?;
     Ok(process)
+}
+
+/// The cluster tests' rules: a line containing `marker` matches `cluster_marker`, and
+/// four of them within an hour in one dataset — from any agent, through any gateway —
+/// make one `event_count` correlation ([`MARKER_BURST`]).
+pub const MARKER_RULES: &str = r#"
+title: Cluster test marker
+id: 5c0f2d6e-7a41-4b8e-9a57-3c1d2e4f0001
+name: cluster_marker
+logsource:
+    product: linux
+detection:
+    selection:
+        message|contains: marker
+    condition: selection
+level: low
+---
+title: Cluster test marker burst
+id: 5c0f2d6e-7a41-4b8e-9a57-3c1d2e4f0002
+correlation:
+    type: event_count
+    rules:
+        - cluster_marker
+    group-by:
+        - event.dataset
+    timespan: 1h
+    condition:
+        gte: 4
+level: high
+"#;
+
+/// The id of the correlation in [`MARKER_RULES`].
+pub const MARKER_BURST: &str = "5c0f2d6e-7a41-4b8e-9a57-3c1d2e4f0002";
+
+/// Writes [`MARKER_RULES`] into `dir/rules` and returns that directory.
+pub fn marker_rules(dir: &Path) -> anyhow::Result<PathBuf> {
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules)?;
+    std::fs::write(rules.join("markers.yml"), MARKER_RULES)?;
+    Ok(rules)
+}
+
+/// The ids of the correlation matches of rule `rule` a collector (an api node) recorded.
+pub async fn correlation_matches(api: &Collector, rule: &str) -> anyhow::Result<Vec<String>> {
+    let listed = api.get_json("/api/v1/detections?limit=1000").await?;
+    Ok(listed["detections"]
+        .as_array()
+        .context("detections")?
+        .iter()
+        .filter(|d| d["kind"] == "correlation" && d["rule"]["id"] == rule)
+        .filter_map(|d| Some(d["id"].as_str()?.to_string()))
+        .collect())
+}
+
+/// Waits up to `within` for the first correlation match of `rule` at `api`, then
+/// `settle` more for any other, and returns them all.
+pub async fn wait_for_correlation(
+    api: &Collector,
+    rule: &str,
+    within: Duration,
+    settle: Duration,
+) -> anyhow::Result<Vec<String>> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let found = correlation_matches(api, rule).await;
+        if found.as_ref().is_ok_and(|f| !f.is_empty()) {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "correlation {rule} never matched: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(settle).await;
+    correlation_matches(api, rule).await
 }

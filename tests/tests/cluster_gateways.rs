@@ -1,10 +1,13 @@
 //! A cluster of separate processes on one JetStream archive: two `yagura serve --role
-//! ingest` gateways, two `serve --role indexer` nodes and one `serve --role api` node.
-//! Four real agents tail their logs; all enroll at the first gateway, and two of them
-//! are then pointed at the second (as a load balancer would send them) — the second
-//! gateway knows them only through the cluster's agent directory. Search through the api
-//! node finds every line exactly once, its aggregations count every host's lines, both
-//! gateways carried batches, and the api node takes none.
+//! ingest` gateways, two `serve --role indexer` nodes, two `serve --role detector` nodes
+//! and one `serve --role api` node. Four real agents tail their logs; all enroll at the
+//! first gateway, and two of them are then pointed at the second (as a load balancer
+//! would send them) — the second gateway knows them only through the cluster's agent
+//! directory. Search through the api node finds every line exactly once, its
+//! aggregations count every host's lines, both gateways carried batches, and the api node
+//! takes none. Each agent writes one marker line; the correlation that needs all four
+//! (their events came through both gateways, into different archive partitions) fires
+//! exactly once and reaches the api node's alerts.
 //!
 //! Against the NATS server on 127.0.0.1:4222 (`YAGURA_TEST_NATS_URL`), in a stream and
 //! buckets of the test's own, deleted at the end. Skipped with the reason without NATS;
@@ -14,14 +17,18 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use yagura_collector::cluster::node::lease_bucket_name;
-use yagura_collector::cluster::testing::{nats_or_skip, own_stream};
-use yagura_e2e::{Agent, ClusterToml, Collector, append_lines, cluster_indexer, copy_dir};
+use yagura_collector::cluster::testing::{delete_cluster, nats_or_skip, own_stream};
+use yagura_e2e::{
+    Agent, ClusterToml, Collector, MARKER_BURST, append_lines, cluster_detector, cluster_indexer,
+    copy_dir, marker_rules, wait_for_correlation,
+};
 
 const PARTITIONS: u32 = 4;
 const AGENTS: usize = 4;
 const LINES: usize = 5_000;
 const TOTAL: usize = AGENTS * LINES;
+/// The line of each agent that the correlation counts.
+const MARKER_LINE: usize = LINES / 4;
 
 /// How many batches a gateway accepted, from its `/metrics`.
 async fn batches_accepted(gateway: &Collector) -> anyhow::Result<u64> {
@@ -100,12 +107,20 @@ async fn agents_behind_two_gateways_are_archived_and_found_once() -> anyhow::Res
         cluster_indexer(dir.path(), "i1", &cluster)?,
         cluster_indexer(dir.path(), "i2", &cluster)?,
     ];
+    let rules = marker_rules(dir.path())?;
+    let detectors = [
+        cluster_detector(dir.path(), "d1", &cluster, &rules)?,
+        cluster_detector(dir.path(), "d2", &cluster, &rules)?,
+    ];
     let api = Collector::start_as(&dir.path().join("api"), &cluster.node("api"), Some("api"))?;
 
     let mut agents = Vec::new();
     for a in 0..AGENTS {
         let log = dir.path().join(format!("app-{a}.log"));
-        append_lines(&log, 0..LINES, |i| format!("agent {a} line {i}"))?;
+        append_lines(&log, 0..LINES, |i| {
+            let marker = if i == MARKER_LINE { " marker" } else { "" };
+            format!("agent {a} line {i}{marker}")
+        })?;
         let sources = format!(
             "[[sources]]\npaths = [\"{}\"]\ndataset = \"cluster.test\"\n",
             log.display()
@@ -186,15 +201,24 @@ async fn agents_behind_two_gateways_are_archived_and_found_once() -> anyhow::Res
         "batches through a: {through_a}, through b: {through_b}"
     );
 
+    // Four markers, two through each gateway: one correlation match, once, and its alert
+    // at the api node.
+    let matched = wait_for_correlation(
+        &api,
+        MARKER_BURST,
+        Duration::from_secs(60),
+        Duration::from_secs(3),
+    )
+    .await?;
+    assert_eq!(matched.len(), 1, "correlation matches: {matched:?}");
+    let alerts = api.get_json("/api/v1/alerts").await?;
+    assert!(
+        alerts.to_string().contains(MARKER_BURST),
+        "no alert for the correlation: {alerts}"
+    );
+
     drop(agents);
-    drop((indexers, api, first, second));
-    let context = async_nats::jetstream::new(client);
-    for bucket in [
-        lease_bucket_name(&config.stream),
-        yagura_collector::cluster::directory::bucket_name(&config.stream),
-    ] {
-        let _ = context.delete_key_value(bucket).await;
-    }
-    context.delete_stream(&config.stream).await?;
+    drop((indexers, detectors, api, first, second));
+    delete_cluster(client, &config).await;
     Ok(())
 }

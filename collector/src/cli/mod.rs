@@ -736,13 +736,24 @@ async fn serve(path: PathBuf, role: yagura_collector::cluster::Role) -> anyhow::
             signal.abort();
             return result;
         }
+        (ArchiveBackend::JetStream, Role::Detector) => {
+            let signal = tokio::spawn(stop_signal(shutdown.clone()));
+            let result = yagura_collector::cluster::node::run_detector(config, shutdown, |node| {
+                println!(
+                    "yagura detector {} on stream {} ({} partitions)",
+                    node.name, node.stream, node.partitions
+                );
+            })
+            .await;
+            signal.abort();
+            return result;
+        }
         (ArchiveBackend::JetStream, Role::Ingest) => server::RunMode::Gateway,
         (ArchiveBackend::JetStream, Role::Api) => server::RunMode::Api,
-        (ArchiveBackend::JetStream, role) => anyhow::bail!(
-            "{}: with [archive] backend = \"jetstream\" this version runs --role ingest, \
-             indexer and api; the {} role is not built yet (docs/scale-out.md says what is)",
-            path.display(),
-            role.name()
+        (ArchiveBackend::JetStream, Role::All) => anyhow::bail!(
+            "{}: with [archive] backend = \"jetstream\" each process takes one role: \
+             --role ingest, indexer, detector or api (see docs/scale-out.md)",
+            path.display()
         ),
     };
     let (started_tx, started_rx) = oneshot::channel();

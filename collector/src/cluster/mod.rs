@@ -8,6 +8,7 @@
 //! holding the partitions. Nothing here is a consensus protocol of our own: JetStream's
 //! compare-and-set on keys and its message expiry decide.
 
+pub mod detector;
 pub mod directory;
 pub mod indexer;
 pub mod leases;
@@ -119,7 +120,9 @@ pub enum Role {
     Ingest,
     /// Indexes the partitions it holds and answers searches over them.
     Indexer,
-    /// Runs the detection rules over the partitions it holds (not built yet).
+    /// Runs the detection rules: routes the archive partitions it holds (single-event
+    /// rules, events to their correlation group's partition) and correlates the groups
+    /// of the matched partitions it holds.
     Detector,
     /// Serves the management API, fanning searches out to the indexers.
     Api,

@@ -38,3 +38,25 @@ pub fn own_stream(partitions: u32) -> crate::archive::JetStreamConfig {
         ..Default::default()
     }
 }
+
+/// Deletes everything a cluster on `config` made: the archive stream, the detectors'
+/// streams, and the buckets of leases, agents and detector state (a test's clean-up;
+/// what does not exist is passed over).
+pub async fn delete_cluster(client: async_nats::Client, config: &crate::archive::JetStreamConfig) {
+    let context = async_nats::jetstream::new(client);
+    let detection = super::detector::DetectionStreams::of(config);
+    for bucket in [
+        super::node::lease_bucket_name(&config.stream),
+        super::directory::bucket_name(&config.stream),
+        detection.state_bucket,
+    ] {
+        let _ = context.delete_key_value(bucket).await;
+    }
+    for stream in [
+        config.stream.clone(),
+        detection.matched.stream,
+        detection.detections_stream,
+    ] {
+        let _ = context.delete_stream(stream).await;
+    }
+}

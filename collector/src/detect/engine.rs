@@ -18,8 +18,8 @@
 //! recognisably the same match.
 
 use rsigma_eval::{
-    CorrelationConfig, CorrelationEngine, CorrelationEventMode, EvaluationResult, JsonEvent,
-    Pipeline, ResultBody, TimestampFallback,
+    CorrelationConfig, CorrelationEngine, CorrelationEventMode, EvaluationResult, GroupByField,
+    JsonEvent, Pipeline, ResultBody, TimestampFallback,
 };
 use rsigma_parser::LogSource;
 use serde::Serialize;
@@ -98,6 +98,49 @@ pub struct Detector {
     correlation_only: std::collections::HashSet<String>,
     detection_rules: usize,
     correlation_rules: usize,
+    /// How each correlation reads its group from an event: what a cluster routes by.
+    groupings: Vec<Grouping>,
+    /// Rule id to rule name (correlations refer to rules by either).
+    rule_names: std::collections::HashMap<String, String>,
+}
+
+/// A correlation as the cluster's router sees it: its identity, the rules that feed it
+/// and its group-by fields (after the field mapping).
+struct Grouping {
+    key: String,
+    refs: std::collections::HashSet<String>,
+    group_by: Vec<GroupByField>,
+}
+
+/// One event through the stateless half of the detector (see [`Detector::route`]).
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// Its single-event matches, to report.
+    pub detections: Vec<Detection>,
+    /// The correlation groups it feeds, as [`group_key`]s: where it must be correlated.
+    pub groups: Vec<String>,
+}
+
+/// The identity of a correlation group: the rule (id, else title) and the group's
+/// field/value pairs. A correlation match's episode is kept under it, and a cluster sends
+/// every event of one group to the one detector that owns this key.
+pub fn group_key(rule_key: &str, pairs: &[(String, String)]) -> String {
+    let mut key = String::with_capacity(rule_key.len() + 32);
+    key.push_str(rule_key);
+    key.push('\u{1d}');
+    key.push_str(&group_text(pairs));
+    key
+}
+
+fn group_text(pairs: &[(String, String)]) -> String {
+    let mut group = String::new();
+    for (field, value) in pairs {
+        group.push_str(field);
+        group.push('\u{1f}');
+        group.push_str(value);
+        group.push('\u{1e}');
+    }
+    group
 }
 
 impl std::fmt::Debug for Detector {
@@ -122,7 +165,7 @@ impl Detector {
             ..CorrelationConfig::default()
         };
         let mut engine = CorrelationEngine::new(config);
-        engine.add_pipeline(pipeline);
+        engine.add_pipeline(pipeline.clone());
         engine
             .add_collection(&rules.merged())
             .map_err(|e| format!("compiling the rule set: {e}"))?;
@@ -142,12 +185,38 @@ impl Detector {
             })
             .filter_map(|r| r.id.clone().or_else(|| Some(r.title.clone())))
             .collect();
+        let rule_names = merged
+            .rules
+            .iter()
+            .filter_map(|r| Some((r.id.clone()?, r.name.clone()?)))
+            .collect();
+        let mut groupings = Vec::new();
+        for correlation in &merged.correlations {
+            let mut mapped = correlation.clone();
+            rsigma_eval::pipeline::apply_pipelines_to_correlation(
+                std::slice::from_ref(&pipeline),
+                &mut mapped,
+            )
+            .map_err(|e| format!("mapping correlation {:?}: {e}", correlation.title))?;
+            let compiled = rsigma_eval::correlation::compile_correlation(&mapped)
+                .map_err(|e| format!("compiling correlation {:?}: {e}", correlation.title))?;
+            groupings.push(Grouping {
+                key: compiled
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| compiled.title.clone()),
+                refs: compiled.rule_refs.iter().cloned().collect(),
+                group_by: compiled.group_by,
+            });
+        }
         Ok(Detector {
             engine,
             episodes: Episodes::new(),
             correlation_only,
             detection_rules: rules.detection_rules(),
             correlation_rules: rules.correlation_rules(),
+            groupings,
+            rule_names,
         })
     }
 
@@ -192,44 +261,144 @@ impl Detector {
         Ok(())
     }
 
+    /// The stateless half of [`Self::process`], for a cluster's router: the event's
+    /// single-event matches, and the correlation groups it feeds. Every event of a group
+    /// then goes to the one detector owning the group ([`Self::correlate`] there), so
+    /// each window sees all its events however the events were spread over the nodes.
+    ///
+    /// Correlations fed by other correlations (chains) are not routed: their groups
+    /// live where the feeding correlation fires.
+    pub fn route(&self, event: Event) -> Routed {
+        let mut evaluated = self.evaluate(event);
+        let view = JsonEvent::borrow(&evaluated.value);
+        let mut groups = Vec::new();
+        for found in &evaluated.matches {
+            let Some(id) = found.header.rule_id.as_deref() else {
+                continue;
+            };
+            let mut refs = vec![id];
+            if let Some(name) = self.rule_names.get(id) {
+                refs.push(name.as_str());
+            }
+            for grouping in &self.groupings {
+                if !refs.iter().any(|r| grouping.refs.contains(*r)) {
+                    continue;
+                }
+                let pairs = rsigma_eval::GroupKey::extract(&view, &grouping.group_by, &refs)
+                    .to_pairs(&grouping.group_by);
+                let key = group_key(&grouping.key, &pairs);
+                if !groups.contains(&key) {
+                    groups.push(key);
+                }
+            }
+        }
+        let matches = std::mem::take(&mut evaluated.matches);
+        let reported = matches.into_iter().filter(|r| self.reported(r));
+        // Single-event matches keep no episodes.
+        let detections = evaluated.detections(reported, &mut Episodes::new());
+        Routed { detections, groups }
+    }
+
+    /// The stateful half, for a cluster's correlating detector: the event through the
+    /// correlations, reporting only the correlation matches whose group this detector
+    /// owns (`owns` of the match's [`group_key`]). Other groups the event touches here
+    /// see only part of their events and are never reported; single-event matches were
+    /// reported by the router.
+    pub fn correlate(&mut self, event: Event, owns: impl Fn(&str) -> bool) -> Vec<Detection> {
+        let mut evaluated = self.evaluate(event);
+        let Some(at) = evaluated.timestamp else {
+            return Vec::new();
+        };
+        let matches = std::mem::take(&mut evaluated.matches);
+        let view = JsonEvent::borrow(&evaluated.value);
+        let results = self
+            .engine
+            .process_with_detections(&view, matches, at.timestamp());
+        let owned = results.into_iter().filter(|r| match &r.body {
+            ResultBody::Correlation(body) => {
+                let rule_key = r.header.rule_id.as_deref().unwrap_or(&r.header.rule_title);
+                owns(&group_key(rule_key, &body.group_key))
+            }
+            ResultBody::Detection(_) => false,
+        });
+        evaluated.detections(owned, &mut self.episodes)
+    }
+
     /// Evaluates one event; correlation windows advance to the event's `@timestamp`.
     pub fn process(&mut self, event: Event) -> Vec<Detection> {
-        let timestamp = event.timestamp();
-        let event_id = event.id().map(|id| id.to_string());
-        let logsource = logsource_of(&event);
-        let value = Value::Object(event.into_map());
-        let view = JsonEvent::borrow(&value);
-        let matches = self
-            .engine
-            .engine()
-            .evaluate_with_logsource(&view, &logsource);
-        let results = match timestamp {
+        let mut evaluated = self.evaluate(event);
+        let matches = std::mem::take(&mut evaluated.matches);
+        let view = JsonEvent::borrow(&evaluated.value);
+        let results = match evaluated.timestamp {
             Some(at) => self
                 .engine
                 .process_with_detections(&view, matches, at.timestamp()),
             None => self.engine.correlate_detections(&view, matches),
         };
-        let stamp = timestamp.map(yagura_shared::event::format_timestamp);
-        let reported: Vec<EvaluationResult> = results
-            .into_iter()
-            .filter(|r| {
-                r.is_correlation()
-                    || !self
-                        .correlation_only
-                        .contains(r.header.rule_id.as_deref().unwrap_or(&r.header.rule_title))
-            })
-            .collect();
-        let at = timestamp.map(|t| t.timestamp());
-        reported
+        let reported: Vec<EvaluationResult> =
+            results.into_iter().filter(|r| self.reported(r)).collect();
+        evaluated.detections(reported, &mut self.episodes)
+    }
+
+    /// The event as the rules see it, with its single-event matches (rules of its log
+    /// source only).
+    fn evaluate(&self, event: Event) -> Evaluated {
+        let timestamp = event.timestamp();
+        let event_id = event.id().map(|id| id.to_string());
+        let logsource = logsource_of(&event);
+        let value = Value::Object(event.into_map());
+        let matches = self
+            .engine
+            .engine()
+            .evaluate_with_logsource(&JsonEvent::borrow(&value), &logsource);
+        Evaluated {
+            value,
+            timestamp,
+            event_id,
+            matches,
+        }
+    }
+
+    /// Whether a result is reported: correlations always, single-event matches unless
+    /// their rule only feeds correlations.
+    fn reported(&self, result: &EvaluationResult) -> bool {
+        result.is_correlation()
+            || !self.correlation_only.contains(
+                result
+                    .header
+                    .rule_id
+                    .as_deref()
+                    .unwrap_or(&result.header.rule_title),
+            )
+    }
+}
+
+/// One event evaluated: its JSON, time, id and single-event matches.
+struct Evaluated {
+    value: Value,
+    timestamp: Option<chrono::DateTime<chrono::Utc>>,
+    event_id: Option<String>,
+    matches: Vec<EvaluationResult>,
+}
+
+impl Evaluated {
+    /// Results on this event as matches, the event attached.
+    fn detections(
+        &self,
+        results: impl IntoIterator<Item = EvaluationResult>,
+        episodes: &mut Episodes,
+    ) -> Vec<Detection> {
+        let stamp = self.timestamp.map(yagura_shared::event::format_timestamp);
+        results
             .into_iter()
             .map(|result| {
                 let context = MatchContext {
                     timestamp: stamp.clone(),
-                    event_id: event_id.clone(),
-                    at,
+                    event_id: self.event_id.clone(),
+                    at: self.timestamp.map(|t| t.timestamp()),
                 };
-                let mut found = detection(result, context, &mut self.episodes);
-                found.event = Some(value.clone());
+                let mut found = detection(result, context, episodes);
+                found.event = Some(self.value.clone());
                 found
             })
             .collect()
@@ -375,13 +544,7 @@ fn detection(
             ("detection", None, fields)
         }
         ResultBody::Correlation(body) => {
-            let mut group = String::new();
-            for (field, value) in &body.group_key {
-                group.push_str(field);
-                group.push('\u{1f}');
-                group.push_str(value);
-                group.push('\u{1e}');
-            }
+            let group = group_text(&body.group_key);
             let oldest_ref = body
                 .event_refs
                 .as_ref()
@@ -492,6 +655,61 @@ level: high
             failed_login("2026-11-25T10:01:00Z", "203.0.113.9", 3),
             failed_login("2026-11-25T10:02:00Z", "203.0.113.9", 4),
         ]
+    }
+
+    /// A cluster's split of the detector: every event routed (single-event matches
+    /// reported there) and correlated only on the partition of each group it feeds, on
+    /// three correlators, finds exactly what one detector finds on the whole stream.
+    #[test]
+    fn routing_by_group_and_correlating_per_partition_equals_one_detector() {
+        let rules = format!(
+            "{BRUTE_FORCE}---\ntitle: Failed login of user7\nid: 7b7a0f53-5a8e-4c44-9d7c-0a0c5d8f0003\n\
+             logsource:\n    product: linux\n    service: sshd\ndetection:\n    selection:\n        \
+             user.name: user7\n    condition: selection\nlevel: medium\n"
+        );
+        // Collected once: every event keeps its id however often it is read.
+        let stream: Vec<Event> = (0..120u32)
+            .map(|n| {
+                let at = format!("2026-11-25T10:{:02}:{:02}Z", n / 4, (n % 4) * 15);
+                let ip = format!("203.0.113.{}", n % 7);
+                failed_login(&at, &ip, n % 9)
+            })
+            .collect();
+        let events = || stream.iter().cloned();
+        let ids = |found: Vec<Detection>| -> Vec<(String, &'static str)> {
+            found.into_iter().map(|d| (d.id, d.kind)).collect()
+        };
+        let mut whole = detector(&rules);
+        let mut expected: Vec<_> = events().flat_map(|e| ids(whole.process(e))).collect();
+        expected.sort();
+        expected.dedup();
+        assert!(expected.iter().any(|(_, kind)| *kind == "correlation"));
+        assert!(expected.iter().any(|(_, kind)| *kind == "detection"));
+
+        const PARTITIONS: u32 = 3;
+        let router = detector(&rules);
+        let mut correlators: Vec<Detector> = (0..PARTITIONS).map(|_| detector(&rules)).collect();
+        let partition = |group: &str| {
+            let digest = Sha256::digest(group.as_bytes());
+            u32::from(digest[0]) % PARTITIONS
+        };
+        let mut found = Vec::new();
+        let mut used = std::collections::BTreeSet::new();
+        for event in events() {
+            let routed = router.route(event.clone());
+            found.extend(ids(routed.detections));
+            let targets: std::collections::BTreeSet<u32> =
+                routed.groups.iter().map(|g| partition(g)).collect();
+            for q in targets {
+                used.insert(q);
+                let owns = |group: &str| partition(group) == q;
+                found.extend(ids(correlators[q as usize].correlate(event.clone(), owns)));
+            }
+        }
+        found.sort();
+        found.dedup();
+        assert!(used.len() > 1, "the groups all landed on one partition");
+        assert_eq!(found, expected);
     }
 
     /// event_count per group: the third failure from one address within five minutes

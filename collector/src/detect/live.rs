@@ -481,7 +481,8 @@ impl LiveDetector {
     }
 }
 
-fn stored(detection: &Detection, archive_offset: u64) -> StoredDetection {
+/// A match as the store records it.
+pub(crate) fn stored(detection: &Detection, archive_offset: u64) -> StoredDetection {
     StoredDetection {
         id: detection.id.clone(),
         rule_id: detection.rule.id.clone(),

@@ -760,8 +760,9 @@ impl Store {
     }
 }
 
-/// A detection as stored: the columns searched on, and the whole match as JSON.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A detection as stored: the columns searched on, and the whole match as JSON (also
+/// how a cluster's detectors hand matches to the api nodes).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredDetection {
     pub id: String,
     pub rule_id: Option<String>,
