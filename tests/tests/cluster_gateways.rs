@@ -210,11 +210,18 @@ async fn agents_behind_two_gateways_are_archived_and_found_once() -> anyhow::Res
     )
     .await?;
     assert_eq!(matched.len(), 1, "correlation matches: {matched:?}");
-    let alerts = api.get_json("/api/v1/alerts").await?;
-    assert!(
-        alerts.to_string().contains(MARKER_BURST),
-        "no alert for the correlation: {alerts}"
-    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let alerts = api.get_json("/api/v1/alerts").await?;
+        if alerts.to_string().contains(MARKER_BURST) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no alert for the correlation: {alerts}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     drop(agents);
     drop((indexers, detectors, api, first, second));

@@ -150,6 +150,11 @@ pub struct DetectorNodeStats {
     pub matches: std::sync::atomic::AtomicU64,
     pub replayed_records_skipped: std::sync::atomic::AtomicU64,
     pub snapshots: std::sync::atomic::AtomicU64,
+    /// Snapshots too large for the state bucket (the partition replays from the last
+    /// one written).
+    pub snapshots_too_large: std::sync::atomic::AtomicU64,
+    /// Events too large to route and matches too large to publish.
+    pub oversized: std::sync::atomic::AtomicU64,
 }
 
 /// What the workers of one detector node share.
@@ -174,16 +179,37 @@ impl DetectorNode {
         self.matched.config().partitions
     }
 
-    /// Publishes a match; its id is the message id, so a replay's copy is dropped.
+    /// The largest message this node publishes (the server's limit, less room for the
+    /// subject and headers).
+    fn message_limit(&self) -> usize {
+        self.matched.max_payload().saturating_sub(4096).max(1024)
+    }
+
+    /// Publishes a match; its id is the message id, so a replay's copy is dropped. A match
+    /// too large for a message (its event holds a huge field) goes without the event and
+    /// matched values; one still too large is logged and counted, never retried forever.
     async fn publish_match(
         &self,
         detection: &Detection,
         archive_offset: u64,
-    ) -> anyhow::Result<jetstream::context::PublishAckFuture> {
-        let stored = crate::detect::live::stored(detection, archive_offset);
+    ) -> anyhow::Result<Option<jetstream::context::PublishAckFuture>> {
+        let mut stored = crate::detect::live::stored(detection, archive_offset);
+        if stored.body.len() + 1024 > self.message_limit() {
+            let mut slim = detection.clone();
+            slim.event = None;
+            slim.matched_fields.clear();
+            stored = crate::detect::live::stored(&slim, archive_offset);
+        }
+        let body = serde_json::to_vec(&stored).context("encoding a match")?;
+        if body.len() > self.message_limit() {
+            self.stats
+                .oversized
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(id = %stored.id, bytes = body.len(), "a match too large to publish left out");
+            return Ok(None);
+        }
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, stored.id.as_str());
-        let body = serde_json::to_vec(&stored).context("encoding a match")?;
         self.context
             .publish_with_headers(
                 self.streams.detections_subject.clone(),
@@ -192,6 +218,7 @@ impl DetectorNode {
             )
             .await
             .context("publishing a match")
+            .map(Some)
     }
 
     /// Runs both roles until `cancel`, following `routes` and `correlations`.
@@ -346,6 +373,7 @@ impl DetectorNode {
             }
         };
         let partitions = self.partitions();
+        let limit = self.message_limit();
         let mut routed: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
         let mut acks = Vec::new();
         for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -357,7 +385,23 @@ impl DetectorNode {
                 self.stats
                     .matches
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                acks.push(self.publish_match(detection, record.offset).await?);
+                acks.extend(self.publish_match(detection, record.offset).await?);
+            }
+            if found.groups.is_empty() {
+                continue;
+            }
+            if line.len() + 64 > limit {
+                // A routed piece must fit one message: such an event cannot be
+                // correlated here (its single-event matches were reported).
+                self.stats
+                    .oversized
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(
+                    offset = record.offset,
+                    bytes = line.len(),
+                    "an event too large to route left out of correlation"
+                );
+                continue;
             }
             let targets: BTreeSet<u32> = found
                 .groups
@@ -373,17 +417,19 @@ impl DetectorNode {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        let limit = self.matched.max_payload().saturating_sub(4096).max(1024);
+        // The pieces of one partition are stored one after the other: a correlator takes
+        // the last piece it has seen as the mark of everything before it, so a later
+        // piece must never be stored while an earlier one was lost on the way.
         for (q, lines) in routed {
-            for (chunk, body) in chunks(&lines, limit).into_iter().enumerate() {
+            for (chunk, body) in chunks(&lines, limit - 64).into_iter().enumerate() {
                 let mut message = format!("{partition} {} {chunk}\n", record.offset).into_bytes();
                 message.extend_from_slice(body);
-                acks.push(
-                    self.context
-                        .publish(self.streams.matched_subject(q), message.into())
-                        .await
-                        .context("routing events")?,
-                );
+                self.context
+                    .publish(self.streams.matched_subject(q), message.into())
+                    .await
+                    .context("routing events")?
+                    .await
+                    .context("waiting for JetStream's acknowledgement")?;
             }
         }
         for ack in acks {
@@ -438,7 +484,15 @@ fn routed_header(line: &[u8]) -> Option<(u32, u64, u32)> {
 }
 
 impl DetectorNode {
-    async fn load_state(&self, key: &str) -> anyhow::Result<CorrelatorState> {
+    /// The partition's snapshot imported into `detector`. A snapshot that cannot be read
+    /// or imported (written by an incompatible version) is not half-used: the partition
+    /// starts over from the start of the matched stream (it keeps
+    /// [`MATCHED_MAX_AGE`]), rebuilding its windows, rather than resuming with empty ones.
+    async fn load_state(
+        &self,
+        key: &str,
+        detector: &mut Detector,
+    ) -> anyhow::Result<CorrelatorState> {
         let Some(value) = self
             .state
             .get(key)
@@ -447,19 +501,53 @@ impl DetectorNode {
         else {
             return Ok(CorrelatorState::default());
         };
-        let json = zstd::decode_all(&value[..]).context("correlation state is not zstd")?;
-        serde_json::from_slice(&json).context("correlation state")
+        let state = zstd::decode_all(&value[..])
+            .map_err(|e| e.to_string())
+            .and_then(|json| {
+                serde_json::from_slice::<CorrelatorState>(&json).map_err(|e| e.to_string())
+            })
+            .and_then(|state| match &state.windows {
+                Some(windows) => detector.import_state(windows).map(|()| state),
+                None => Ok(state),
+            });
+        match state {
+            Ok(state) => Ok(state),
+            Err(error) => {
+                tracing::error!(
+                    key,
+                    %error,
+                    "correlation state not usable; rebuilding it from the matched stream"
+                );
+                *detector = self.detector()?;
+                Ok(CorrelatorState::default())
+            }
+        }
     }
 
     async fn save_state(
         &self,
         key: &str,
-        detector: &Detector,
+        detector: &mut Detector,
         state: &mut CorrelatorState,
     ) -> anyhow::Result<()> {
+        detector.evict_expired();
         state.windows = Some(detector.export_state().map_err(anyhow::Error::msg)?);
         let json = serde_json::to_vec(&state).context("encoding correlation state")?;
         let packed = zstd::encode_all(&json[..], 3).context("compressing correlation state")?;
+        if packed.len() > self.message_limit() {
+            // Not a reason to stop correlating: a later, smaller state is written, and
+            // until then a take-over replays from the last one written.
+            self.stats
+                .snapshots_too_large
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(
+                key,
+                bytes = packed.len(),
+                limit = self.message_limit(),
+                "correlation state too large for the state bucket; not written"
+            );
+            return Ok(());
+        }
         self.state
             .put(key, packed.into())
             .await
@@ -474,12 +562,7 @@ impl DetectorNode {
     async fn correlate(self: Arc<Self>, q: u32, stop: CancellationToken) -> anyhow::Result<()> {
         let mut detector = self.detector()?;
         let key = format!("correlate.q{q}");
-        let mut state = self.load_state(&key).await?;
-        if let Some(windows) = &state.windows
-            && let Err(error) = detector.import_state(windows)
-        {
-            tracing::warn!(q, %error, "correlation state not restored: windows start empty");
-        }
+        let mut state = self.load_state(&key, &mut detector).await?;
         tracing::info!(q, from = state.next, "correlating partition");
         let partitions = self.partitions();
         let mut reader = self.matched.partition_reader(q, state.next)?;
@@ -520,7 +603,7 @@ impl DetectorNode {
                                 self.stats
                                     .matches
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                acks.push(self.publish_match(&detection, offset).await?);
+                                acks.extend(self.publish_match(&detection, offset).await?);
                             }
                         }
                         state.seen.insert(partition, (offset, chunk));
@@ -539,12 +622,12 @@ impl DetectorNode {
                 dirty = true;
             }
             if dirty && (record.is_none() || written_at.elapsed() >= STATE_EVERY) {
-                self.save_state(&key, &detector, &mut state).await?;
+                self.save_state(&key, &mut detector, &mut state).await?;
                 (dirty, written_at) = (false, Instant::now());
             }
         }
         if dirty {
-            self.save_state(&key, &detector, &mut state).await?;
+            self.save_state(&key, &mut detector, &mut state).await?;
         }
         Ok(())
     }
@@ -663,7 +746,8 @@ pub async fn feed_alerts(
                     ALERTS_CONSUMER,
                     consumer::pull::Config {
                         durable_name: Some(ALERTS_CONSUMER.into()),
-                        ack_policy: consumer::AckPolicy::All,
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        ack_wait: Duration::from_secs(30),
                         ..Default::default()
                     },
                 )
@@ -677,26 +761,41 @@ pub async fn feed_alerts(
                     .messages()
                     .await
                     .context("pulling matches")?;
+                // Each match is acknowledged once recorded; one not acknowledged (the
+                // store failed, the pull broke off) comes again after the ack wait.
                 let mut taken = Vec::new();
-                let mut last = None;
+                let mut messages = Vec::new();
+                let mut broken = None;
                 while let Some(message) = batch.next().await {
-                    let message = message.map_err(|e| anyhow::anyhow!("pulling matches: {e}"))?;
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(error) => {
+                            broken = Some(anyhow::anyhow!("pulling matches: {error}"));
+                            break;
+                        }
+                    };
                     match serde_json::from_slice::<StoredDetection>(&message.payload) {
                         Ok(detection) => taken.push(detection),
                         Err(error) => {
                             tracing::error!(%error, "a match that does not decode skipped")
                         }
                     }
-                    last = Some(message);
+                    messages.push(message);
                 }
-                if let Some(last) = last {
+                if !messages.is_empty() {
                     let new = store.commit_detections(&taken, None).await?;
-                    last.ack()
-                        .await
-                        .map_err(|e| anyhow::anyhow!("acknowledging matches: {e}"))?;
                     if new > 0 {
                         recorded.send_modify(|n| *n = n.wrapping_add(1));
                     }
+                    for message in messages {
+                        message
+                            .ack()
+                            .await
+                            .map_err(|e| anyhow::anyhow!("acknowledging a match: {e}"))?;
+                    }
+                }
+                if let Some(error) = broken {
+                    return Err(error);
                 }
                 if cancel.is_cancelled() {
                     return Ok::<(), anyhow::Error>(());

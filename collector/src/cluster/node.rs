@@ -136,7 +136,15 @@ pub async fn run_detector(
         tracing::error!(%problem, "detection rule file left out");
     }
     // The rules must compile here, not in every worker.
-    crate::detect::Detector::new(&rules, pipeline.clone()).map_err(anyhow::Error::msg)?;
+    let compiled =
+        crate::detect::Detector::new(&rules, pipeline.clone()).map_err(anyhow::Error::msg)?;
+    for title in compiled.chained_correlations() {
+        tracing::warn!(
+            correlation = %title,
+            "a correlation over another correlation's matches is not routed by cluster \
+             detectors: it fires only where its group and the feeding group land together"
+        );
+    }
     let streams = DetectionStreams::of(&jetstream_config);
     let Connected {
         archive,

@@ -102,6 +102,11 @@ pub struct Detector {
     groupings: Vec<Grouping>,
     /// Rule id to rule name (correlations refer to rules by either).
     rule_names: std::collections::HashMap<String, String>,
+    /// The latest event time correlated (seconds): what [`Self::evict_expired`] measures
+    /// windows against.
+    latest: Option<i64>,
+    /// Titles of correlations fed by other correlations (not routed in a cluster).
+    chained: Vec<String>,
 }
 
 /// A correlation as the cluster's router sees it: its identity, the rules that feed it
@@ -190,6 +195,21 @@ impl Detector {
             .iter()
             .filter_map(|r| Some((r.id.clone()?, r.name.clone()?)))
             .collect();
+        let correlation_names: std::collections::HashSet<&str> = merged
+            .correlations
+            .iter()
+            .flat_map(|c| c.id.as_deref().into_iter().chain(c.name.as_deref()))
+            .collect();
+        let chained = merged
+            .correlations
+            .iter()
+            .filter(|c| {
+                c.rules
+                    .iter()
+                    .any(|r| correlation_names.contains(r.as_str()))
+            })
+            .map(|c| c.title.clone())
+            .collect();
         let mut groupings = Vec::new();
         for correlation in &merged.correlations {
             let mut mapped = correlation.clone();
@@ -217,6 +237,8 @@ impl Detector {
             correlation_rules: rules.correlation_rules(),
             groupings,
             rule_names,
+            latest: None,
+            chained,
         })
     }
 
@@ -299,6 +321,23 @@ impl Detector {
         Routed { detections, groups }
     }
 
+    /// Titles of the correlations fed by other correlations: [`Self::route`] does not
+    /// route them, so a cluster reports them only where their group and the feeding
+    /// group's land together.
+    pub fn chained_correlations(&self) -> &[String] {
+        &self.chained
+    }
+
+    /// Forgets the windows and episodes whose timespan has passed at the latest event
+    /// time correlated: what a snapshot need not carry.
+    pub fn evict_expired(&mut self) {
+        if let Some(now) = self.latest {
+            self.engine.evict_expired(now);
+            self.episodes
+                .retain(|_, (_, last, span)| now.saturating_sub(*last) <= *span);
+        }
+    }
+
     /// The stateful half, for a cluster's correlating detector: the event through the
     /// correlations, reporting only the correlation matches whose group this detector
     /// owns (`owns` of the match's [`group_key`]). Other groups the event touches here
@@ -311,6 +350,7 @@ impl Detector {
         };
         let matches = std::mem::take(&mut evaluated.matches);
         let view = JsonEvent::borrow(&evaluated.value);
+        self.latest = self.latest.max(Some(at.timestamp()));
         let results = self
             .engine
             .process_with_detections(&view, matches, at.timestamp());
@@ -689,10 +729,8 @@ level: high
         const PARTITIONS: u32 = 3;
         let router = detector(&rules);
         let mut correlators: Vec<Detector> = (0..PARTITIONS).map(|_| detector(&rules)).collect();
-        let partition = |group: &str| {
-            let digest = Sha256::digest(group.as_bytes());
-            u32::from(digest[0]) % PARTITIONS
-        };
+        let partition =
+            |group: &str| crate::cluster::detector::correlate_partition(group, PARTITIONS);
         let mut found = Vec::new();
         let mut used = std::collections::BTreeSet::new();
         for event in events() {
