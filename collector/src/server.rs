@@ -85,12 +85,16 @@ pub enum RunMode {
     /// answered by fanning each search out to the indexers and merging; records the
     /// detectors' matches and runs the alert manager on them; takes no batches.
     Api,
+    /// The HTTP side of a whole cluster node in one process (`serve --role all` on the
+    /// JetStream archive): a gateway and an api node at once, beside an indexer and a
+    /// detector the caller runs in the same process.
+    ClusterAll,
 }
 
 impl RunMode {
     /// A node of a cluster on the JetStream archive.
     fn in_cluster(self) -> bool {
-        matches!(self, RunMode::Gateway | RunMode::Api)
+        matches!(self, RunMode::Gateway | RunMode::Api | RunMode::ClusterAll)
     }
 }
 
@@ -189,7 +193,9 @@ pub async fn run_with(
                 .context("starting the indexer")?;
             (Some(index), Some(task), Some(stats))
         }
-        RunMode::IngestOnly | RunMode::Gateway | RunMode::Api => (None, None, None),
+        RunMode::IngestOnly | RunMode::Gateway | RunMode::Api | RunMode::ClusterAll => {
+            (None, None, None)
+        }
     };
 
     // Alert configuration problems (a destination whose `env:` secret is unset) stop the
@@ -239,7 +245,7 @@ pub async fn run_with(
         .await
         .context("connecting to NATS")?;
         let context = async_nats::jetstream::new(client.clone());
-        if mode == RunMode::Api {
+        if matches!(mode, RunMode::Api | RunMode::ClusterAll) {
             cluster_matches = Some((
                 context.clone(),
                 crate::cluster::detector::DetectionStreams::of(stream.config()),
@@ -424,7 +430,7 @@ pub async fn run_with(
             alert_cancel.clone(),
         )));
     }
-    if matches!(mode, RunMode::Full | RunMode::Api) {
+    if matches!(mode, RunMode::Full | RunMode::Api | RunMode::ClusterAll) {
         let wants_updates = alert_senders
             .iter()
             .filter(|s| {

@@ -750,12 +750,37 @@ async fn serve(path: PathBuf, role: yagura_collector::cluster::Role) -> anyhow::
         }
         (ArchiveBackend::JetStream, Role::Ingest) => server::RunMode::Gateway,
         (ArchiveBackend::JetStream, Role::Api) => server::RunMode::Api,
-        (ArchiveBackend::JetStream, Role::All) => anyhow::bail!(
-            "{}: with [archive] backend = \"jetstream\" each process takes one role: \
-             --role ingest, indexer, detector or api (see docs/scale-out.md)",
-            path.display()
-        ),
+        (ArchiveBackend::JetStream, Role::All) => server::RunMode::ClusterAll,
     };
+    // Every role of a cluster in this one process: the indexer and the detector beside
+    // the HTTP side (a gateway and an api node), each a member of its consumer group.
+    let mut members = Vec::new();
+    if mode == server::RunMode::ClusterAll {
+        use yagura_collector::cluster::node::{run_detector, run_indexer};
+        let (indexing, detecting) = (config.clone(), config.clone());
+        let stop = shutdown.clone();
+        members.push(tokio::spawn(async move {
+            run_indexer(indexing, stop.clone(), |node| {
+                println!("yagura indexer {} on stream {}", node.name, node.stream);
+            })
+            .await
+            .context("the indexer")
+            .inspect_err(|error| stop_all(error, &stop))
+        }));
+        if config.detect.rules.is_empty() {
+            tracing::info!("no [detect] rules: this node runs no detector");
+        } else {
+            let stop = shutdown.clone();
+            members.push(tokio::spawn(async move {
+                run_detector(detecting, stop.clone(), |node| {
+                    println!("yagura detector {} on stream {}", node.name, node.stream);
+                })
+                .await
+                .context("the detector")
+                .inspect_err(|error| stop_all(error, &stop))
+            }));
+        }
+    }
     let (started_tx, started_rx) = oneshot::channel();
     let server = tokio::spawn(server::run_with(config, started_tx, shutdown.clone(), mode));
     if let Ok(started) = started_rx.await {
@@ -783,7 +808,22 @@ async fn serve(path: PathBuf, role: yagura_collector::cluster::Role) -> anyhow::
     let signal = tokio::spawn(stop_signal(shutdown.clone()));
     let result = server.await.context("collector task")?;
     signal.abort();
+    // The server ended (stopped, or failed): the members stop with it.
+    shutdown.cancel();
+    for member in members {
+        member.await.context("cluster member task")??;
+    }
     result
+}
+
+/// A member of a whole-cluster node failed: said now, and the node stops (a node that
+/// silently stopped indexing or detecting would hold its leases for nothing).
+fn stop_all(error: &anyhow::Error, shutdown: &CancellationToken) {
+    tracing::error!(
+        error = format!("{error:#}"),
+        "a cluster member failed; stopping"
+    );
+    shutdown.cancel();
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

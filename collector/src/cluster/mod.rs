@@ -113,7 +113,9 @@ impl ClusterConfig {
 /// What a `yagura serve` process does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
-    /// Everything in one process (the default; the only role with the segment archive).
+    /// Everything in one process (the default): on the segment archive the single-node
+    /// collector; on the JetStream archive every cluster role at once (gateway, indexer,
+    /// detector when rules are configured, api).
     All,
     /// An ingest gateway: verifies agents' batches (keys from the cluster's agent
     /// directory) and appends them to the stream.
