@@ -855,3 +855,134 @@ mod tests {
         assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
     }
 }
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+    use crate::archive::Archive as _;
+    use crate::detect::engine::tests::BRUTE_FORCE;
+    use crate::detect::{ecs_pipeline, load_rules};
+    use std::sync::atomic::Ordering::Relaxed;
+    use yagura_shared::AgentKey;
+
+    fn failed_login(minute: u32) -> Event {
+        let at = chrono::DateTime::parse_from_rfc3339(&format!("2026-11-25T10:{minute:02}:00Z"))
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        let mut e = Event::new(at);
+        e.set_str("event.dataset", "system.auth");
+        e.set_str("process.name", "sshd");
+        e.set_str("event.action", "ssh_login");
+        e.set_str("event.outcome", "failure");
+        e.set_str("source.ip", "203.0.113.9");
+        e
+    }
+
+    async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done().await {
+            assert!(Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn position(node: &DetectorNode, key: &str) -> Option<u64> {
+        let value = node.state.get(key).await.expect("state")?;
+        std::str::from_utf8(&value).ok()?.parse().ok()
+    }
+
+    /// A router that replays (it stopped before writing its position) routes the same
+    /// records again: the correlator counts each event once, a correlator started again
+    /// resumes from its snapshot, and the match is in the detections stream once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_router_replay_is_counted_once_and_the_match_published_once() {
+        let Some(client) = crate::cluster::testing::nats_or_skip().await else {
+            return;
+        };
+        let config = crate::cluster::testing::own_stream(1);
+        let streams = DetectionStreams::of(&config);
+        let context = jetstream::new(client.clone());
+        let archive = Arc::new(
+            JetStreamArchive::open(config.clone())
+                .await
+                .expect("archive"),
+        );
+        let matched = Arc::new(
+            JetStreamArchive::open(streams.matched.clone())
+                .await
+                .expect("matched"),
+        );
+        let mut detections = detections_stream(&context, &streams, 1)
+            .await
+            .expect("detections");
+        let state = state_bucket(&context, &streams, 1).await.expect("state");
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("ssh.yml"), BRUTE_FORCE).expect("rules");
+        let pipeline = ecs_pipeline().expect("pipeline");
+        let rules = load_rules(&[dir.path().to_path_buf()], &pipeline).expect("rules");
+        let node = Arc::new(DetectorNode {
+            archive: Arc::clone(&archive),
+            matched,
+            context: context.clone(),
+            state,
+            streams: streams.clone(),
+            rules: Arc::new(rules),
+            pipeline,
+            max_decompressed: 1 << 24,
+            stats: Arc::default(),
+        });
+        // Two batches of two failed logins from one address; three make the match.
+        let key = AgentKey::generate().expect("key");
+        let agent = uuid::Uuid::now_v7();
+        for (sequence, minutes) in [(1, [0, 1]), (2, [2, 3])] {
+            let events: Vec<Event> = minutes.into_iter().map(failed_login).collect();
+            let batch = SignedBatch::seal(&key, agent, sequence, chrono::Utc::now(), &events)
+                .expect("seal");
+            archive
+                .append(agent, sequence, batch.into_bytes())
+                .await
+                .expect("append");
+        }
+        node.state.put(START_KEY, "1".into()).await.expect("start");
+        let end = archive.end().await.expect("end");
+
+        for run in ["first", "replay"] {
+            node.state
+                .put("route.p0", "1".into())
+                .await
+                .expect("position");
+            let stop = CancellationToken::new();
+            let routing = tokio::spawn(Arc::clone(&node).route(0, stop.clone()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            until(run, async || position(&node, "route.p0").await == Some(end)).await;
+            stop.cancel();
+            routing.await.expect("join").expect("router");
+        }
+        assert_eq!(node.stats.events_routed.load(Relaxed), 8, "routed twice");
+
+        for run in ["correlate", "resume"] {
+            let stop = CancellationToken::new();
+            let correlating = tokio::spawn(Arc::clone(&node).correlate(0, stop.clone()));
+            if run == "correlate" {
+                until("replays skipped", async || {
+                    node.stats.replayed_records_skipped.load(Relaxed) == 2
+                })
+                .await;
+            } else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            stop.cancel();
+            correlating.await.expect("join").expect("correlator");
+            assert_eq!(
+                node.stats.events_correlated.load(Relaxed),
+                4,
+                "{run}: each event correlated once"
+            );
+        }
+        let stored = detections.info().await.expect("info").state.messages;
+        assert_eq!(stored, 1, "one match, published once");
+
+        drop(node);
+        crate::cluster::testing::delete_cluster(client, &config).await;
+    }
+}
