@@ -3,7 +3,9 @@
 //! correlation group has snapshotted its window, that detector is SIGKILLed mid-window.
 //! The agent writes the other markers: the surviving detector takes the group over (the
 //! lease expires, it imports the snapshot and replays the rest) and the correlation
-//! fires exactly once at the api node — not twice, not never.
+//! fires exactly once at the api node — not twice, not never. Then the killed node comes
+//! back and the survivor is killed: the episode moves with the snapshot, and a sixth
+//! marker is still the same match.
 //!
 //! Against the NATS server on 127.0.0.1:4222 (`YAGURA_TEST_NATS_URL`), in streams and
 //! buckets of the test's own, deleted at the end. Skipped with the reason without NATS;
@@ -113,7 +115,36 @@ async fn a_detector_killed_mid_window_still_fires_the_correlation_once() -> anyh
     let now = leases::owners(&lease_kv, CORRELATE_ROLE).await?.remove(&q);
     assert_eq!(now.as_deref(), Some(detectors[0].0));
 
+    // The episode survives a crash too: the killed node comes back, the survivor (which
+    // fired) is killed in turn once its snapshot is written, and a sixth marker at the
+    // returned node continues the same episode — the same match, not a second one.
+    let back = cluster_detector(dir.path(), owner.as_str(), &cluster, &rules)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, mut survivor) = detectors.remove(0);
+    survivor.kill_hard();
+    append_lines(&log, 5..6, |i| format!("marker {i} of the window"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let owner_now = leases::owners(&lease_kv, CORRELATE_ROLE).await?.remove(&q);
+        if owner_now.as_deref() == Some(owner.as_str()) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the returned node never took the group"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let matched = wait_for_correlation(&api, MARKER_BURST, Duration::ZERO, Duration::ZERO).await?;
+    assert_eq!(
+        matched.len(),
+        1,
+        "correlation matches after the second crash: {matched:?}"
+    );
+
     drop(agent);
+    drop(back);
     drop((detectors, api, gateway));
     delete_cluster(client, &config).await;
     Ok(())
