@@ -48,6 +48,8 @@ pub const ROUTE_ROLE: &str = "detector-route";
 pub const CORRELATE_ROLE: &str = "detector-correlate";
 /// How often positions and correlation state are written.
 pub const STATE_EVERY: Duration = Duration::from_secs(2);
+/// How often a detector node logs its counters.
+const STATS_EVERY: Duration = Duration::from_secs(60);
 /// How long a worker waits for a record before it looks at its state and stop signal.
 const READ_WAIT: Duration = Duration::from_millis(500);
 /// A match published twice within this window is stored once by the stream itself.
@@ -157,6 +159,25 @@ pub struct DetectorNodeStats {
     pub oversized: std::sync::atomic::AtomicU64,
 }
 
+impl DetectorNodeStats {
+    /// The counters in the log: a detector node serves no metrics endpoint.
+    fn log(&self, routing: &BTreeSet<u32>, correlating: &BTreeSet<u32>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        tracing::info!(
+            ?routing,
+            ?correlating,
+            events_routed = self.events_routed.load(Relaxed),
+            events_correlated = self.events_correlated.load(Relaxed),
+            matches = self.matches.load(Relaxed),
+            replayed_records_skipped = self.replayed_records_skipped.load(Relaxed),
+            snapshots = self.snapshots.load(Relaxed),
+            snapshots_too_large = self.snapshots_too_large.load(Relaxed),
+            oversized = self.oversized.load(Relaxed),
+            "detector node"
+        );
+    }
+}
+
 /// What the workers of one detector node share.
 pub struct DetectorNode {
     pub archive: Arc<JetStreamArchive>,
@@ -231,7 +252,12 @@ impl DetectorNode {
     ) -> anyhow::Result<()> {
         let mut routers = Workers::new(ROUTE_ROLE);
         let mut correlators = Workers::new(CORRELATE_ROLE);
+        let mut reported = Instant::now();
         loop {
+            if reported.elapsed() >= STATS_EVERY {
+                self.stats.log(&routes.held(), &correlations.held());
+                reported = Instant::now();
+            }
             for (leases, workers) in [
                 (&mut routes, &mut routers),
                 (&mut correlations, &mut correlators),
