@@ -887,22 +887,10 @@ mod replay_tests {
     use super::*;
     use crate::archive::Archive as _;
     use crate::detect::engine::tests::BRUTE_FORCE;
+    use crate::detect::live::tests::failed_login;
     use crate::detect::{ecs_pipeline, load_rules};
     use std::sync::atomic::Ordering::Relaxed;
     use yagura_shared::AgentKey;
-
-    fn failed_login(minute: u32) -> Event {
-        let at = chrono::DateTime::parse_from_rfc3339(&format!("2026-11-25T10:{minute:02}:00Z"))
-            .expect("time")
-            .with_timezone(&chrono::Utc);
-        let mut e = Event::new(at);
-        e.set_str("event.dataset", "system.auth");
-        e.set_str("process.name", "sshd");
-        e.set_str("event.action", "ssh_login");
-        e.set_str("event.outcome", "failure");
-        e.set_str("source.ip", "203.0.113.9");
-        e
-    }
 
     async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -497,7 +497,7 @@ pub(crate) fn stored(detection: &Detection, archive_offset: u64) -> StoredDetect
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::archive::SegmentArchive;
     use crate::detect::{ecs_pipeline, load_rules};
@@ -505,7 +505,8 @@ mod tests {
 
     use crate::detect::engine::tests::BRUTE_FORCE as RULES;
 
-    fn failed_login(minute: u32) -> Event {
+    /// A failed SSH login from 203.0.113.9 at 10:`minute` on 2026-11-25.
+    pub(crate) fn failed_login(minute: u32) -> Event {
         let at = chrono::DateTime::parse_from_rfc3339(&format!("2026-11-25T10:{minute:02}:00Z"))
             .expect("time")
             .with_timezone(&chrono::Utc);
