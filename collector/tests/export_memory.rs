@@ -86,7 +86,7 @@ fn exporting_a_million_events_grows_memory_by_less_than_100_mib() {
     let added = index::index_directly(
         dir.path(),
         64 << 20,
-        (0..EVENTS).map(|i| Ok::<_, std::convert::Infallible>(event(i, start))),
+        (0..EVENTS).map(|i| Ok::<_, std::convert::Infallible>(event(i, start).to_json_line())),
     )
     .expect("index");
     assert_eq!(added, EVENTS);

@@ -167,44 +167,51 @@ impl Event {
     /// Checks the fields the data path relies on: `@timestamp` (RFC 3339) and `event.id`
     /// (a UUID) must be present and well formed; `agent.id`, when present, must be a UUID.
     pub fn validate(&self) -> Result<(), EventError> {
-        let ts = self
-            .get("@timestamp")
-            .ok_or(EventError::Missing("@timestamp"))?;
-        let ts = ts.as_str().ok_or(EventError::Invalid {
-            field: "@timestamp",
-            reason: "not a string".into(),
-        })?;
-        DateTime::parse_from_rfc3339(ts).map_err(|e| EventError::Invalid {
-            field: "@timestamp",
-            reason: e.to_string(),
-        })?;
-        let id = self
-            .get("event.id")
-            .ok_or(EventError::Missing("event.id"))?;
-        let id = id.as_str().ok_or(EventError::Invalid {
-            field: "event.id",
-            reason: "not a string".into(),
-        })?;
-        Uuid::parse_str(id).map_err(|e| EventError::Invalid {
-            field: "event.id",
-            reason: e.to_string(),
-        })?;
-        if let Some(agent) = self.get("agent.id") {
-            let valid = agent.as_str().is_some_and(|s| Uuid::parse_str(s).is_ok());
-            if !valid {
-                return Err(EventError::Invalid {
-                    field: "agent.id",
-                    reason: "not a UUID string".into(),
-                });
-            }
-        }
-        Ok(())
+        let text = |path| self.get(path).map(Value::as_str);
+        validate_fields(text("@timestamp"), text("event.id"), text("agent.id")).map(|_| ())
     }
 
     /// One compact JSON line (no trailing newline).
     pub fn to_json_line(&self) -> String {
         Value::Object(self.0.clone()).to_string()
     }
+}
+
+/// The rules of [`Event::validate`] on the three fields they read, each `None` when
+/// absent and `Some(None)` when not a string: for readers that parse events into another
+/// form than [`Event`] (the indexer). Returns the event's time.
+pub fn validate_fields(
+    timestamp: Option<Option<&str>>,
+    id: Option<Option<&str>>,
+    agent: Option<Option<&str>>,
+) -> Result<DateTime<Utc>, EventError> {
+    let ts = timestamp.ok_or(EventError::Missing("@timestamp"))?;
+    let ts = ts.ok_or(EventError::Invalid {
+        field: "@timestamp",
+        reason: "not a string".into(),
+    })?;
+    let at = DateTime::parse_from_rfc3339(ts).map_err(|e| EventError::Invalid {
+        field: "@timestamp",
+        reason: e.to_string(),
+    })?;
+    let id = id.ok_or(EventError::Missing("event.id"))?;
+    let id = id.ok_or(EventError::Invalid {
+        field: "event.id",
+        reason: "not a string".into(),
+    })?;
+    Uuid::parse_str(id).map_err(|e| EventError::Invalid {
+        field: "event.id",
+        reason: e.to_string(),
+    })?;
+    if let Some(agent) = agent
+        && agent.is_none_or(|s| Uuid::parse_str(s).is_err())
+    {
+        return Err(EventError::Invalid {
+            field: "agent.id",
+            reason: "not a UUID string".into(),
+        });
+    }
+    Ok(at.with_timezone(&Utc))
 }
 
 /// RFC 3339 with microseconds and `Z`, the one timestamp format Yagura writes.

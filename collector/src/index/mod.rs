@@ -7,13 +7,12 @@
 //!
 //! Schema: typed keyword fields for the fields the data path relies on, `message` and
 //! `event.original` as full text, a JSON field per ECS top-level field set so any nested
-//! ECS field is searchable by its dotted name, and `_source` (the stored event) plus the
-//! provenance of each event (the id of the agent that signed its batch, the batch sequence
+//! ECS field is searchable by its dotted name, and `_source` (the event's JSON line as
+//! archived, with `event.ingested` stored beside it) plus the provenance of each event (the id of the agent that signed its batch, the batch sequence
 //! and the archive offset of the batch). The indexer registers its committed offset with
 //! the archive as consumer `indexer`, so archive retention never deletes what it has not
 //! indexed and ingest can push back when it lags.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 
@@ -25,8 +24,8 @@ use tantivy::collector::sort_key::SortByStaticFastValue;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
 use tantivy::schema::{
-    DateOptions, DateTimePrecision, FAST, Field, INDEXED, JsonObjectOptions, OwnedValue, STORED,
-    STRING, Schema, TEXT, TextFieldIndexing, TextOptions, Value as _,
+    DateOptions, DateTimePrecision, FAST, Field, INDEXED, JsonObjectOptions, STORED, STRING,
+    Schema, TEXT, TextFieldIndexing, TextOptions, Value as _,
 };
 use tantivy::{DocAddress, Index, IndexWriter, Order, TantivyDocument, Term};
 use yagura_shared::Event;
@@ -36,10 +35,12 @@ use crate::search::query::{self, SyntaxError};
 #[cfg(test)]
 use days::DayReader;
 use days::{DaySearcher, DaySet};
+use document::{ArchivedEvent, DocFields, document};
 
 pub mod aggs;
 pub mod compile;
 mod days;
+mod document;
 mod writer;
 
 pub use compile::CompileError;
@@ -129,6 +130,8 @@ const JSON_ROOTS: &[&str] = &[
 ];
 const TIMESTAMP: &str = "@timestamp";
 const SOURCE: &str = "_source";
+/// `event.ingested` of a `_source` stored as it arrived (see [`document::document`]).
+const INGESTED: &str = "_ingested";
 const ARCHIVE_OFFSET: &str = "_archive_offset";
 const BATCH_SEQUENCE: &str = "_batch_sequence";
 const BATCH_AGENT: &str = "_batch_agent";
@@ -143,9 +146,12 @@ pub use writer::{
 
 fn build_schema() -> Schema {
     let mut builder = Schema::builder();
+    // The time and the archive position are fast fields only: every query on them is a
+    // range or a sort, which tantivy runs on the fast field, and an inverted index of
+    // nearly unique values made the term dictionaries the indexer's largest cost.
     builder.add_date_field(
         TIMESTAMP,
-        DateOptions::from(INDEXED)
+        DateOptions::default()
             .set_fast()
             .set_precision(DateTimePrecision::Microseconds),
     );
@@ -172,10 +178,11 @@ fn build_schema() -> Schema {
         builder.add_json_field(name, json.clone());
     }
     builder.add_text_field(SOURCE, TextOptions::default().set_stored());
-    builder.add_u64_field(ARCHIVE_OFFSET, INDEXED | FAST | STORED);
+    builder.add_text_field(INGESTED, TextOptions::default().set_stored());
+    builder.add_u64_field(ARCHIVE_OFFSET, FAST | STORED);
     builder.add_u64_field(BATCH_SEQUENCE, STORED);
     builder.add_text_field(BATCH_AGENT, STRING | STORED);
-    builder.add_u64_field(BATCH_LINE, INDEXED | FAST | STORED);
+    builder.add_u64_field(BATCH_LINE, FAST | STORED);
     builder.build()
 }
 
@@ -183,167 +190,6 @@ fn field(schema: &Schema, name: &str) -> Result<Field> {
     schema
         .get_field(name)
         .map_err(|e| IndexError::Query(format!("schema field {name}: {e}")))
-}
-
-fn json_into_owned(value: Value) -> OwnedValue {
-    match value {
-        Value::Null => OwnedValue::Null,
-        Value::Bool(b) => OwnedValue::Bool(b),
-        Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                OwnedValue::U64(u)
-            } else if let Some(i) = n.as_i64() {
-                OwnedValue::I64(i)
-            } else {
-                OwnedValue::F64(n.as_f64().unwrap_or(0.0))
-            }
-        }
-        Value::String(s) => OwnedValue::Str(s),
-        Value::Array(items) => OwnedValue::Array(items.into_iter().map(json_into_owned).collect()),
-        Value::Object(map) => OwnedValue::Object(
-            map.into_iter()
-                .map(|(k, v)| (k, json_into_owned(v)))
-                .collect(),
-        ),
-    }
-}
-
-/// The schema's fields, looked up once: [`document`] runs for every event.
-struct DocFields {
-    timestamp: Field,
-    keywords: Vec<(&'static str, Field)>,
-    texts: Vec<(&'static str, Field)>,
-    ips: Vec<(&'static str, Field)>,
-    numbers: Vec<(&'static str, Field)>,
-    roots: Vec<(&'static str, Field)>,
-    source: Field,
-    offset: Field,
-    sequence: Field,
-    agent: Field,
-    line: Field,
-}
-
-impl DocFields {
-    fn new(schema: &Schema) -> Result<Self> {
-        let all = |names: &[&'static str]| {
-            names
-                .iter()
-                .map(|n| Ok((*n, field(schema, n)?)))
-                .collect::<Result<Vec<_>>>()
-        };
-        Ok(DocFields {
-            timestamp: field(schema, TIMESTAMP)?,
-            keywords: all(KEYWORD_FIELDS)?,
-            texts: all(TEXT_FIELDS)?,
-            ips: all(IP_FIELDS)?,
-            numbers: all(NUMBER_FIELDS)?,
-            roots: all(JSON_ROOTS)?,
-            source: field(schema, SOURCE)?,
-            offset: field(schema, ARCHIVE_OFFSET)?,
-            sequence: field(schema, BATCH_SEQUENCE)?,
-            agent: field(schema, BATCH_AGENT)?,
-            line: field(schema, BATCH_LINE)?,
-        })
-    }
-}
-
-/// The tantivy document for one event and its provenance. The event is consumed: its
-/// JSON roots move into the document instead of being copied.
-fn document(
-    fields: &DocFields,
-    event: Event,
-    offset: u64,
-    line: u64,
-    batch: &yagura_shared::BatchHeader,
-) -> TantivyDocument {
-    let mut doc = TantivyDocument::default();
-    // Fields indexed with their type are left out of their JSON root: queries on them
-    // go to the typed field only, so a second copy would cost indexing time for nothing.
-    let mut typed: Vec<&'static str> = Vec::with_capacity(fields.keywords.len());
-    if let Some(ts) = event.timestamp() {
-        doc.add_date(
-            fields.timestamp,
-            tantivy::DateTime::from_timestamp_micros(ts.timestamp_micros()),
-        );
-    }
-    for (name, f) in &fields.keywords {
-        match event.get(name) {
-            Some(Value::String(s)) => doc.add_text(*f, s),
-            Some(Value::Array(items)) => {
-                for item in items.iter().filter_map(Value::as_str) {
-                    doc.add_text(*f, item);
-                }
-            }
-            Some(other) if !other.is_null() => doc.add_text(*f, other.to_string()),
-            _ => continue,
-        }
-        typed.push(name);
-    }
-    for (name, f) in &fields.texts {
-        if let Some(text) = event.get_str(name) {
-            doc.add_text(*f, text);
-        }
-    }
-    // Typed copies where the value has the type; otherwise the field stays searchable by
-    // its exact text in its JSON root.
-    for (name, f) in &fields.ips {
-        if let Some(ip) = event
-            .get_str(name)
-            .and_then(|s| s.parse::<std::net::IpAddr>().ok())
-        {
-            let v6 = match ip {
-                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-                std::net::IpAddr::V6(v6) => v6,
-            };
-            doc.add_ip_addr(*f, v6);
-            typed.push(name);
-        }
-    }
-    for (name, f) in &fields.numbers {
-        let number = match event.get(name) {
-            Some(Value::Number(n)) => n.as_u64(),
-            Some(Value::String(s)) => s.parse::<u64>().ok(),
-            _ => None,
-        };
-        if let Some(n) = number {
-            doc.add_u64(*f, n);
-            typed.push(name);
-        }
-    }
-    doc.add_text(fields.source, event.to_json_line());
-    let mut map = event.into_map();
-    for path in typed {
-        remove_path(&mut map, path);
-    }
-    for (name, f) in &fields.roots {
-        if let Some(Value::Object(object)) = map.remove(*name) {
-            let object: BTreeMap<String, OwnedValue> = object
-                .into_iter()
-                .map(|(k, v)| (k, json_into_owned(v)))
-                .collect();
-            doc.add_object(*f, object);
-        }
-    }
-    doc.add_u64(fields.offset, offset);
-    doc.add_u64(fields.sequence, batch.sequence);
-    doc.add_text(fields.agent, batch.agent_id.to_string());
-    doc.add_u64(fields.line, line);
-    doc
-}
-
-/// Removes the nested field at dotted `path` (`http.response.status_code`) from `map`.
-fn remove_path(map: &mut serde_json::Map<String, Value>, path: &str) {
-    let mut parts = path.split('.');
-    let Some(mut key) = parts.next() else { return };
-    let mut node = map;
-    for next in parts {
-        match node.get_mut(key) {
-            Some(Value::Object(child)) => node = child,
-            _ => return,
-        }
-        key = next;
-    }
-    node.remove(key);
 }
 
 /// Where an indexed event came from: the archived, signed batch that carried it.
@@ -918,12 +764,20 @@ fn hit(searcher: &tantivy::Searcher, address: DocAddress) -> Result<Hit> {
     let sequence = field(schema, BATCH_SEQUENCE)?;
     let agent = field(schema, BATCH_AGENT)?;
     let line = field(schema, BATCH_LINE)?;
+    let ingested = field(schema, INGESTED)?;
     let doc: TantivyDocument = searcher.doc(address)?;
-    let event = doc
+    let mut event = doc
         .get_first(source)
         .and_then(|v| v.as_str())
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or(Value::Null);
+    if let (Some(at), Value::Object(map)) =
+        (doc.get_first(ingested).and_then(|v| v.as_str()), &mut event)
+    {
+        let mut stored = Event::from_map(std::mem::take(map));
+        stored.set_str("event.ingested", at);
+        *map = stored.into_map();
+    }
     Ok(Hit {
         event,
         provenance: Provenance {
@@ -1040,14 +894,15 @@ fn unsigned_header() -> yagura_shared::BatchHeader {
     }
 }
 
-/// The limit `yagura bench search` compares the indexer with: `events` added straight
-/// to a new index in `dir` (same schema, one writer thread of `writer_memory` bytes, as
-/// the indexer) and committed once; no archive, no decompression, no commit interval.
-/// Returns how many were added.
+/// The limit `yagura bench search` compares the indexer with: JSON `lines` parsed and
+/// added straight to a new index in `dir` (same schema, one writer thread of
+/// `writer_memory` bytes and batches of [`writer::ADD_BATCH`], as the indexer) and
+/// committed once; no archive, no decompression, no commit interval. Returns how many
+/// were added.
 pub fn index_directly<E: std::fmt::Display>(
     dir: &Path,
     writer_memory: usize,
-    events: impl Iterator<Item = std::result::Result<Event, E>>,
+    lines: impl Iterator<Item = std::result::Result<String, E>>,
 ) -> Result<u64> {
     let index = days::open_day(dir, Utc::now().date_naive())?;
     let fields = DocFields::new(&index.schema())?;
@@ -1055,14 +910,43 @@ pub fn index_directly<E: std::fmt::Display>(
         index.writer_with_num_threads(1, writer_memory)?;
     let header = unsigned_header();
     let mut added = 0u64;
-    for event in events {
-        let event = event.map_err(|e| IndexError::Query(format!("event {}: {e}", added + 1)))?;
-        writer.add_document(document(&fields, event, 0, added + 1, &header))?;
+    let mut batch = Vec::with_capacity(writer::ADD_BATCH);
+    for line in lines {
+        let failed =
+            |e: &dyn std::fmt::Display| IndexError::Query(format!("event {}: {e}", added + 1));
+        let line = line.map_err(|e| failed(&e))?;
+        let event = ArchivedEvent::parse(line.as_bytes()).map_err(|e| failed(&e))?;
+        batch.push(tantivy::indexer::UserOperation::Add(document(
+            &fields,
+            event,
+            None,
+            0,
+            added + 1,
+            &header,
+        )));
         added += 1;
+        if batch.len() == writer::ADD_BATCH {
+            writer.run(std::mem::take(&mut batch))?;
+        }
     }
+    writer.run(batch)?;
     writer.commit()?;
     writer.wait_merging_threads()?;
     Ok(added)
+}
+
+/// The document of an event that arrives as its own serialisation: for tests.
+#[cfg(test)]
+fn document_of(
+    fields: &DocFields,
+    event: Event,
+    offset: u64,
+    line: u64,
+    batch: &yagura_shared::BatchHeader,
+) -> TantivyDocument {
+    let json = event.to_json_line();
+    let event = ArchivedEvent::parse(json.as_bytes()).expect("a valid event");
+    document(fields, event, None, offset, line, batch)
 }
 
 /// An in-memory index holding `events` (one batch, lines in order): for tests of the
@@ -1082,12 +966,12 @@ pub(crate) fn index_in_ram_at<'a>(events: impl Iterator<Item = (u64, &'a Event)>
         .writer_with_num_threads(1, 15_000_000)
         .expect("writer");
     let header = unsigned_header();
-    let mut lines: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut lines: std::collections::BTreeMap<u64, u64> = Default::default();
     for (offset, e) in events {
         let line = lines.entry(offset).or_default();
         *line += 1;
         writer
-            .add_document(document(&fields, e.clone(), offset, *line, &header))
+            .add_document(document_of(&fields, e.clone(), offset, *line, &header))
             .expect("add");
     }
     writer.commit().expect("commit");
@@ -1114,7 +998,7 @@ mod tests {
             e.set_str("message", format!("{minutes_ago} minutes ago"));
             let header = unsigned_header();
             writer
-                .add_document(document(
+                .add_document(document_of(
                     &DocFields::new(&schema).expect("fields"),
                     e,
                     0,
@@ -1177,7 +1061,7 @@ mod tests {
                     let mut e = Event::new(base + chrono::Duration::minutes(minute(i / 5)));
                     e.set_str("user.name", tag);
                     ids.push(e.id().unwrap_or_default().to_string());
-                    let doc = document(&fields, e, batch * 1000, i + 1, &unsigned_header());
+                    let doc = document_of(&fields, e, batch * 1000, i + 1, &unsigned_header());
                     writer.add_document(doc).expect("add");
                 }
                 writer.commit().expect("commit");

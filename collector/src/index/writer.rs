@@ -24,12 +24,14 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+use tantivy::indexer::UserOperation;
 use tantivy::{Index, IndexWriter, TantivyDocument};
 use tokio_util::sync::CancellationToken;
-use yagura_shared::{Event, SignedBatch};
+use yagura_shared::SignedBatch;
 
 use super::days::{self, DayReader, DaySet};
-use super::{DocFields, EventIndex, IndexError, Result, document};
+use super::document::{ArchivedEvent, DocFields, document};
+use super::{EventIndex, IndexError, Result};
 use crate::archive::{Archive, Record, RecordSource};
 use crate::collector_events::CollectorEvents;
 
@@ -39,6 +41,9 @@ pub const INDEXER_CONSUMER: &str = "indexer";
 pub const MAX_OPEN_WRITERS: usize = 3;
 /// A day writer unused this long is closed at the next commit.
 const IDLE_CLOSE: Duration = Duration::from_secs(300);
+/// Documents handed to tantivy at once where events do not come in batches already
+/// (an agent's batch is added with one hand-over; this is the size agents default to).
+pub(crate) const ADD_BATCH: usize = 2_000;
 /// Records read between checks of the commit interval.
 const RECORDS_PER_ROUND: usize = 256;
 
@@ -330,11 +335,8 @@ impl Indexer {
     }
 
     /// The day an event is stored under (see the module documentation).
-    fn day_of(&self, event: &Event, arrived: DateTime<Utc>) -> NaiveDate {
+    fn day_of(&self, at: DateTime<Utc>, arrived: DateTime<Utc>) -> NaiveDate {
         let arrival_day = arrived.date_naive();
-        let Some(at) = event.timestamp() else {
-            return arrival_day;
-        };
         if at > arrived + chrono::Duration::days(1) {
             return arrival_day;
         }
@@ -406,16 +408,15 @@ impl Indexer {
             if line.is_empty() {
                 continue;
             }
-            match Event::from_json_slice(line) {
-                Ok(mut event) => {
-                    let day = self.day_of(&event, arrived);
+            match ArchivedEvent::parse(line) {
+                Ok(event) => {
+                    let day = self.day_of(event.timestamp(), arrived);
                     if self.covered.get(&day).is_some_and(|c| record.offset < *c) {
                         continue;
                     }
                     if !needed.contains(&day) {
                         needed.push(day);
                     }
-                    event.set_str("event.ingested", ingested.clone());
                     events.push((day, index as u64 + 1, event));
                 }
                 Err(error) => {
@@ -425,16 +426,31 @@ impl Indexer {
             }
         }
         self.open_writers(&needed, record.offset)?;
-        let now = Instant::now();
+        // One hand-over to a day's tantivy thread per batch, not one per event.
+        let mut adds: BTreeMap<NaiveDate, Vec<UserOperation<TantivyDocument>>> = BTreeMap::new();
         for (day, number, event) in events {
+            let doc = document(
+                &self.fields,
+                event,
+                Some(&ingested),
+                record.offset,
+                number,
+                batch.header(),
+            );
+            adds.entry(day).or_default().push(UserOperation::Add(doc));
+        }
+        let now = Instant::now();
+        for (day, docs) in adds {
             let Some(writer) = self.writers.get_mut(&day) else {
                 continue;
             };
-            let doc = document(&self.fields, event, record.offset, number, batch.header());
-            writer.writer.add_document(doc)?;
+            let count = docs.len() as u64;
+            writer.writer.run(docs)?;
             writer.dirty = true;
             writer.last_used = now;
-            self.stats.events_indexed.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .events_indexed
+                .fetch_add(count, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -528,6 +544,7 @@ mod tests {
     use crate::archive::SegmentArchive;
     use crate::index::{SearchRequest, SearchResult};
     use yagura_shared::AgentKey;
+    use yagura_shared::Event;
 
     fn events(n: usize, start: usize) -> Vec<Event> {
         (start..start + n)
