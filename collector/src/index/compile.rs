@@ -20,7 +20,10 @@ use tantivy::query::{
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::tokenizer::TokenStream as _;
 
-use super::{IP_FIELDS, JSON_ROOTS, KEYWORD_FIELDS, NUMBER_FIELDS, TEXT_FIELDS, TIMESTAMP};
+use super::{
+    EXACT_ONLY_KEYWORDS, IP_FIELDS, JSON_ROOTS, KEYWORD_FIELDS, NUMBER_FIELDS, TEXT_FIELDS,
+    TIMESTAMP,
+};
 use crate::search::query::{Clause, Glob, Node, Value};
 use crate::search::time::parse_time;
 
@@ -168,6 +171,14 @@ impl Compiler<'_> {
         value: &Value,
         column: usize,
     ) -> Result<Box<dyn Query>, CompileError> {
+        if EXACT_ONLY_KEYWORDS.contains(&name)
+            && matches!(value, Value::Wildcard(_) | Value::Regex(_))
+        {
+            return Err(error(
+                column,
+                format!("`{name}` takes exact values only (no wildcards or regular expressions)"),
+            ));
+        }
         Ok(match value {
             Value::Word(s) | Value::Phrase(s) => term_query(Term::from_field_text(field, s)),
             Value::Wildcard(globs) => regex_query(&glob_regex(globs, false), field, column)?,
@@ -673,6 +684,12 @@ mod tests {
             ("@timestamp:[yesterday TO now]", 1, "not a time"),
             ("message:[a TO b]", 1, "not to full text"),
             ("user.name:/[/", 1, "invalid regular expression"),
+            ("event.id:0193*", 1, "exact values only"),
+            (
+                "user.name:admin OR event.id:/0193.*/",
+                20,
+                "exact values only",
+            ),
         ];
         for (query, column, message) in cases {
             let result = index.search(&SearchRequest {
@@ -687,6 +704,26 @@ mod tests {
                 other => panic!("{query}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_event_is_found_by_its_id_from_the_fast_field() {
+        let events = data_set(Utc::now());
+        let index = index_of(&events);
+        let wanted = &events[events.len() / 2];
+        let id = s(wanted, "event.id");
+        assert_eq!(total(&index, &format!("event.id:{id}")), 1);
+        assert_eq!(total(&index, &format!("event.id:\"{id}\"")), 1);
+        assert_eq!(total(&index, "event.id:*"), events.len());
+        let found = index.find_event(id).expect("find");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].event["event"]["id"], id);
+        assert!(
+            index
+                .find_event(&uuid::Uuid::now_v7().to_string())
+                .expect("find")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -94,6 +94,11 @@ const KEYWORD_FIELDS: &[&str] = &[
     "url.path",
     "rule.id",
 ];
+/// Keyword fields that are fast fields only, not in the inverted index: a unique value
+/// per event (a term dictionary as large as the index, rebuilt at every merge) for a
+/// field that is only ever looked up by its exact value, which tantivy answers from the
+/// fast field. Wildcards and regular expressions on them are refused with a clear error.
+const EXACT_ONLY_KEYWORDS: &[&str] = &["event.id"];
 /// IP address fields: exact, range and CIDR queries (IPv4 stored as IPv4-mapped IPv6).
 const IP_FIELDS: &[&str] = &["source.ip", "destination.ip", "client.ip", "server.ip"];
 /// Whole-number fields: exact and range queries.
@@ -156,7 +161,11 @@ fn build_schema() -> Schema {
             .set_precision(DateTimePrecision::Microseconds),
     );
     for name in KEYWORD_FIELDS {
-        builder.add_text_field(name, STRING | FAST);
+        if EXACT_ONLY_KEYWORDS.contains(name) {
+            builder.add_text_field(name, FAST);
+        } else {
+            builder.add_text_field(name, STRING | FAST);
+        }
     }
     for name in TEXT_FIELDS {
         builder.add_text_field(name, TEXT);
@@ -540,11 +549,13 @@ impl EventIndex {
         let schema = self.template.schema();
         let term = Term::from_field_text(field(&schema, "event.id")?, event_id);
         let query = tantivy::query::TermQuery::new(term, tantivy::schema::IndexRecordOption::Basic);
+        // In time order, not by score: `event.id` is a fast field only (see
+        // `EXACT_ONLY_KEYWORDS`), which tantivy matches without scoring.
+        let newest = TopDocs::with_limit(16)
+            .order_by_fast_field::<tantivy::DateTime>(TIMESTAMP, Order::Desc);
         let mut hits = Vec::new();
         for day in self.days.searchers() {
-            let docs = day
-                .searcher
-                .search(&query, &TopDocs::with_limit(16).order_by_score())?;
+            let docs = day.searcher.search(&query, &newest)?;
             for (_, address) in docs {
                 hits.push(hit(&day.searcher, address)?);
             }
