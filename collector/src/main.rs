@@ -2,10 +2,6 @@
 
 mod cli;
 
-/// See the dependency's note in Cargo.toml: documents cross threads in the indexer.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::process::ExitCode;
 
 use clap::Parser as _;
