@@ -8,8 +8,9 @@
 //! Schema: typed keyword fields for the fields the data path relies on, `message` and
 //! `event.original` as full text, a JSON field per ECS top-level field set so any nested
 //! ECS field is searchable by its dotted name, and `_source` (the event's JSON line as
-//! archived, with `event.ingested` stored beside it) plus the provenance of each event (the id of the agent that signed its batch, the batch sequence
-//! and the archive offset of the batch). The indexer registers its committed offset with
+//! archived, with `event.ingested` stored beside it) plus the provenance of each event
+//! (the id of the agent that signed its batch, the batch sequence and the archive offset
+//! of the batch). The indexer registers its committed offset with
 //! the archive as consumer `indexer`, so archive retention never deletes what it has not
 //! indexed and ingest can push back when it lags.
 
