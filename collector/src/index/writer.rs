@@ -402,8 +402,9 @@ impl Indexer {
             DateTime::from_timestamp_millis(record.received_at_ms).unwrap_or_else(Utc::now);
         let ingested = yagura_shared::event::format_timestamp(arrived);
         // Line by line: one event that does not validate costs itself, not its batch.
-        let mut events = Vec::new();
-        let mut needed: Vec<NaiveDate> = Vec::new();
+        // Documents are grouped by day: one hand-over to a day's tantivy thread per batch,
+        // not one per event.
+        let mut adds: BTreeMap<NaiveDate, Vec<UserOperation<TantivyDocument>>> = BTreeMap::new();
         for (index, line) in payload.split(|b| *b == b'\n').enumerate() {
             if line.is_empty() {
                 continue;
@@ -414,10 +415,16 @@ impl Indexer {
                     if self.covered.get(&day).is_some_and(|c| record.offset < *c) {
                         continue;
                     }
-                    if !needed.contains(&day) {
-                        needed.push(day);
-                    }
-                    events.push((day, index as u64 + 1, event));
+                    let number = index as u64 + 1;
+                    let doc = document(
+                        &self.fields,
+                        event,
+                        Some(&ingested),
+                        record.offset,
+                        number,
+                        batch.header(),
+                    );
+                    adds.entry(day).or_default().push(UserOperation::Add(doc));
                 }
                 Err(error) => {
                     self.stats.bad_events.fetch_add(1, Ordering::Relaxed);
@@ -425,20 +432,8 @@ impl Indexer {
                 }
             }
         }
+        let needed: Vec<NaiveDate> = adds.keys().copied().collect();
         self.open_writers(&needed, record.offset)?;
-        // One hand-over to a day's tantivy thread per batch, not one per event.
-        let mut adds: BTreeMap<NaiveDate, Vec<UserOperation<TantivyDocument>>> = BTreeMap::new();
-        for (day, number, event) in events {
-            let doc = document(
-                &self.fields,
-                event,
-                Some(&ingested),
-                record.offset,
-                number,
-                batch.header(),
-            );
-            adds.entry(day).or_default().push(UserOperation::Add(doc));
-        }
         let now = Instant::now();
         for (day, docs) in adds {
             let Some(writer) = self.writers.get_mut(&day) else {
