@@ -270,9 +270,8 @@ pub(crate) fn document<'a>(
     fields: &DocFields,
     mut event: ArchivedEvent<'a>,
     ingested: Option<&'a str>,
-    offset: u64,
+    origin: &BatchOrigin,
     line: u64,
-    batch: &yagura_shared::BatchHeader,
 ) -> TantivyDocument {
     let mut doc = TantivyDocument::default();
     doc.add_date(
@@ -303,11 +302,29 @@ pub(crate) fn document<'a>(
         }
     }
     doc.add_text(fields.source, json);
-    doc.add_u64(fields.offset, offset);
-    doc.add_u64(fields.sequence, batch.sequence);
-    doc.add_text(fields.agent, batch.agent_id.to_string());
+    doc.add_u64(fields.offset, origin.offset);
+    doc.add_u64(fields.sequence, origin.sequence);
+    doc.add_text(fields.agent, &origin.agent);
     doc.add_u64(fields.line, line);
     doc
+}
+
+/// Where the events of one archived batch come from, worked out once per batch rather
+/// than once per event (the agent id is formatted as text for its field).
+pub(crate) struct BatchOrigin {
+    offset: u64,
+    sequence: u64,
+    agent: String,
+}
+
+impl BatchOrigin {
+    pub(crate) fn new(offset: u64, batch: &yagura_shared::BatchHeader) -> Self {
+        BatchOrigin {
+            offset,
+            sequence: batch.sequence,
+            agent: batch.agent_id.to_string(),
+        }
+    }
 }
 
 /// The members of `object` (at dotted `path`) that no typed field takes, for its JSON
@@ -318,7 +335,8 @@ fn untyped_members<'a>(
     path: &mut String,
     object: Vec<(Cow<'a, str>, Json<'a>)>,
 ) -> Vec<(Cow<'a, str>, Json<'a>)> {
-    let mut members = Vec::with_capacity(object.len());
+    // Allocated on the first untyped member: most field sets hold typed fields only.
+    let mut members = Vec::new();
     for (key, value) in object {
         let parent = path.len();
         path.push('.');

@@ -36,7 +36,7 @@ use crate::search::query::{self, SyntaxError};
 #[cfg(test)]
 use days::DayReader;
 use days::{DaySearcher, DaySet};
-use document::{ArchivedEvent, DocFields, document};
+use document::{ArchivedEvent, BatchOrigin, DocFields, document};
 
 pub mod aggs;
 pub mod compile;
@@ -920,7 +920,7 @@ pub fn index_directly<E: std::fmt::Display>(
     let fields = DocFields::new(&index.schema())?;
     let mut writer: IndexWriter<TantivyDocument> =
         index.writer_with_num_threads(1, writer_memory)?;
-    let header = unsigned_header();
+    let origin = BatchOrigin::new(0, &unsigned_header());
     let mut added = 0u64;
     let mut batch = Vec::with_capacity(writer::ADD_BATCH);
     for line in lines {
@@ -932,9 +932,8 @@ pub fn index_directly<E: std::fmt::Display>(
             &fields,
             event,
             None,
-            0,
+            &origin,
             added + 1,
-            &header,
         )));
         added += 1;
         if batch.len() == writer::ADD_BATCH {
@@ -958,7 +957,7 @@ fn document_of(
 ) -> TantivyDocument {
     let json = event.to_json_line();
     let event = ArchivedEvent::parse(json.as_bytes()).expect("a valid event");
-    document(fields, event, None, offset, line, batch)
+    document(fields, event, None, &BatchOrigin::new(offset, batch), line)
 }
 
 /// An in-memory index holding `events` (one batch, lines in order): for tests of the

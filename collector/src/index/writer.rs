@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use yagura_shared::SignedBatch;
 
 use super::days::{self, DayReader, DaySet};
-use super::document::{ArchivedEvent, DocFields, document};
+use super::document::{ArchivedEvent, BatchOrigin, DocFields, document};
 use super::{EventIndex, IndexError, Result};
 use crate::archive::{Archive, Record, RecordSource};
 use crate::collector_events::CollectorEvents;
@@ -405,6 +405,9 @@ impl Indexer {
         // Documents are grouped by day: one hand-over to a day's tantivy thread per batch,
         // not one per event.
         let mut adds: BTreeMap<NaiveDate, Vec<UserOperation<TantivyDocument>>> = BTreeMap::new();
+        let origin = BatchOrigin::new(record.offset, batch.header());
+        // The signed count, capped: it sizes a buffer, so it is not trusted beyond that.
+        let expected = (batch.header().event_count as usize).min(ADD_BATCH);
         for (index, line) in payload.split(|b| *b == b'\n').enumerate() {
             if line.is_empty() {
                 continue;
@@ -416,15 +419,10 @@ impl Indexer {
                         continue;
                     }
                     let number = index as u64 + 1;
-                    let doc = document(
-                        &self.fields,
-                        event,
-                        Some(&ingested),
-                        record.offset,
-                        number,
-                        batch.header(),
-                    );
-                    adds.entry(day).or_default().push(UserOperation::Add(doc));
+                    let doc = document(&self.fields, event, Some(&ingested), &origin, number);
+                    adds.entry(day)
+                        .or_insert_with(|| Vec::with_capacity(expected))
+                        .push(UserOperation::Add(doc));
                 }
                 Err(error) => {
                     self.stats.bad_events.fetch_add(1, Ordering::Relaxed);
