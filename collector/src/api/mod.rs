@@ -391,16 +391,25 @@ async fn ingest_bundle(
         });
         ApiError::bad_request(e.to_string())
     })?;
-    let mut results = Vec::with_capacity(batches.len());
+    let sequences: Vec<Option<u64>> = batches
+        .iter()
+        .map(|batch| {
+            yagura_shared::parse_header(batch)
+                .ok()
+                .map(|header| header.sequence)
+        })
+        .collect();
+    let answers = state
+        .ingest
+        .ingest_all(batches.iter().map(|batch| batch.to_vec()).collect(), peer)
+        .await;
+    let mut results = Vec::with_capacity(answers.len());
     // The agent a policy may go to: the one whose batch was archived just now, and only
     // if every batch the bundle had acknowledged is that agent's (replays prove nothing).
     let mut accepted_agent = None;
     let mut agents_seen = std::collections::HashSet::new();
-    for batch in batches {
-        let sequence = yagura_shared::parse_header(batch)
-            .ok()
-            .map(|header| header.sequence);
-        match state.ingest.ingest(batch.to_vec(), peer).await {
+    for (answer, sequence) in answers.into_iter().zip(sequences) {
+        match answer {
             Ok(ack) => {
                 agents_seen.insert(ack.agent_id);
                 if ack.status == "accepted" {
@@ -414,20 +423,12 @@ async fn ingest_bundle(
                     retry_after_seconds: None,
                 })
             }
-            Err(rejection) => {
-                let error = rejection_error(rejection);
-                let settled = matches!(
-                    error.status(),
-                    StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE
-                );
-                if !settled && results.is_empty() {
-                    return Err(error);
-                }
-                results.push(error.to_batch_result(sequence));
-                if !settled {
-                    break;
-                }
+            // The first batch is to be retried: its error is the answer.
+            Err(rejection) if !rejection.is_final() && results.is_empty() => {
+                return Err(rejection_error(rejection));
             }
+            // The answers end at the first batch to be retried.
+            Err(rejection) => results.push(rejection_error(rejection).to_batch_result(sequence)),
         }
     }
     let allowlist = match accepted_agent {

@@ -9,8 +9,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
-    Appended, Archive, ArchiveReader, JetStreamArchive, JetStreamReader, Record, RecordSource,
-    Result, SegmentArchive,
+    AppendBatch, Appended, Archive, ArchiveReader, JetStreamArchive, JetStreamReader, Record,
+    RecordSource, Result, SegmentArchive,
 };
 
 /// Either archive backend.
@@ -89,6 +89,13 @@ impl Archive for CollectorArchive {
         match self {
             CollectorArchive::Segments(a) => a.append(agent, sequence, batch).await,
             CollectorArchive::JetStream(a) => a.append(agent, sequence, batch).await,
+        }
+    }
+
+    async fn append_all(&self, batches: Vec<AppendBatch>) -> Vec<Result<Appended>> {
+        match self {
+            CollectorArchive::Segments(a) => a.append_all(batches).await,
+            CollectorArchive::JetStream(a) => a.append_all(batches).await,
         }
     }
 

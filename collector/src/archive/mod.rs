@@ -112,6 +112,14 @@ pub trait RecordSource: Send {
     fn next_record(&mut self) -> Result<Option<Record>>;
 }
 
+/// One batch to append: the signed batch's bytes with its agent and sequence.
+#[derive(Debug)]
+pub struct AppendBatch {
+    pub agent: Uuid,
+    pub sequence: u64,
+    pub batch: Vec<u8>,
+}
+
 /// An append-only log of verified, signed batches.
 pub trait Archive: Send + Sync + 'static {
     /// How consumers read it.
@@ -125,6 +133,35 @@ pub trait Archive: Send + Sync + 'static {
         sequence: u64,
         batch: Vec<u8>,
     ) -> impl Future<Output = Result<Appended>> + Send;
+
+    /// Appends `batches` in their order as [`Self::append`] would one after the other,
+    /// and stops at the first that fails: the results are in the same order and end with
+    /// that failure, and nothing after it is stored (a later sequence stored ahead of an
+    /// earlier one would turn the earlier one into a replay). Returns once every stored
+    /// record is durable. The segment archive hands them to its writer as one group,
+    /// so they share one fsync.
+    fn append_all(
+        &self,
+        batches: Vec<AppendBatch>,
+    ) -> impl Future<Output = Vec<Result<Appended>>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(batches.len());
+            for AppendBatch {
+                agent,
+                sequence,
+                batch,
+            } in batches
+            {
+                let result = self.append(agent, sequence, batch).await;
+                let failed = result.is_err();
+                results.push(result);
+                if failed {
+                    break;
+                }
+            }
+            results
+        }
+    }
 
     /// The highest sequence archived for `agent`, if any.
     fn last_sequence(&self, agent: Uuid) -> Option<u64>;

@@ -36,7 +36,7 @@ use yagura_shared::batch::EVENT_COUNT_PREFIX_LEN;
 use yagura_shared::metrics::{Histogram, HistogramSnapshot};
 use yagura_shared::{parse_header, peek_event_count};
 
-use super::{Appended, Archive, ArchiveError, Record, Result};
+use super::{AppendBatch, Appended, Archive, ArchiveError, Record, Result};
 
 /// The sequence snapshot written before retention deletes segments.
 const SEQUENCE_SNAPSHOT: &str = "sequences.json";
@@ -143,7 +143,8 @@ pub struct Backlog {
 /// The segment-file archive. Cheap to clone through `Arc`.
 pub struct SegmentArchive {
     dir: PathBuf,
-    requests: mpsc::Sender<AppendRequest>,
+    /// Each message is one caller's requests, kept together in one group.
+    requests: mpsc::Sender<Vec<AppendRequest>>,
     committed: watch::Receiver<u64>,
     sequences: Arc<RwLock<HashMap<Uuid, u64>>>,
     consumers: Mutex<BTreeMap<String, u64>>,
@@ -369,15 +370,50 @@ impl Archive for SegmentArchive {
     async fn append(&self, agent: Uuid, sequence: u64, batch: Vec<u8>) -> Result<Appended> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(AppendRequest {
+            .send(vec![AppendRequest {
                 agent,
                 sequence,
                 batch,
                 reply,
-            })
+            }])
             .await
             .map_err(|_| ArchiveError::WriterStopped)?;
         answer.await.map_err(|_| ArchiveError::WriterStopped)?
+    }
+
+    /// One message to the writer: the batches land in one group, in order, under one
+    /// fsync. A failed write stops the writer, so nothing after a failure is stored.
+    async fn append_all(&self, batches: Vec<AppendBatch>) -> Vec<Result<Appended>> {
+        let mut requests = Vec::with_capacity(batches.len());
+        let mut answers = Vec::with_capacity(batches.len());
+        for AppendBatch {
+            agent,
+            sequence,
+            batch,
+        } in batches
+        {
+            let (reply, answer) = oneshot::channel();
+            requests.push(AppendRequest {
+                agent,
+                sequence,
+                batch,
+                reply,
+            });
+            answers.push(answer);
+        }
+        if self.requests.send(requests).await.is_err() {
+            return vec![Err(ArchiveError::WriterStopped)];
+        }
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let result = answer.await.unwrap_or(Err(ArchiveError::WriterStopped));
+            let failed = result.is_err();
+            results.push(result);
+            if failed {
+                break;
+            }
+        }
+        results
     }
 
     fn last_sequence(&self, agent: Uuid) -> Option<u64> {
@@ -422,14 +458,11 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<AppendRequest>) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut group = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                group.push(more);
-                if group.len() >= 256 {
-                    break;
-                }
+    fn run(mut self, mut rx: mpsc::Receiver<Vec<AppendRequest>>) {
+        while let Some(mut group) = rx.blocking_recv() {
+            while group.len() < 256 {
+                let Ok(more) = rx.try_recv() else { break };
+                group.extend(more);
             }
             if let Err(error) = self.write_group(group) {
                 tracing::error!(%error, "archive writer stopped; restart the collector to recover");
@@ -1083,6 +1116,63 @@ mod tests {
         SignedBatch::seal(key, agent, sequence, Utc::now(), &events)
             .expect("seal")
             .into_bytes()
+    }
+
+    /// A bundle's batches reach the writer as one group: in order, a duplicate among
+    /// them answered as such, and one fsync for all of them.
+    #[tokio::test]
+    async fn append_all_stores_in_order_under_one_fsync() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        let archive = SegmentArchive::open(dir.path(), 1 << 30).expect("open");
+        archive
+            .append(agent, 1, batch_of(&key, agent, 1, 1))
+            .await
+            .expect("append");
+        let fsyncs_before = archive.stats().fsync_seconds().count;
+        let batches = [2u64, 3, 1, 4, 5, 6, 7, 8]
+            .into_iter()
+            .map(|sequence| AppendBatch {
+                agent,
+                sequence,
+                batch: batch_of(&key, agent, sequence, 2),
+            })
+            .collect();
+        let results = archive.append_all(batches).await;
+        let outcomes: Vec<_> = results
+            .into_iter()
+            .map(|r| match r.expect("appended") {
+                Appended::Accepted {
+                    previous_sequence, ..
+                } => ("accepted", previous_sequence),
+                Appended::Duplicate { last_sequence } => ("duplicate", Some(last_sequence)),
+            })
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                ("accepted", Some(1)),
+                ("accepted", Some(2)),
+                ("duplicate", Some(3)),
+                ("accepted", Some(3)),
+                ("accepted", Some(4)),
+                ("accepted", Some(5)),
+                ("accepted", Some(6)),
+                ("accepted", Some(7)),
+            ]
+        );
+        assert_eq!(archive.stats().fsync_seconds().count - fsyncs_before, 1);
+        assert_eq!(archive.last_sequence(agent), Some(8));
+        let sequences: Vec<u64> = read_all(&archive, 0)
+            .iter()
+            .map(|r| {
+                yagura_shared::parse_header(&r.batch)
+                    .expect("header")
+                    .sequence
+            })
+            .collect();
+        assert_eq!(sequences, vec![1, 2, 3, 4, 5, 6, 7, 8]);
     }
 
     #[tokio::test]

@@ -21,6 +21,10 @@
 //! 9. **Archive** — append and fsync; a sequence above `last + 1` is accepted and the
 //!    missing range raised as a `yagura.collector.gap` event.
 //!
+//! A bundle's batches ([`BatchIngest::ingest_all`]) get the same checks in the same order,
+//! steps 1–7 one batch after the other; step 8, most of the CPU, runs for all of them in
+//! parallel, and step 9 hands the valid ones to the archive together (one fsync).
+//!
 //! Only then does the agent get its ack, so a batch is either acknowledged and on disk, or
 //! not acknowledged and still in the agent's spool. Every refusal that smells of an attack
 //! is reported to [`CollectorEvents`] (security events, aggregated there).
@@ -35,9 +39,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use uuid::Uuid;
-use yagura_shared::{BatchError, SignedBatch};
+use yagura_shared::{BatchError, BatchHeader, SignedBatch};
 
-use crate::archive::{Appended, Archive};
+use crate::archive::{AppendBatch, Appended, Archive};
 use crate::collector_events::{CollectorEvents, SecurityReport};
 use crate::fleet::{AgentRegistry, FleetState, Heartbeat};
 
@@ -95,6 +99,15 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Whether the agent settles the batch for good on this answer (400, 413: it sets the
+    /// batch aside) rather than sending it again.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Rejection::Malformed(_) | Rejection::ClockSkew(_) | Rejection::TooLarge(_)
+        )
+    }
+
     /// The `reason` label of `yagura_ingest_batches_rejected_total`: one fixed word per
     /// variant, so the label's values are bounded whatever the detail says.
     pub fn reason(&self) -> RejectReason {
@@ -282,6 +295,126 @@ fn clock_skew(
     Ok(())
 }
 
+/// Where one batch of an upload stands after pass one of [`BatchIngest::ingest_all`].
+enum Screened {
+    /// Decided already: refused, or acknowledged as a duplicate.
+    Decided(Result<Ack, Rejection>),
+    /// Passed everything but the payload check.
+    Admitted(Admitted),
+}
+
+/// A batch whose envelope, agent, signature, clock, sequence and rate passed.
+struct Admitted {
+    batch: SignedBatch,
+    header: BatchHeader,
+    /// The most bytes its payload may decompress to.
+    limit: usize,
+}
+
+/// Where one batch stands after pass two: its payload checked, or decided before.
+enum Checked {
+    Decided(Result<Ack, Rejection>),
+    Payload(Admitted, Result<Option<Heartbeat>, PayloadFault>),
+}
+
+/// Where one batch stands in pass three.
+enum Slot {
+    Decided(Result<Ack, Rejection>),
+    /// Handed to the archive; answered by the archive's result in the same position.
+    Appending {
+        header: BatchHeader,
+        heartbeat: Option<Heartbeat>,
+        size: usize,
+    },
+}
+
+/// Why a payload failed its check.
+enum PayloadFault {
+    /// Not zstd, over the size limit, not NDJSON, an invalid event, a wrong count.
+    Batch(BatchError),
+    /// An event (on this 1-based payload line) names another agent than the batch.
+    ForeignAgent { line: usize },
+}
+
+/// Decompresses and checks every event of an admitted batch; its last heartbeat's
+/// figures if it has one. CPU work: called off the async workers when there are several.
+fn check_payload(admitted: &Admitted) -> Result<Option<Heartbeat>, PayloadFault> {
+    let Admitted {
+        batch,
+        header,
+        limit,
+    } = admitted;
+    let agent_id = header.agent_id.to_string();
+    let ndjson = batch
+        .decompressed_payload(*limit)
+        .map_err(PayloadFault::Batch)?;
+    if let Some(verdict) = payload::validate_fast(&ndjson, header.event_count, &agent_id) {
+        return Ok(verdict
+            .heartbeats
+            .iter()
+            .rev()
+            .find_map(Heartbeat::from_event));
+    }
+    drop(ndjson);
+    // The full check decides, with its precise error.
+    let events = batch.events(*limit).map_err(PayloadFault::Batch)?;
+    if let Some(line) = events
+        .iter()
+        .position(|e| e.agent_id().is_some_and(|id| id != agent_id))
+    {
+        return Err(PayloadFault::ForeignAgent { line: line + 1 });
+    }
+    Ok(events.iter().rev().find_map(Heartbeat::from_event))
+}
+
+/// Pass two: the payload check of every admitted batch, in parallel on the blocking
+/// pool when there are several (one is checked in place: no hand-over to pay for).
+async fn check_payloads(screened: Vec<Screened>) -> Vec<Checked> {
+    let admitted = screened
+        .iter()
+        .filter(|s| matches!(s, Screened::Admitted(_)))
+        .count();
+    if admitted <= 1 {
+        return screened
+            .into_iter()
+            .map(|step| match step {
+                Screened::Decided(result) => Checked::Decided(result),
+                Screened::Admitted(admitted) => {
+                    let verdict = check_payload(&admitted);
+                    Checked::Payload(admitted, verdict)
+                }
+            })
+            .collect();
+    }
+    enum Task {
+        Decided(Result<Ack, Rejection>),
+        Running(tokio::task::JoinHandle<(Admitted, Result<Option<Heartbeat>, PayloadFault>)>),
+    }
+    let tasks: Vec<Task> = screened
+        .into_iter()
+        .map(|step| match step {
+            Screened::Decided(result) => Task::Decided(result),
+            Screened::Admitted(admitted) => Task::Running(tokio::task::spawn_blocking(move || {
+                let verdict = check_payload(&admitted);
+                (admitted, verdict)
+            })),
+        })
+        .collect();
+    let mut checked = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        checked.push(match task {
+            Task::Decided(result) => Checked::Decided(result),
+            Task::Running(handle) => match handle.await {
+                Ok((admitted, verdict)) => Checked::Payload(admitted, verdict),
+                Err(e) => Checked::Decided(Err(Rejection::Unavailable(format!(
+                    "payload check failed: {e}"
+                )))),
+            },
+        });
+    }
+    checked
+}
+
 /// Verifies batches and appends them to the archive.
 pub struct BatchIngest<A: Archive> {
     archive: Arc<A>,
@@ -350,18 +483,113 @@ impl<A: Archive> BatchIngest<A> {
     /// Runs every check on `body` (sent from `peer`) and archives it; returns the ack.
     /// Every refusal is counted by its reason in [`Self::stats`].
     pub async fn ingest(&self, body: Vec<u8>, peer: Option<IpAddr>) -> Result<Ack, Rejection> {
-        let decided = self.check_and_archive(body, peer).await;
-        if let Err(rejection) = &decided {
-            self.stats.count_rejection(rejection.reason());
-        }
-        decided
+        self.ingest_all(vec![body], peer)
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(Rejection::Unavailable("the batch got no answer".into())))
     }
 
-    async fn check_and_archive(
+    /// Takes the batches of one upload strictly in order. Each gets every check a single
+    /// upload gets, in the same order; what differs is only the work's schedule: the
+    /// payload checks (decompression and every event: most of the CPU) of all of them
+    /// run in parallel off the async workers, and the accepted ones are handed to the
+    /// archive together, so they share one fsync.
+    ///
+    /// The answers are in the batches' order and end at the first batch to be retried
+    /// (a refusal that is not [`Rejection::is_final`]): no batch is archived ahead of an
+    /// earlier one still to come, because a later sequence archived first would make the
+    /// earlier one a replay. Every refusal answered is counted in [`Self::stats`].
+    pub async fn ingest_all(
         &self,
-        body: Vec<u8>,
+        bodies: Vec<Vec<u8>>,
         peer: Option<IpAddr>,
-    ) -> Result<Ack, Rejection> {
+    ) -> Vec<Result<Ack, Rejection>> {
+        // Pass one, in order and cheap: everything but the payload.
+        let mut screened = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let step = self
+                .screen(body, peer)
+                .await
+                .unwrap_or_else(|rejection| Screened::Decided(Err(rejection)));
+            let retry = matches!(&step, Screened::Decided(Err(r)) if !r.is_final());
+            screened.push(step);
+            if retry {
+                break;
+            }
+        }
+        // Pass two, in parallel: the payloads of the admitted batches.
+        let checked = check_payloads(screened).await;
+        // Pass three: the valid batches go to the archive in order, in one hand-over.
+        let mut slots = Vec::with_capacity(checked.len());
+        let mut appends = Vec::new();
+        for step in checked {
+            match step {
+                Checked::Decided(result) => slots.push(Slot::Decided(result)),
+                Checked::Payload(admitted, Ok(heartbeat)) => {
+                    let Admitted { batch, header, .. } = admitted;
+                    let size = batch.as_bytes().len();
+                    appends.push(AppendBatch {
+                        agent: header.agent_id,
+                        sequence: header.sequence,
+                        batch: batch.into_bytes(),
+                    });
+                    slots.push(Slot::Appending {
+                        header,
+                        heartbeat,
+                        size,
+                    });
+                }
+                Checked::Payload(admitted, Err(fault)) => slots.push(Slot::Decided(Err(
+                    self.payload_fault(fault, &admitted, peer)
+                ))),
+            }
+        }
+        let mut appended = if appends.is_empty() {
+            Vec::new()
+        } else {
+            self.archive.append_all(appends).await
+        }
+        .into_iter();
+        let mut results = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let result = match slot {
+                Slot::Decided(result) => result,
+                Slot::Appending {
+                    header,
+                    heartbeat,
+                    size,
+                } => match appended.next() {
+                    Some(Ok(outcome)) => Ok(self.archived(&header, heartbeat, size, outcome, peer)),
+                    Some(Err(e)) => Err(match e {
+                        crate::archive::ArchiveError::TooLarge { .. } => Rejection::TooLarge(
+                            format!("{e}: send smaller batches (the agent's [ship] batch bytes)"),
+                        ),
+                        other => Rejection::Unavailable(other.to_string()),
+                    }),
+                    // The archive stopped at an earlier failure: this one is not stored.
+                    None => break,
+                },
+            };
+            let retry = match &result {
+                Err(rejection) => {
+                    self.stats.count_rejection(rejection.reason());
+                    !rejection.is_final()
+                }
+                Ok(_) => false,
+            };
+            results.push(result);
+            if retry {
+                break;
+            }
+        }
+        results
+    }
+
+    /// Pass one for one batch: backpressure, envelope, agent, signature, clock, sequence
+    /// and rate, in that order. A duplicate is decided here (acknowledged, not checked
+    /// further); a batch that passes is admitted to the payload check.
+    async fn screen(&self, body: Vec<u8>, peer: Option<IpAddr>) -> Result<Screened, Rejection> {
         self.check_backpressure()?;
         let batch = SignedBatch::from_bytes(body).map_err(|e| {
             self.refuse(
@@ -428,66 +656,66 @@ impl<A: Archive> BatchIngest<A> {
             self.fleet
                 .record_batch(header.agent_id, peer, header.sequence, None);
             self.stats.count_duplicate();
-            return Ok(Ack {
+            return Ok(Screened::Decided(Ok(Ack {
                 status: "duplicate",
                 sequence: header.sequence,
                 agent_id: header.agent_id,
                 allowlist: None,
-            });
+            })));
         }
         self.take_rate_tokens(header.agent_id, header.event_count)?;
-        let compressed = batch.payload().len();
-        let ratio_limit = compressed
+        let ratio_limit = batch
+            .payload()
+            .len()
             .saturating_mul(self.limits.max_decompression_ratio as usize)
             .max(64 * 1024);
-        let limit = self.limits.max_decompressed_bytes.min(ratio_limit);
-        let agent_id = header.agent_id.to_string();
-        let ndjson = batch
-            .decompressed_payload(limit)
-            .map_err(|e| self.payload_refusal(e, compressed, limit, peer, claimed))?;
-        let heartbeat = match payload::validate_fast(&ndjson, header.event_count, &agent_id) {
-            Some(verdict) => verdict
-                .heartbeats
-                .iter()
-                .rev()
-                .find_map(Heartbeat::from_event),
-            None => {
-                // The full check decides, with its precise error.
-                let events = batch
-                    .events(limit)
-                    .map_err(|e| self.payload_refusal(e, compressed, limit, peer, claimed))?;
-                if let Some(line) = events
-                    .iter()
-                    .position(|e| e.agent_id().is_some_and(|id| id != agent_id))
-                {
-                    return Err(self.refuse(
-                        "foreign_agent_events",
-                        peer,
-                        claimed,
-                        Rejection::Malformed(format!(
-                            "event on payload line {} names another agent than the batch",
-                            line + 1
-                        )),
-                    ));
-                }
-                events.iter().rev().find_map(Heartbeat::from_event)
-            }
-        };
-        drop(ndjson);
-        let size = batch.as_bytes().len();
-        let appended = self
-            .archive
-            .append(header.agent_id, header.sequence, batch.into_bytes())
-            .await
-            .map_err(|e| match e {
-                crate::archive::ArchiveError::TooLarge { .. } => Rejection::TooLarge(format!(
-                    "{e}: send smaller batches (the agent's [ship] batch bytes)"
+        Ok(Screened::Admitted(Admitted {
+            batch,
+            header,
+            limit: self.limits.max_decompressed_bytes.min(ratio_limit),
+        }))
+    }
+
+    /// The refusal for a payload that failed its check, reported as a security event.
+    fn payload_fault(
+        &self,
+        fault: PayloadFault,
+        admitted: &Admitted,
+        peer: Option<IpAddr>,
+    ) -> Rejection {
+        let claimed = Some(admitted.header.agent_id);
+        match fault {
+            PayloadFault::Batch(error) => self.payload_refusal(
+                error,
+                admitted.batch.payload().len(),
+                admitted.limit,
+                peer,
+                claimed,
+            ),
+            PayloadFault::ForeignAgent { line } => self.refuse(
+                "foreign_agent_events",
+                peer,
+                claimed,
+                Rejection::Malformed(format!(
+                    "event on payload line {line} names another agent than the batch"
                 )),
-                other => Rejection::Unavailable(other.to_string()),
-            })?;
+            ),
+        }
+    }
+
+    /// Records a batch the archive answered for: the fleet's view of the agent, a gap
+    /// event when sequences were skipped, the counters; returns the ack.
+    fn archived(
+        &self,
+        header: &BatchHeader,
+        heartbeat: Option<Heartbeat>,
+        size: usize,
+        outcome: Appended,
+        peer: Option<IpAddr>,
+    ) -> Ack {
         self.fleet
             .record_batch(header.agent_id, peer, header.sequence, heartbeat);
-        match appended {
+        let status = match outcome {
             Appended::Accepted {
                 offset,
                 previous_sequence,
@@ -499,22 +727,18 @@ impl<A: Archive> BatchIngest<A> {
                 }
                 tracing::debug!(agent = %header.agent_id, sequence = header.sequence, offset, "batch archived");
                 self.stats.count_accepted(header.event_count, size);
-                Ok(Ack {
-                    status: "accepted",
-                    sequence: header.sequence,
-                    agent_id: header.agent_id,
-                    allowlist: None,
-                })
+                "accepted"
             }
             Appended::Duplicate { .. } => {
                 self.stats.count_duplicate();
-                Ok(Ack {
-                    status: "duplicate",
-                    sequence: header.sequence,
-                    agent_id: header.agent_id,
-                    allowlist: None,
-                })
+                "duplicate"
             }
+        };
+        Ack {
+            status,
+            sequence: header.sequence,
+            agent_id: header.agent_id,
+            allowlist: None,
         }
     }
 
