@@ -377,7 +377,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let stop = CancellationToken::new();
     let mut shipper_task = tokio::spawn(shipper.run(drain.clone(), stop.clone()));
 
-    let mut more_ready = false;
+    // The first step runs at once: the files may hold lines already, and no watch event
+    // will announce those.
+    let mut more_ready = true;
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut rotation_checked = Instant::now();
     // Set while the collector may hold a new key the agent could not confirm: nothing may
