@@ -525,6 +525,12 @@ impl<A: Archive> BatchIngest<A> {
         let mut appends = Vec::new();
         for step in checked {
             match step {
+                // Nothing after a batch to be retried may be stored (a payload check that
+                // could not run ends the bundle here).
+                Checked::Decided(Err(rejection)) if !rejection.is_final() => {
+                    slots.push(Slot::Decided(Err(rejection)));
+                    break;
+                }
                 Checked::Decided(result) => slots.push(Slot::Decided(result)),
                 Checked::Payload(admitted, Ok(heartbeat)) => {
                     let Admitted { batch, header, .. } = admitted;
