@@ -59,17 +59,22 @@ pub struct FastVerdict {
 /// `Some` when every line is certainly a valid event of `agent` and there are exactly
 /// `declared` of them; `None` when the full check must decide.
 pub fn validate_fast(ndjson: &[u8], declared: u32, agent: &str) -> Option<FastVerdict> {
+    // UTF-8 once for the whole payload. Reading lines from `&str` then spares serde_json
+    // a check per string, and covers the strings the probe skips: serde_json does not
+    // check those when reading from bytes, and the full check refuses invalid UTF-8
+    // anywhere.
+    let ndjson = std::str::from_utf8(ndjson).ok()?;
     let mut verdict = FastVerdict::default();
     let mut count: u64 = 0;
-    for line in ndjson.split(|b| *b == b'\n') {
+    for line in ndjson.split('\n') {
         if line.is_empty() {
             continue;
         }
         // serde would also read a struct from a JSON array; only an object is an event.
-        if line.first() != Some(&b'{') {
+        if !line.starts_with('{') {
             return None;
         }
-        let probe: LineProbe<'_> = serde_json::from_slice(line).ok()?;
+        let probe: LineProbe<'_> = serde_json::from_str(line).ok()?;
         if probe.flat_event_id.is_some()
             || probe.flat_agent_id.is_some()
             || probe.flat_dataset.is_some()
@@ -84,7 +89,9 @@ pub fn validate_fast(ndjson: &[u8], declared: u32, agent: &str) -> Option<FastVe
             return None;
         }
         if probe.event.dataset.as_deref() == Some(HEARTBEAT_DATASET) {
-            verdict.heartbeats.push(Event::from_json_slice(line).ok()?);
+            verdict
+                .heartbeats
+                .push(Event::from_json_slice(line.as_bytes()).ok()?);
         }
         count += 1;
     }
@@ -119,6 +126,57 @@ mod tests {
             validate_fast(payload.as_bytes(), 3, &agent).is_none(),
             "count"
         );
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_skipped_field_is_left_to_the_full_check() {
+        let agent = Uuid::now_v7().to_string();
+        let mut payload = line(&valid(&agent)).into_bytes();
+        // Inside the message, a string the probe skips; `\xff` is never UTF-8.
+        let at = payload
+            .windows(5)
+            .position(|w| w == b"hello")
+            .expect("message");
+        payload[at] = 0xff;
+        assert!(Event::from_json_slice(&payload[..payload.len() - 1]).is_err());
+        assert!(validate_fast(&payload, 1, &agent).is_none());
+    }
+
+    proptest::proptest! {
+        /// The fast check may answer "not sure", never "valid" where the full check
+        /// refuses: whatever it accepts of a mangled payload, `Event::from_json_slice`
+        /// accepts line by line, with no other agent's id.
+        #[test]
+        fn the_fast_check_accepts_nothing_the_full_check_refuses(
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+                1..4,
+            )
+        ) {
+            let agent = "0190b5d2-7f3e-7c4c-9b1a-2c3d4e5f6a7b";
+            let mut event = valid(agent);
+            event.set_str("event.dataset", "auth");
+            event.set("source", serde_json::json!({"ip": "203.0.113.7", "port": 52814}));
+            event.set("event.category", serde_json::json!(["authentication"]));
+            let mut payload = format!("{}{}", line(&event), line(&valid(agent))).into_bytes();
+            for (at, byte) in edits {
+                let at = at.index(payload.len());
+                payload[at] = byte;
+            }
+            let lines: Vec<&[u8]> = payload
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .collect();
+            let declared = u32::try_from(lines.len()).expect("two lines at most");
+            if validate_fast(&payload, declared, agent).is_some() {
+                for one in lines {
+                    let full = Event::from_json_slice(one);
+                    proptest::prop_assert!(full.is_ok(), "{full:?} for {}", String::from_utf8_lossy(one));
+                    let full = full.expect("checked");
+                    proptest::prop_assert!(full.agent_id().is_none_or(|id| id == agent));
+                }
+            }
+        }
     }
 
     #[test]
