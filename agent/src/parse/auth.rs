@@ -79,6 +79,13 @@ fn split_first<'a>(s: &'a str, needle: &Finder<'_>) -> Option<(&'a str, &'a str)
     Some((&s[..at], &s[at + needle.needle().len()..]))
 }
 
+/// `s.rsplit_once(needle)` with a prebuilt searcher: the text before the last `needle`
+/// and the text after it.
+fn split_last<'a>(s: &'a str, needle: &FinderRev<'_>) -> Option<(&'a str, &'a str)> {
+    let at = needle.rfind(s.as_bytes())?;
+    Some((&s[..at], &s[at + needle.needle().len()..]))
+}
+
 /// Parses a syslog line and reads its message as an auth message.
 pub(crate) fn parse_line(line: &str, ctx: &ParseContext, out: &mut Fields) -> bool {
     let Some(record) = syslog::parse(line, ctx) else {
@@ -249,12 +256,11 @@ fn user_addr_port(s: &str) -> (Option<&str>, &str, Option<&str>) {
         if let Some(rest) = s.strip_prefix(prefix) {
             // The user name is attacker-chosen and may hold spaces: the address is the
             // word before " port ".
-            if let Some(at) = PORT_LAST.rfind(rest.as_bytes()) {
-                let (before, _) = rest.split_at(at);
-                if let Some((user, addr)) = before.rsplit_once(' ') {
-                    let (_, port) = addr_port(&rest[before.len() - addr.len()..]);
-                    return (Some(user), addr, port);
-                }
+            if let Some((before, _)) = split_last(rest, &PORT_LAST)
+                && let Some((user, addr)) = before.rsplit_once(' ')
+            {
+                let (_, port) = addr_port(&rest[before.len() - addr.len()..]);
+                return (Some(user), addr, port);
             }
         }
     }
@@ -275,10 +281,10 @@ fn sshd(message: &str) -> Option<AuthEvent<'_>> {
         return ssh_login(rest, Failure);
     }
     if let Some(rest) = msg.strip_prefix("Invalid user ") {
-        let at = FROM_LAST.rfind(rest.as_bytes())?;
-        let (addr, port) = addr_port(&rest[at + 6..]);
+        let (user, after) = split_last(rest, &FROM_LAST)?;
+        let (addr, port) = addr_port(after);
         let mut e = event("ssh_invalid_user", "authentication", INFO, Failure);
-        e.user = Some(&rest[..at]);
+        e.user = Some(user);
         e.source = Some(addr);
         e.port = port;
         return Some(e);
@@ -343,10 +349,9 @@ fn sshd(message: &str) -> Option<AuthEvent<'_>> {
             INFO,
             Failure,
         );
-        let at = FROM_LAST.rfind(rest.as_bytes())?;
-        let user = &rest[..at];
+        let (user, after) = split_last(rest, &FROM_LAST)?;
         e.user = Some(user.strip_prefix("invalid user ").unwrap_or(user));
-        let (addr, port) = addr_port(&rest[at + 6..]);
+        let (addr, port) = addr_port(after);
         e.source = Some(addr);
         e.port = port;
         return Some(e);
@@ -373,8 +378,8 @@ fn sshd(message: &str) -> Option<AuthEvent<'_>> {
         return Some(e);
     }
     if let Some(rest) = msg.strip_prefix("Bad protocol version identification ") {
-        let at = FROM_LAST.rfind(rest.as_bytes())?;
-        let (addr, port) = addr_port(&rest[at + 6..]);
+        let (_, after) = split_last(rest, &FROM_LAST)?;
+        let (addr, port) = addr_port(after);
         let mut e = event("ssh_no_identification", "network", CONNECTION, Failure);
         e.source = Some(addr);
         e.port = port;
@@ -433,15 +438,14 @@ fn sshd(message: &str) -> Option<AuthEvent<'_>> {
 /// `METHOD for [invalid user ]U from IP port P ssh2[: SIGNATURE]` after Accepted/Failed.
 fn ssh_login(rest: &str, outcome: Outcome) -> Option<AuthEvent<'_>> {
     let (method, rest) = split_first(rest, &FOR)?;
-    let at = FROM_LAST.rfind(rest.as_bytes())?;
-    let user = &rest[..at];
-    let (addr, port) = addr_port(&rest[at + 6..]);
+    let (user, after) = split_last(rest, &FROM_LAST)?;
+    let (addr, port) = addr_port(after);
     let mut e = event("ssh_login", "authentication", START, outcome);
     e.user = Some(user.strip_prefix("invalid user ").unwrap_or(user));
     e.source = Some(addr);
     e.port = port;
     e.ssh_method = Some(method);
-    e.ssh_signature = split_first(&rest[at..], &SSH2_KEY).map(|(_, sig)| sig);
+    e.ssh_signature = split_first(after, &SSH2_KEY).map(|(_, sig)| sig);
     Some(e)
 }
 
