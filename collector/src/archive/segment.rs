@@ -368,17 +368,16 @@ impl Archive for SegmentArchive {
     type Reader = ArchiveReader;
 
     async fn append(&self, agent: Uuid, sequence: u64, batch: Vec<u8>) -> Result<Appended> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(vec![AppendRequest {
-                agent,
-                sequence,
-                batch,
-                reply,
-            }])
+        let one = AppendBatch {
+            agent,
+            sequence,
+            batch,
+        };
+        self.append_all(vec![one])
             .await
-            .map_err(|_| ArchiveError::WriterStopped)?;
-        answer.await.map_err(|_| ArchiveError::WriterStopped)?
+            .into_iter()
+            .next()
+            .unwrap_or(Err(ArchiveError::WriterStopped))
     }
 
     /// One message to the writer: the batches land in one group, in order, under one
