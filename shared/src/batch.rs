@@ -92,6 +92,38 @@ impl BatchHeader {
     }
 }
 
+/// Where the lines of an NDJSON payload are: the byte ranges that
+/// `payload.split(|b| *b == b'\n')` would yield, empty lines included, so that the n-th
+/// range is line n + 1 of the payload (as error messages and provenance count them).
+///
+/// Every stage that reads a batch (the ingest checks, the indexer, the detector) walks
+/// its payload this way; newlines are found with `memchr`'s vectorised search, which is
+/// several times faster than a byte-by-byte split on ~1 KB lines. Ranges rather than
+/// slices let a caller holding the payload as `&str` cut it without checking UTF-8 again
+/// (`'\n'` is ASCII, so every range falls on character boundaries).
+pub fn payload_line_ranges(payload: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut next = Some(0);
+    std::iter::from_fn(move || {
+        let start = next?;
+        let rest = payload.get(start..)?;
+        match memchr::memchr(b'\n', rest) {
+            Some(at) => {
+                next = Some(start + at + 1);
+                Some(start..start + at)
+            }
+            None => {
+                next = None;
+                Some(start..payload.len())
+            }
+        }
+    })
+}
+
+/// The lines of an NDJSON payload, as [`payload_line_ranges`] finds them.
+pub fn payload_lines(payload: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    payload_line_ranges(payload).map(move |range| &payload[range])
+}
+
 /// The events of a batch being gathered, already written as NDJSON lines: the agent
 /// serializes each event once, as it is made, and keeps only these bytes until it seals.
 #[derive(Debug, Clone, Default)]
@@ -247,7 +279,7 @@ impl SignedBatch {
         let ndjson = self.decompressed_payload(max_decompressed)?;
         // The declared count is untrusted: never size an allocation by it.
         let mut events = Vec::new();
-        for (index, line) in ndjson.split(|b| *b == b'\n').enumerate() {
+        for (index, line) in payload_lines(&ndjson).enumerate() {
             if line.is_empty() {
                 continue;
             }
@@ -587,7 +619,29 @@ mod tests {
         assert_eq!(public, key.verifying_key());
     }
 
+    #[test]
+    fn payload_lines_count_empty_lines_and_the_text_after_the_last_newline() {
+        let lines: Vec<&[u8]> = payload_lines(b"a\n\nbc\n").collect();
+        assert_eq!(lines, [&b"a"[..], b"", b"bc", b""]);
+        assert_eq!(payload_lines(b"").collect::<Vec<_>>(), [&b""[..]]);
+        assert_eq!(
+            payload_line_ranges(b"x\ny").collect::<Vec<_>>(),
+            [0..1, 2..3]
+        );
+    }
+
     proptest! {
+        /// Line numbers in errors and provenance depend on the split being exactly the
+        /// byte split's, empty lines and all.
+        #[test]
+        fn payload_lines_are_the_byte_split(
+            bytes in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'{'), any::<u8>()], 0..300)
+        ) {
+            let ours: Vec<&[u8]> = payload_lines(&bytes).collect();
+            let split: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+            prop_assert_eq!(ours, split);
+        }
+
         #[test]
         fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             if let Ok(batch) = SignedBatch::from_bytes(bytes) {

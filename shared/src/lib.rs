@@ -23,8 +23,8 @@ pub mod policy_delivery;
 pub mod tls_handover;
 
 pub use batch::{
-    AgentKey, BatchError, BatchHeader, EventLines, SignedBatch, parse_header, peek_event_count,
-    verify_document, verifying_key_from_base64,
+    AgentKey, BatchError, BatchHeader, EventLines, SignedBatch, parse_header, payload_line_ranges,
+    payload_lines, peek_event_count, verify_document, verifying_key_from_base64,
 };
 pub use bundle::{BatchResult, BundleAnswer, decode_bundle, encode_bundle};
 pub use ed25519_dalek::VerifyingKey;

@@ -402,7 +402,7 @@ impl DetectorNode {
         let limit = self.message_limit();
         let mut routed: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
         let mut acks = Vec::new();
-        for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        for line in yagura_shared::payload_lines(&payload).filter(|l| !l.is_empty()) {
             let Ok(event) = Event::from_json_slice(line) else {
                 continue;
             };
@@ -617,7 +617,7 @@ impl DetectorNode {
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Some((partition, offset, chunk)) => {
-                        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                        for line in yagura_shared::payload_lines(lines).filter(|l| !l.is_empty()) {
                             let Ok(event) = Event::from_json_slice(line) else {
                                 continue;
                             };

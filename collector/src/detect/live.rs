@@ -464,7 +464,7 @@ impl LiveDetector {
                 return;
             }
         };
-        for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        for line in yagura_shared::payload_lines(&payload).filter(|l| !l.is_empty()) {
             // An event that does not validate was counted by the indexer; rules need
             // valid events.
             let Ok(event) = Event::from_json_slice(line) else {

@@ -408,7 +408,7 @@ impl Indexer {
         let origin = BatchOrigin::new(record.offset, batch.header());
         // The signed count, capped: it sizes a buffer, so it is not trusted beyond that.
         let expected = (batch.header().event_count as usize).min(ADD_BATCH);
-        for (index, line) in payload.split(|b| *b == b'\n').enumerate() {
+        for (index, line) in yagura_shared::payload_lines(&payload).enumerate() {
             if line.is_empty() {
                 continue;
             }

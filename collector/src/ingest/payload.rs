@@ -66,7 +66,8 @@ pub fn validate_fast(ndjson: &[u8], declared: u32, agent: &str) -> Option<FastVe
     let ndjson = std::str::from_utf8(ndjson).ok()?;
     let mut verdict = FastVerdict::default();
     let mut count: u64 = 0;
-    for line in ndjson.split('\n') {
+    for range in yagura_shared::payload_line_ranges(ndjson.as_bytes()) {
+        let line = &ndjson[range];
         if line.is_empty() {
             continue;
         }
