@@ -97,8 +97,9 @@ impl BatchHeader {
 /// range is line n + 1 of the payload (as error messages and provenance count them).
 ///
 /// Every stage that reads a batch (the ingest checks, the indexer, the detector) walks
-/// its payload this way; newlines are found with `memchr`'s vectorised search, which is
-/// several times faster than a byte-by-byte split on ~1 KB lines. Ranges rather than
+/// its payload this way; newlines are found with `memchr`'s vectorised search instead of
+/// a byte-at-a-time loop (the split was 1.8 % of the samples of an ingest-only
+/// `yagura bench agent` run under `perf`; see docs/benchmarks.md). Ranges rather than
 /// slices let a caller holding the payload as `&str` cut it without checking UTF-8 again
 /// (`'\n'` is ASCII, so every range falls on character boundaries).
 pub fn payload_line_ranges(payload: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
