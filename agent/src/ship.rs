@@ -409,12 +409,57 @@ impl Shipper {
                 batches[0].sequence,
             )],
         };
-        for (batch, outcome) in batches.iter().zip(outcomes) {
+        // The leading run of acknowledged batches is recorded at once (one durable write);
+        // the rest, from the first that is not acked, one by one as before.
+        let acked = outcomes
+            .iter()
+            .take_while(|o| matches!(o, Outcome::Acked { .. }))
+            .count();
+        if acked > 0
+            && let Some(delay) = self.settle_acked(&batches[..acked], backoff).await
+        {
+            return sleep_or_stop(delay, stop).await;
+        }
+        for (batch, outcome) in batches.iter().zip(outcomes).skip(acked) {
             if let Some(delay) = self.settle(batch, outcome, backoff).await {
                 return sleep_or_stop(delay, stop).await;
             }
         }
         true
+    }
+
+    /// Deletes `batches` (the oldest, in order), which the collector acknowledged, from
+    /// the spool. Returns the delay before sending them again when that fails.
+    async fn settle_acked(
+        &self,
+        batches: &[SpooledBatch],
+        backoff: &mut Backoff,
+    ) -> Option<Duration> {
+        let sequences: Vec<u64> = batches.iter().map(|b| b.sequence).collect();
+        let (first, last) = (sequences[0], sequences[sequences.len() - 1]);
+        tracing::debug!(first, last, "batches acknowledged");
+        let spool = Arc::clone(&self.spool);
+        match blocking(move || lock(&spool).ack_all(&sequences)).await {
+            Ok(Ok(())) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                self.stats
+                    .batches_shipped
+                    .fetch_add(batches.len() as u64, Relaxed);
+                self.stats.events_shipped.fetch_add(
+                    batches.iter().map(|b| u64::from(b.event_count)).sum(),
+                    Relaxed,
+                );
+                self.stats.set_ship_error(None);
+                backoff.reset();
+                self.space_freed.notify_one();
+                return None;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(first, last, error = %e, "cannot record the ack; will resend")
+            }
+            Err(e) => tracing::error!(first, last, error = %e, "ack task failed; will resend"),
+        }
+        Some(backoff.next_delay())
     }
 
     /// Sends one batch until it is settled. Returns false when stopped.
@@ -456,27 +501,9 @@ impl Shipper {
                     duplicate,
                     "batch acknowledged"
                 );
-                let spool = Arc::clone(&self.spool);
-                match blocking(move || lock(&spool).ack(sequence)).await {
-                    Ok(Ok(())) => {
-                        use std::sync::atomic::Ordering::Relaxed;
-                        self.stats.batches_shipped.fetch_add(1, Relaxed);
-                        self.stats
-                            .events_shipped
-                            .fetch_add(u64::from(batch.event_count), Relaxed);
-                        self.stats.set_ship_error(None);
-                        backoff.reset();
-                        self.space_freed.notify_one();
-                        return None;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!(sequence, error = %e, "cannot record the ack; will resend")
-                    }
-                    Err(e) => {
-                        tracing::error!(sequence, error = %e, "ack task failed; will resend")
-                    }
-                }
-                backoff.next_delay()
+                return self
+                    .settle_acked(std::slice::from_ref(batch), backoff)
+                    .await;
             }
             Outcome::Rejected { reason } => {
                 let spool = Arc::clone(&self.spool);

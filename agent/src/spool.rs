@@ -442,12 +442,35 @@ impl Spool {
 
     /// Records that the collector holds batch `sequence` (the oldest) and deletes it.
     pub fn ack(&mut self, sequence: u64) -> Result<(), SpoolError> {
-        let checkpoints = self.take_oldest(sequence)?.checkpoints.clone();
-        self.write_acked(sequence, &checkpoints)?;
-        let path = self.batch_path(sequence);
-        std::fs::remove_file(&path).map_err(io_err(&path))?;
-        self.forget(sequence);
-        // The deletion need not be durable: a resurrected file is an acked leftover.
+        self.ack_all(&[sequence])
+    }
+
+    /// Records that the collector holds `sequences` — the oldest batches, in order, as a
+    /// bundle's answer settles them — with one durable write of `acked.json` (two fsyncs
+    /// for the whole bundle instead of two per batch), then deletes their files. Nothing
+    /// is recorded unless every one of them is next in line.
+    pub fn ack_all(&mut self, sequences: &[u64]) -> Result<(), SpoolError> {
+        let Some(&last) = sequences.last() else {
+            return Ok(());
+        };
+        let mut oldest = self.batches.keys();
+        for &sequence in sequences {
+            let next = oldest.next().copied();
+            if next != Some(sequence) {
+                return Err(SpoolError::NotOldest {
+                    sequence,
+                    oldest: next,
+                });
+            }
+        }
+        let checkpoints = self.batches[&last].checkpoints.clone();
+        self.write_acked(last, &checkpoints)?;
+        for &sequence in sequences {
+            let path = self.batch_path(sequence);
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+            self.forget(sequence);
+        }
+        // The deletions need not be durable: a resurrected file is an acked leftover.
         Ok(())
     }
 
@@ -776,6 +799,46 @@ mod tests {
             .seal(&lines(1), &[cp("/a", 4)], &key, agent)
             .expect("seal");
         assert_eq!(next.sequence, 4);
+    }
+
+    #[test]
+    fn a_bundle_is_acked_with_one_record_and_only_in_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        let mut spool = Spool::open(dir.path()).expect("open");
+        for i in 1..=4 {
+            spool
+                .seal(&lines(1), &[cp("/a", i * 10)], &key, agent)
+                .expect("seal");
+        }
+        // Not the oldest, or a gap: refused, and nothing is recorded or deleted.
+        for wrong in [&[2, 3][..], &[1, 3], &[1, 2, 2]] {
+            assert!(
+                matches!(spool.ack_all(wrong), Err(SpoolError::NotOldest { .. })),
+                "{wrong:?}"
+            );
+        }
+        assert_eq!(spool.len(), 4);
+        assert!(!dir.path().join("acked.json").exists());
+        spool.ack_all(&[]).expect("nothing to ack");
+        spool.ack_all(&[1, 2, 3]).expect("ack");
+        assert_eq!(spool.len(), 1);
+        assert_eq!(spool.last_acked_sequence(), 3);
+        for gone in 1..=3 {
+            assert!(!spool.batch_path(gone).exists(), "batch {gone} deleted");
+        }
+        assert!(spool.batch_path(4).exists());
+        let acked: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("acked.json")).expect("read"))
+                .expect("json");
+        assert_eq!(acked["last_acked_sequence"], 3);
+        assert_eq!(acked["checkpoints"][0]["offset"], 30);
+        // Reopened, tailing resumes after the third batch and the fourth is still sent.
+        drop(spool);
+        let mut spool = Spool::open(dir.path()).expect("reopen");
+        assert_eq!(spool.len(), 1);
+        assert_eq!(spool.oldest().expect("read").expect("fourth").sequence, 4);
     }
 
     #[test]
