@@ -440,7 +440,9 @@ impl Shipper {
         tracing::debug!(first, last, "batches acknowledged");
         let spool = Arc::clone(&self.spool);
         match blocking(move || lock(&spool).ack_all(&sequences)).await {
-            Ok(Ok(())) => {
+            Ok(Ok(files)) => {
+                // Recorded: the files go in the background, the next bundle need not wait.
+                drop(tokio::task::spawn_blocking(move || files.delete()));
                 use std::sync::atomic::Ordering::Relaxed;
                 self.stats
                     .batches_shipped

@@ -442,16 +442,18 @@ impl Spool {
 
     /// Records that the collector holds batch `sequence` (the oldest) and deletes it.
     pub fn ack(&mut self, sequence: u64) -> Result<(), SpoolError> {
-        self.ack_all(&[sequence])
+        self.ack_all(&[sequence])?.delete();
+        Ok(())
     }
 
     /// Records that the collector holds `sequences` — the oldest batches, in order, as a
     /// bundle's answer settles them — with one durable write of `acked.json` (two fsyncs
-    /// for the whole bundle instead of two per batch), then deletes their files. Nothing
-    /// is recorded unless every one of them is next in line.
-    pub fn ack_all(&mut self, sequences: &[u64]) -> Result<(), SpoolError> {
+    /// for the whole bundle instead of two per batch). Nothing is recorded unless every
+    /// one of them is next in line. Their files are left to the caller to delete
+    /// ([`AckedFiles::delete`]), after the spool's lock is released.
+    pub fn ack_all(&mut self, sequences: &[u64]) -> Result<AckedFiles, SpoolError> {
         let Some(&last) = sequences.last() else {
-            return Ok(());
+            return Ok(AckedFiles(Vec::new()));
         };
         let mut oldest = self.batches.keys();
         for &sequence in sequences {
@@ -465,13 +467,12 @@ impl Spool {
         }
         let checkpoints = self.batches[&last].checkpoints.clone();
         self.write_acked(last, &checkpoints)?;
+        let mut files = Vec::with_capacity(sequences.len());
         for &sequence in sequences {
-            let path = self.batch_path(sequence);
-            std::fs::remove_file(&path).map_err(io_err(&path))?;
+            files.push(self.batch_path(sequence));
             self.forget(sequence);
         }
-        // The deletions need not be durable: a resurrected file is an acked leftover.
-        Ok(())
+        Ok(AckedFiles(files))
     }
 
     /// Moves batch `sequence` (the oldest), which the collector can never accept, to
@@ -552,6 +553,31 @@ impl Spool {
 
     fn batch_path(&self, sequence: u64) -> PathBuf {
         self.dir.join(batch_file_name(sequence))
+    }
+}
+
+/// The files of batches [`Spool::ack_all`] recorded as acknowledged. Deleting one can
+/// block on the disk (a filesystem mounted with `discard` trims the freed blocks
+/// synchronously), so it is done outside the spool's lock and off the shipper's path. A
+/// file whose deletion is lost (a crash, an error) is an acked leftover, removed when the
+/// spool is next opened; no file of this run can take its name, as sequences only grow.
+#[derive(Debug)]
+#[must_use = "the acknowledged batch files are still on disk"]
+pub struct AckedFiles(Vec<PathBuf>);
+
+impl AckedFiles {
+    pub fn delete(self) {
+        for path in self.0 {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "cannot delete an acknowledged batch file; it is removed at the next start"
+                ),
+            }
+        }
     }
 }
 
@@ -821,10 +847,18 @@ mod tests {
         }
         assert_eq!(spool.len(), 4);
         assert!(!dir.path().join("acked.json").exists());
-        spool.ack_all(&[]).expect("nothing to ack");
-        spool.ack_all(&[1, 2, 3]).expect("ack");
+        spool.ack_all(&[]).expect("nothing to ack").delete();
+        let files = spool.ack_all(&[1, 2, 3]).expect("ack");
         assert_eq!(spool.len(), 1);
         assert_eq!(spool.last_acked_sequence(), 3);
+        // Recorded before the files go (a crash now leaves acked leftovers, removed on open).
+        for kept in 1..=4 {
+            assert!(
+                spool.batch_path(kept).exists(),
+                "batch {kept} still on disk"
+            );
+        }
+        files.delete();
         for gone in 1..=3 {
             assert!(!spool.batch_path(gone).exists(), "batch {gone} deleted");
         }
