@@ -1186,6 +1186,26 @@ mod run_tests {
         out
     }
 
+    /// A state directory enrolled with `server` (pinned) and a log of lines 0 to 9, in a
+    /// temporary directory (`state/`, `app.log`); the agent's key.
+    async fn enrolled_with_ten_lines(server: &TestServer) -> (tempfile::TempDir, AgentKey) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let state = dir.path().join("state");
+        append_lines(&dir.path().join("app.log"), 0..10);
+        enroll(
+            &state,
+            &server.url,
+            "t",
+            Some(&server.fingerprint),
+            "h",
+            false,
+        )
+        .await
+        .expect("enroll");
+        let key = enroll::load_key(&state).expect("key");
+        (dir, key)
+    }
+
     async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         let start = Instant::now();
         while !done() {
@@ -1279,21 +1299,8 @@ mod run_tests {
                 accept(req)
             }
         });
-        let dir = tempfile::tempdir().expect("tmp");
-        let state = dir.path().join("state");
-        let log = dir.path().join("app.log");
-        append_lines(&log, 0..10);
-        enroll(
-            &state,
-            &server.url,
-            "t",
-            Some(&server.fingerprint),
-            "h",
-            false,
-        )
-        .await
-        .expect("enroll");
-        let key = enroll::load_key(&state).expect("key");
+        let (dir, key) = enrolled_with_ten_lines(&server).await;
+        let (state, log) = (dir.path().join("state"), dir.path().join("app.log"));
 
         let shutdown = CancellationToken::new();
         let agent = tokio::spawn(run(config(&state, &log, 3, 50), shutdown.clone()));
@@ -1432,5 +1439,137 @@ mod run_tests {
             .await
             .expect_err("not enrolled");
         assert!(err.to_string().contains("yagura-agent enroll"), "{err}");
+    }
+
+    /// Whether batch `index` of upload `n` (bundle or single, counted together) was
+    /// accepted by the collector of
+    /// `a_bundle_is_settled_in_order_up_to_the_first_batch_to_retry`, `partial` being the
+    /// upload whose batches from the third on were answered 503.
+    fn upload_accepted(n: usize, index: usize, partial: Option<usize>) -> bool {
+        n > 0 && (partial != Some(n) || index < 2)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bundle_is_settled_in_order_up_to_the_first_batch_to_retry() {
+        // The first upload is answered 503 with `Retry-After: 1`, so that every batch is
+        // spooled by the time the first bundle of three or more goes out; of that one the
+        // first two batches are accepted and the rest answered 503; every other upload is
+        // accepted.
+        let agent_id = uuid::Uuid::now_v7();
+        let uploads = AtomicUsize::new(0);
+        let partial_at = Mutex::new(None);
+        let server = TestServer::start(move |req| {
+            let single = match req.path.as_str() {
+                "/api/v1/enroll" => return Response::json(200, json!({ "agent_id": agent_id })),
+                "/api/v1/ingest" => true,
+                "/api/v1/ingest/bundle" => false,
+                _ => return Response::json(404, json!({})),
+            };
+            let n = uploads.fetch_add(1, Ordering::SeqCst);
+            if n == 0 {
+                let mut r = Response::json(503, json!({"title": "busy"}));
+                r.headers.push(("Retry-After".into(), "1".into()));
+                return r;
+            }
+            if single {
+                return accept(req);
+            }
+            let batches = yagura_shared::bundle::decode_bundle(&req.body).expect("bundle");
+            let partial = {
+                let mut at = partial_at.lock().expect("lock");
+                if at.is_none() && batches.len() >= 3 {
+                    *at = Some(n);
+                }
+                *at
+            };
+            let results: Vec<serde_json::Value> = batches
+                .iter()
+                .enumerate()
+                .map(|(i, batch)| {
+                    let sequence = parse_header(batch).expect("header").sequence;
+                    if upload_accepted(n, i, partial) {
+                        json!({"status": 200, "sequence": sequence, "outcome": "accepted"})
+                    } else {
+                        json!({"status": 503, "sequence": sequence, "detail": "busy",
+                               "retry_after_seconds": 0})
+                    }
+                })
+                .collect();
+            Response::json(200, json!({ "results": results }))
+        });
+        let (dir, key) = enrolled_with_ten_lines(&server).await;
+        let (state, log) = (dir.path().join("state"), dir.path().join("app.log"));
+        // The uploads, each as its batches, and which one was answered in part.
+        let uploads_of = |server: &TestServer| -> (Vec<Vec<Vec<u8>>>, Option<usize>) {
+            let uploads: Vec<Vec<Vec<u8>>> = server
+                .requests()
+                .into_iter()
+                .filter_map(|r| match r.path.as_str() {
+                    "/api/v1/ingest" => Some(vec![r.body]),
+                    "/api/v1/ingest/bundle" => Some(
+                        yagura_shared::bundle::decode_bundle(&r.body)
+                            .expect("bundle")
+                            .into_iter()
+                            .map(<[u8]>::to_vec)
+                            .collect(),
+                    ),
+                    _ => None,
+                })
+                .collect();
+            // Singles are never answered in part, and no bundle of one is sent.
+            let partial = (1..uploads.len()).find(|&n| uploads[n].len() >= 3);
+            (uploads, partial)
+        };
+        let accepted = |server: &TestServer| {
+            let mut sequences = Vec::new();
+            let mut messages = Vec::new();
+            let (uploads, partial) = uploads_of(server);
+            for (n, batches) in uploads.into_iter().enumerate() {
+                for (i, bytes) in batches.into_iter().enumerate() {
+                    if !upload_accepted(n, i, partial) {
+                        continue;
+                    }
+                    let batch = SignedBatch::from_bytes(bytes).expect("batch");
+                    batch.verify(&key.verifying_key()).expect("signature");
+                    sequences.push(batch.header().sequence);
+                    for event in batch.events(1 << 24).expect("events") {
+                        if event.dataset() == Some("test.run") {
+                            messages.push(event.message().expect("message").to_string());
+                        }
+                    }
+                }
+            }
+            (sequences, messages)
+        };
+
+        let shutdown = CancellationToken::new();
+        let agent = tokio::spawn(run(config(&state, &log, 2, 20), shutdown.clone()));
+        wait_for("10 lines", || accepted(&server).1.len() >= 10).await;
+        shutdown.cancel();
+        agent.await.expect("join").expect("run ok");
+
+        let (sequences, messages) = accepted(&server);
+        assert_eq!(messages, lines(0..10), "every line accepted once, in order");
+        let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
+        assert_eq!(sequences, expected, "no batch accepted twice, none skipped");
+        let (uploads, partial) = uploads_of(&server);
+        let partial = partial.expect("a bundle of three or more: some to ack, some to retry");
+        assert_eq!(
+            uploads[partial + 1][0],
+            uploads[partial][2],
+            "the first batch to retry is sent next, unchanged"
+        );
+        let spool = spool::Spool::open(&state).expect("spool");
+        assert!(spool.is_empty());
+        assert_eq!(
+            spool.last_acked_sequence(),
+            *sequences.last().expect("some")
+        );
+        let left: Vec<_> = std::fs::read_dir(state.join("spool"))
+            .expect("spool dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "batch"))
+            .collect();
+        assert!(left.is_empty(), "acked batch files deleted: {left:?}");
     }
 }
