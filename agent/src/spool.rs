@@ -868,7 +868,7 @@ mod tests {
                 .expect("json");
         assert_eq!(acked["last_acked_sequence"], 3);
         assert_eq!(acked["checkpoints"][0]["offset"], 30);
-        // Reopened, tailing resumes after the third batch and the fourth is still sent.
+        // Reopened, the fourth batch is still there to be sent.
         drop(spool);
         let mut spool = Spool::open(dir.path()).expect("reopen");
         assert_eq!(spool.len(), 1);
