@@ -30,7 +30,7 @@ use yagura_shared::bundle::{BUNDLE_CONTENT_TYPE, BatchResult, BundleAnswer, enco
 
 use crate::config::ShipConfig;
 use crate::enroll::Enrollment;
-use crate::spool::{Spool, SpooledBatch};
+use crate::spool::{Spool, SpoolError, SpooledBatch};
 use crate::{Error, blocking, tls};
 
 /// First retry delay ceiling.
@@ -439,7 +439,14 @@ impl Shipper {
         let (first, last) = (sequences[0], sequences[sequences.len() - 1]);
         tracing::debug!(first, last, "batches acknowledged");
         let spool = Arc::clone(&self.spool);
-        match blocking(move || lock(&spool).ack_all(&sequences)).await {
+        // The durable write of `acked.json` happens without the spool's lock, which the
+        // producer takes on every step.
+        let record = move || {
+            let record = lock(&spool).prepare_ack(&sequences)?;
+            record.write()?;
+            Ok::<_, SpoolError>(lock(&spool).settle_ack(record))
+        };
+        match blocking(record).await {
             Ok(Ok(files)) => {
                 // Recorded: the files go in the background, the next bundle need not wait.
                 drop(tokio::task::spawn_blocking(move || files.delete()));

@@ -32,6 +32,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -90,7 +91,7 @@ pub(crate) struct FileHeader {
     checkpoints: Vec<Checkpoint>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct AckedState {
     last_acked_sequence: u64,
     checkpoints: Vec<Checkpoint>,
@@ -119,6 +120,43 @@ pub struct Spool {
     in_flight: Option<u64>,
     /// Batches lost since the last [`Spool::take_losses`] (quarantined files).
     losses: Vec<SpoolLoss>,
+    /// The highest sequence `acked.json` durably records, behind its own lock: an
+    /// [`AckRecord`] is written without the spool's lock, and this keeps the file from
+    /// ever going back should two writes race.
+    acked_on_disk: Arc<Mutex<u64>>,
+}
+
+/// An acknowledgement checked under the spool's lock ([`Spool::prepare_ack`]), made
+/// durable without it ([`AckRecord::write`]: `acked.json`, two fsyncs) and then applied
+/// ([`Spool::settle_ack`]). The producer takes the spool's lock on every step, so it
+/// never waits for the disk on the shipper's behalf. Between the write and the settle the
+/// acknowledged batches are still in the spool's memory, in flight, which only delays
+/// their space being freed; after a crash there they are acked leftovers, removed on open.
+#[derive(Debug)]
+#[must_use = "an acknowledgement is recorded only once written and settled"]
+pub struct AckRecord {
+    path: PathBuf,
+    state: AckedState,
+    sequences: Vec<u64>,
+    acked_on_disk: Arc<Mutex<u64>>,
+}
+
+impl AckRecord {
+    /// Writes `acked.json` atomically and durably, unless there is nothing to record or a
+    /// record as new or newer is already written.
+    pub fn write(&self) -> Result<(), SpoolError> {
+        let mut on_disk = self.acked_on_disk.lock().unwrap_or_else(|p| p.into_inner());
+        if self.sequences.is_empty() || *on_disk >= self.state.last_acked_sequence {
+            return Ok(());
+        }
+        let json = serde_json::to_vec_pretty(&self.state).map_err(|e| SpoolError::Corrupt {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        durable::write_atomic(&self.path, &json, 0o600).map_err(io_err(&self.path))?;
+        *on_disk = (*on_disk).max(self.state.last_acked_sequence);
+        Ok(())
+    }
 }
 
 /// Seals the next batch outside the spool's lock ([`Spool::sealer`]).
@@ -279,6 +317,7 @@ impl Spool {
             checkpoints,
             in_flight: None,
             losses,
+            acked_on_disk: Arc::new(Mutex::new(acked.last_acked_sequence)),
         })
     }
 
@@ -450,10 +489,21 @@ impl Spool {
     /// bundle's answer settles them — with one durable write of `acked.json` (two fsyncs
     /// for the whole bundle instead of two per batch). Nothing is recorded unless every
     /// one of them is next in line. Their files are left to the caller to delete
-    /// ([`AckedFiles::delete`]), after the spool's lock is released.
+    /// ([`AckedFiles::delete`]), after the spool's lock is released. A spool shared with
+    /// the producer is better acked in the three steps of [`Spool::prepare_ack`].
     pub fn ack_all(&mut self, sequences: &[u64]) -> Result<AckedFiles, SpoolError> {
+        let record = self.prepare_ack(sequences)?;
+        record.write()?;
+        Ok(self.settle_ack(record))
+    }
+
+    /// The first step of [`Spool::ack_all`], under the spool's lock: checks that
+    /// `sequences` are the oldest batches, in order, and what `acked.json` is to say. The
+    /// record is then written ([`AckRecord::write`]) with the lock released, and applied
+    /// with [`Spool::settle_ack`].
+    pub fn prepare_ack(&self, sequences: &[u64]) -> Result<AckRecord, SpoolError> {
         let Some(&last) = sequences.last() else {
-            return Ok(AckedFiles(Vec::new()));
+            return Ok(self.ack_record(Vec::new(), self.last_acked_sequence, &self.checkpoints));
         };
         let mut oldest = self.batches.keys();
         for &sequence in sequences {
@@ -465,14 +515,35 @@ impl Spool {
                 });
             }
         }
-        let checkpoints = self.batches[&last].checkpoints.clone();
-        self.write_acked(last, &checkpoints)?;
-        let mut files = Vec::with_capacity(sequences.len());
-        for &sequence in sequences {
-            files.push(self.batch_path(sequence));
-            self.forget(sequence);
+        Ok(self.ack_record(sequences.to_vec(), last, &self.batches[&last].checkpoints))
+    }
+
+    /// The last step of [`Spool::ack_all`], after the record is written: forgets the
+    /// acknowledged batches and hands their files over for deletion.
+    pub fn settle_ack(&mut self, record: AckRecord) -> AckedFiles {
+        self.last_acked_sequence = self
+            .last_acked_sequence
+            .max(record.state.last_acked_sequence);
+        let mut files = Vec::with_capacity(record.sequences.len());
+        for sequence in record.sequences {
+            if self.batches.contains_key(&sequence) {
+                files.push(self.batch_path(sequence));
+                self.forget(sequence);
+            }
         }
-        Ok(AckedFiles(files))
+        AckedFiles(files)
+    }
+
+    fn ack_record(&self, sequences: Vec<u64>, last: u64, checkpoints: &[Checkpoint]) -> AckRecord {
+        AckRecord {
+            path: self.state_dir.join(ACKED_FILE),
+            state: AckedState {
+                last_acked_sequence: last.max(self.last_acked_sequence),
+                checkpoints: checkpoints.to_vec(),
+            },
+            sequences,
+            acked_on_disk: Arc::clone(&self.acked_on_disk),
+        }
     }
 
     /// Moves batch `sequence` (the oldest), which the collector can never accept, to
@@ -485,7 +556,9 @@ impl Spool {
         let to = rejected_dir.join(batch_file_name(sequence));
         durable::rename_durable(&from, &to).map_err(io_err(&to))?;
         self.forget(sequence);
-        self.write_acked(sequence, &checkpoints)?;
+        let record = self.ack_record(vec![sequence], sequence, &checkpoints);
+        record.write()?;
+        self.last_acked_sequence = record.state.last_acked_sequence;
         Ok(to)
     }
 
@@ -525,21 +598,6 @@ impl Spool {
                 oldest: other.map(|(s, _)| *s),
             }),
         }
-    }
-
-    fn write_acked(&mut self, sequence: u64, checkpoints: &[Checkpoint]) -> Result<(), SpoolError> {
-        let state = AckedState {
-            last_acked_sequence: sequence.max(self.last_acked_sequence),
-            checkpoints: checkpoints.to_vec(),
-        };
-        let path = self.state_dir.join(ACKED_FILE);
-        let json = serde_json::to_vec_pretty(&state).map_err(|e| SpoolError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        durable::write_atomic(&path, &json, 0o600).map_err(io_err(&path))?;
-        self.last_acked_sequence = state.last_acked_sequence;
-        Ok(())
     }
 
     fn forget(&mut self, sequence: u64) {
@@ -733,6 +791,21 @@ mod tests {
         }
     }
 
+    /// A spool in a new directory holding `count` one-event batches, batch `i` with the
+    /// checkpoint `/a` at `i * step`, and the key and agent id they were sealed with.
+    fn spool_with(count: u64, step: u64) -> (tempfile::TempDir, Spool, AgentKey, Uuid) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = AgentKey::generate().expect("key");
+        let agent = Uuid::now_v7();
+        let mut spool = Spool::open(dir.path()).expect("open");
+        for i in 1..=count {
+            spool
+                .seal(&lines(1), &[cp("/a", i * step)], &key, agent)
+                .expect("seal");
+        }
+        (dir, spool, key, agent)
+    }
+
     #[test]
     fn seal_oldest_ack_round_trip() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -803,20 +876,11 @@ mod tests {
 
     #[test]
     fn reopen_after_ack_continues_the_sequence_with_acked_checkpoints() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let key = AgentKey::generate().expect("key");
-        let agent = Uuid::now_v7();
-        {
-            let mut spool = Spool::open(dir.path()).expect("open");
-            for i in 1..=3 {
-                spool
-                    .seal(&lines(1), &[cp("/a", i)], &key, agent)
-                    .expect("seal");
-            }
-            for i in 1..=3 {
-                spool.ack(i).expect("ack");
-            }
+        let (dir, mut spool, key, agent) = spool_with(3, 1);
+        for i in 1..=3 {
+            spool.ack(i).expect("ack");
         }
+        drop(spool);
         let mut spool = Spool::open(dir.path()).expect("reopen");
         assert!(spool.is_empty());
         assert_eq!(spool.next_sequence(), 4);
@@ -829,15 +893,7 @@ mod tests {
 
     #[test]
     fn a_bundle_is_acked_with_one_record_and_only_in_order() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let key = AgentKey::generate().expect("key");
-        let agent = Uuid::now_v7();
-        let mut spool = Spool::open(dir.path()).expect("open");
-        for i in 1..=4 {
-            spool
-                .seal(&lines(1), &[cp("/a", i * 10)], &key, agent)
-                .expect("seal");
-        }
+        let (dir, mut spool, ..) = spool_with(4, 10);
         // Not the oldest, or a gap: refused, and nothing is recorded or deleted.
         for wrong in [&[2, 3][..], &[1, 3], &[1, 2, 2]] {
             assert!(
@@ -873,6 +929,51 @@ mod tests {
         let mut spool = Spool::open(dir.path()).expect("reopen");
         assert_eq!(spool.len(), 1);
         assert_eq!(spool.oldest().expect("read").expect("fourth").sequence, 4);
+    }
+
+    #[test]
+    fn an_ack_written_outside_the_lock_lets_batches_be_sealed_and_never_goes_back() {
+        let (dir, mut spool, key, agent) = spool_with(3, 10);
+        let older = spool.prepare_ack(&[1]).expect("prepare");
+        let newer = spool.prepare_ack(&[1, 2]).expect("prepare");
+        // Written, not yet settled: the spool still holds the batches and goes on sealing.
+        newer.write().expect("write");
+        spool
+            .seal(&lines(1), &[cp("/a", 40)], &key, agent)
+            .expect("seal while an ack is being recorded");
+        assert_eq!(spool.len(), 4);
+        // A stale record written late must not take acked.json back.
+        older.write().expect("write");
+        let read_acked = || -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(dir.path().join("acked.json")).expect("read"))
+                .expect("json")
+        };
+        assert_eq!(read_acked()["last_acked_sequence"], 2);
+        assert_eq!(read_acked()["checkpoints"][0]["offset"], 20);
+        // A crash here: reopening treats 1 and 2 as acked leftovers, resumes after 4.
+        {
+            let reopened = Spool::open(dir.path()).expect("reopen");
+            assert_eq!(reopened.len(), 2);
+            assert_eq!(reopened.last_acked_sequence(), 2);
+            assert_eq!(reopened.next_sequence(), 5);
+        }
+        let files = spool.settle_ack(newer);
+        files.delete();
+        let files = spool.settle_ack(older);
+        assert!(files.0.is_empty(), "a stale settle forgets nothing twice");
+        assert_eq!(spool.len(), 2);
+        assert_eq!(spool.last_acked_sequence(), 2);
+        assert_eq!(spool.bytes(), {
+            let sizes: u64 = [3, 4]
+                .iter()
+                .map(|s| std::fs::metadata(spool.batch_path(*s)).expect("stat").len())
+                .sum();
+            sizes
+        });
+        // An empty acknowledgement writes nothing.
+        std::fs::remove_file(dir.path().join("acked.json")).expect("rm");
+        spool.ack_all(&[]).expect("empty ack").delete();
+        assert!(!dir.path().join("acked.json").exists());
     }
 
     #[test]
