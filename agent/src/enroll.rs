@@ -162,6 +162,8 @@ pub async fn enroll(
     }
     durable::create_private_dir(state_dir)
         .map_err(|e| Error::io(format!("cannot create {}", state_dir.display()), e))?;
+    // A running agent owns the spool that a forced enrollment retires.
+    let _state_lock = crate::state_lock::acquire(state_dir)?;
 
     let key = AgentKey::generate().map_err(|e| Error::KeyGeneration(e.to_string()))?;
     let new_key_path = state_dir.join(NEW_KEY_FILE);

@@ -35,6 +35,7 @@ pub mod rotate_key;
 mod seal;
 pub mod ship;
 pub mod spool;
+pub mod state_lock;
 pub mod tail;
 #[cfg(test)]
 mod test_server;
@@ -120,6 +121,12 @@ pub enum Error {
     KeyGeneration(String),
     #[error("internal task failed: {0}")]
     Task(String),
+    #[error(
+        "{} is in use by {holder}: one yagura-agent per state directory (a second one would \
+         ship every line twice)",
+        state_dir.display()
+    )]
+    StateDirInUse { state_dir: PathBuf, holder: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -148,6 +155,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     config.validate()?;
     let state_dir = config.state_dir.clone();
     let enrollment = enroll::Enrollment::load(&state_dir)?;
+    // Held until `run` returns: nothing below touches the state directory without it.
+    let _state_lock = state_lock::acquire(&state_dir)?;
     let key = Arc::new(enroll::load_key(&state_dir)?);
     let host_name = config.resolved_host_name();
 
@@ -1219,6 +1228,47 @@ mod run_tests {
 
     fn lines(range: std::ops::Range<usize>) -> Vec<String> {
         range.map(|i| format!("line {i}")).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_agent_or_a_forced_enrollment_is_refused_while_one_runs() {
+        let server = collector(|_, req| accept(req));
+        let (dir, key) = enrolled_with_ten_lines(&server).await;
+        let (state, log) = (dir.path().join("state"), dir.path().join("app.log"));
+        let shutdown = CancellationToken::new();
+        let agent = tokio::spawn(run(config(&state, &log, 100, 50), shutdown.clone()));
+        wait_for("10 lines", || accepted_messages(&server, &key).len() == 10).await;
+
+        let second = tokio::time::timeout(
+            Duration::from_secs(10),
+            run(config(&state, &log, 100, 50), CancellationToken::new()),
+        )
+        .await
+        .expect("a second agent returns at once instead of running");
+        let refused = second.expect_err("a second agent on the same state directory");
+        assert!(
+            matches!(refused, Error::StateDirInUse { .. })
+                && refused
+                    .to_string()
+                    .contains(&format!("process {}", std::process::id())),
+            "{refused}"
+        );
+        let forced = enroll(&state, &server.url, "t", None, "h", true).await;
+        assert!(
+            matches!(forced, Err(Error::StateDirInUse { .. })),
+            "{forced:?}"
+        );
+        append_lines(&log, 10..12);
+        wait_for("12 lines", || accepted_messages(&server, &key).len() == 12).await;
+        shutdown.cancel();
+        agent.await.expect("join").expect("run ok");
+        assert_eq!(
+            accepted_messages(&server, &key),
+            lines(0..12),
+            "each line once"
+        );
+        // Released with the run: the next start takes it.
+        drop(state_lock::acquire(&state).expect("free after the run"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
