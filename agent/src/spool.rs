@@ -91,7 +91,7 @@ pub(crate) struct FileHeader {
     checkpoints: Vec<Checkpoint>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct AckedState {
     last_acked_sequence: u64,
     checkpoints: Vec<Checkpoint>,
@@ -503,7 +503,8 @@ impl Spool {
     /// with [`Spool::settle_ack`].
     pub fn prepare_ack(&self, sequences: &[u64]) -> Result<AckRecord, SpoolError> {
         let Some(&last) = sequences.last() else {
-            return Ok(self.ack_record(Vec::new(), self.last_acked_sequence, &self.checkpoints));
+            // Nothing to record: `AckRecord::write` writes nothing for it.
+            return Ok(self.ack_record(Vec::new(), self.last_acked_sequence, &[]));
         };
         let mut oldest = self.batches.keys();
         for &sequence in sequences {

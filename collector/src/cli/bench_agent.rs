@@ -38,7 +38,12 @@ pub struct BenchAgentArgs {
     /// alternation, each in fresh directories: every pair's ratio and their median. On a
     /// shared VM rsyslog's rate moves by a third between consecutive runs, so a single
     /// pair says little about the ratio.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u32).range(0..=100),
+        conflicts_with = "no_rsyslog"
+    )]
     pairs: u32,
 }
 
@@ -538,7 +543,7 @@ pub fn run(args: BenchAgentArgs) -> anyhow::Result<()> {
             Err(e) => println!("| rsyslog | not measured: {e:#} |"),
         }
     }
-    if args.pairs > 0 && !args.no_rsyslog {
+    if args.pairs > 0 {
         alternating_pairs(&work, &file, args.lines, args.pairs)?;
     }
     let (rss, cpu) = idle_footprint(&work)?;
@@ -556,6 +561,24 @@ pub fn run(args: BenchAgentArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::ratio_summary;
+    use clap::Parser;
+
+    #[test]
+    fn pairs_without_rsyslog_is_refused_not_ignored() {
+        let parsed = crate::cli::Cli::try_parse_from([
+            "yagura",
+            "bench",
+            "agent",
+            "--pairs",
+            "2",
+            "--no-rsyslog",
+        ]);
+        let error = parsed.expect_err("refused");
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert!(
+            crate::cli::Cli::try_parse_from(["yagura", "bench", "agent", "--pairs", "2"]).is_ok()
+        );
+    }
 
     #[test]
     fn the_summary_gives_the_median_the_range_and_the_pairs_reaching_the_target() {
